@@ -1,0 +1,6 @@
+"""Main networks: ordinary ``nn.Module``s with nothing Bayesian inside."""
+
+from .lenet import LeNet5
+from .mlp import MLP
+
+__all__ = ["LeNet5", "MLP"]

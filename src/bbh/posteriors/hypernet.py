@@ -1,0 +1,349 @@
+"""Bayes by Hypernet (Pawlowski et al., 2017): hypernetworks as implicit weight posteriors.
+
+A hypernetwork G(z | θ) maps noise z ~ N(0, I_d) to a sample of the main network's weights, so it defines
+an implicit distribution q(w | θ) that can be sampled but has no tractable density. Training minimises the
+negative ELBO (see :mod:`bbh.elbo`) whose KL(q || p) is estimated from samples (:mod:`bbh.kl`, Eq. 2).
+
+Hypernet architecture (paper Sec. 3, paper-protocol 2): input ``[z, c]`` with c a one-hot conditioning
+vector (the constant 1 when there is a single slice), hidden layers (64, 256, 512) with LeakyReLU(0.1),
+and a linear output layer. Three layouts (paper Table 1, :class:`~bbh.options.Layout`):
+
+* ``layerwise`` — one hypernet per parameter tensor emitting the whole tensor. The hidden layers of all
+  hypernets have the same shape and run as one batched matmul per layer; the output layers (the LeNet
+  fc1-weight head alone is 512 x 400,000) run through :class:`_HeadLinear`, whose forward and backward
+  use the matmul layouts that are fast for a handful of rows.
+* ``sliced`` — one hypernet per tensor conditioned on the one-hot index of an **output channel**: in
+  PyTorch's layout ([out, in, ...]) slice c is exactly the weights of output channel c. The authors'
+  TensorFlow code concatenated its slices into the flat HWIO vector, so its "slices" were contiguous
+  chunks spanning several input positions x all output channels (paper-protocol 2.3), not channels.
+  1-d tensors (biases) are generated unsliced, as theirs.
+* ``single`` — one hypernet for all parameters, conditioned on a chunk index over the flat parameter
+  vector (parameters concatenated in the model's order, each in PyTorch layout; the authors used TF
+  layouts). ``num_chunks=130`` gives 130 chunks of 3,316 for LeNet-5, the paper's case.
+
+Initialisation (:class:`~bbh.options.Init`): ``hyperfan`` (default) gives hidden layers Kaiming init for
+the LeakyReLU and scales each output layer so that the generated weights start with the root-mean-square
+of the main network's own initial parameter values (hyperfan-in, Chang et al., ICLR 2020, with the
+E||h||^2 of the last hidden layer measured on noise draws instead of derived): Var(W_out) = rms^2 / E||h||^2.
+``glorot`` is the authors' (Glorot-uniform kernels, zero biases); it generates LeNet weights several times
+smaller than the usual init and leaves MNIST training near chance for hundreds of steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..elbo import LossTerms, elbo
+from ..functional import forward_samples, forward_with
+from ..kl import KLEstimator, make_kl_estimator
+from ..likelihoods import Likelihood
+from ..options import Init, Layout, LikelihoodSamples, Noise, parse_option
+from ..priors import Prior
+from .base import Method, ParamFilter, check_finite, register, select_parameters
+
+
+class _HeadLinear(torch.autograd.Function):
+    """y = h W^T + b for few rows h [M, H] and a very wide W [P, H].
+
+    ``F.linear`` is several times slower here on CPU, and autograd's default backward of ``W @ h^T``
+    computes dh as the pathological ``W^T @ dy^T``; this Function fixes the layouts:
+    forward ``(W @ h^T)^T``, backward ``dh = dy @ W``, ``dW = dy^T @ h`` (dy^T made contiguous first).
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(h, weight)
+        return torch.addmm(bias.unsqueeze(1), weight, h.t()).t().contiguous()
+
+    @staticmethod
+    def backward(ctx, dy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
+        h, weight = ctx.saved_tensors
+        dh = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dh = dy @ weight
+        if ctx.needs_input_grad[1]:
+            dw = dy.t().contiguous() @ h
+        if ctx.needs_input_grad[2]:
+            db = dy.sum(0)
+        return dh, dw, db
+
+
+class HypernetHead(nn.Module):
+    """The linear output layer of a hypernet: [M, H] -> [M, P]."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return _HeadLinear.apply(h, self.weight, self.bias)
+
+
+class HypernetTrunk(nn.Module):
+    """T parallel MLPs of identical shape (the hidden layers of T hypernets), run as batched matmuls.
+
+    ``forward(x [T, M, in]) -> [T, M, hidden[-1]]``; layer l computes LeakyReLU(x W_l^T + b_l) with
+    W_l of shape [T, out, in].
+    """
+
+    def __init__(self, num: int, in_features: int, hidden: Sequence[int], negative_slope: float) -> None:
+        super().__init__()
+        sizes = [in_features, *hidden]
+        self.weights = nn.ParameterList([nn.Parameter(torch.empty(num, b, a)) for a, b in zip(sizes, sizes[1:])])
+        self.biases = nn.ParameterList([nn.Parameter(torch.zeros(num, b)) for b in sizes[1:]])
+        self.negative_slope = negative_slope
+
+    def forward(self, x: Tensor) -> Tensor:
+        for w, b in zip(self.weights, self.biases):
+            x = F.leaky_relu(torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)), self.negative_slope)
+        return x
+
+
+def _glorot_(w: Tensor) -> None:
+    """Glorot-uniform on the last two dims (each slice of a stacked weight separately)."""
+    fan_out, fan_in = w.shape[-2], w.shape[-1]
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    nn.init.uniform_(w, -bound, bound)
+
+
+def _kaiming_(w: Tensor, negative_slope: float) -> None:
+    """Kaiming-uniform for LeakyReLU(negative_slope): Var = 2 / ((1 + a^2) fan_in)."""
+    fan_in = w.shape[-1]
+    bound = math.sqrt(6.0 / ((1 + negative_slope**2) * fan_in))
+    nn.init.uniform_(w, -bound, bound)
+
+
+class _Target:
+    """One generated parameter tensor: its name, shape, and how it is sliced."""
+
+    def __init__(self, name: str, shape: torch.Size, sliced: bool) -> None:
+        self.name, self.shape = name, shape
+        self.slices = shape[0] if (sliced and len(shape) >= 2 and shape[0] > 1) else 1
+        self.numel = shape.numel()
+        self.slice_size = self.numel // self.slices
+
+
+class HypernetPosterior(nn.Module):
+    """The implicit distribution q(w | θ) over named parameter tensors, defined by hypernetworks.
+
+    Args:
+        shapes: ``{name: shape}`` of the generated tensors, in order.
+        init_values: ``{name: tensor}`` of the main network's initial values (their RMS sets the scale of
+            the ``hyperfan`` initialisation); may be None with ``init="glorot"``.
+        layout, noise, init: see :mod:`bbh.options`.
+        noise_dim: d, the dimension of z (paper Table 2: 1 or 8).
+        hidden: hidden layer sizes of every hypernet.
+        negative_slope: LeakyReLU slope (0.1).
+        num_chunks: C for the ``single`` layout.
+        zero_mean_noise: centre z over the samples of one call (the authors' ``--force_zero_mean``
+            subtracts the mean over samples; applied here to the noise, where it keeps the generated
+            weights' mean free — a documented interpretation).
+    """
+
+    def __init__(self, shapes: dict[str, torch.Size], init_values: dict[str, Tensor] | None = None, *,
+                 layout: Layout | str = Layout.LAYERWISE, noise: Noise | str = Noise.INDEPENDENT,
+                 init: Init | str = Init.HYPERFAN, noise_dim: int = 1, hidden: Sequence[int] = (64, 256, 512),
+                 negative_slope: float = 0.1, num_chunks: int = 130, zero_mean_noise: bool = False) -> None:
+        super().__init__()
+        self.layout = parse_option(Layout, layout, "layout")
+        self.noise = parse_option(Noise, noise, "noise")
+        self.init_scheme = parse_option(Init, init, "init")
+        if int(noise_dim) < 1:
+            raise ValueError(f"noise_dim must be >= 1, got {noise_dim}")
+        hidden = tuple(int(h) for h in hidden)
+        if not hidden or any(h < 1 for h in hidden):
+            raise ValueError(f"hidden must be a non-empty sequence of positive sizes, got {hidden}")
+        if not shapes:
+            raise ValueError("no parameter tensors to generate")
+        self.noise_dim = int(noise_dim)
+        self.zero_mean_noise = bool(zero_mean_noise)
+        self.targets = [_Target(n, torch.Size(s), self.layout == Layout.SLICED) for n, s in shapes.items()]
+        self.total = sum(t.numel for t in self.targets)
+        d, h_last = self.noise_dim, hidden[-1]
+
+        if self.layout == Layout.LAYERWISE:
+            self.trunks = nn.ModuleList([HypernetTrunk(len(self.targets), d + 1, hidden, negative_slope)])
+            self.heads = nn.ModuleList([HypernetHead(h_last, t.numel) for t in self.targets])
+        elif self.layout == Layout.SLICED:
+            self.trunks = nn.ModuleList(
+                [HypernetTrunk(1, d + t.slices, hidden, negative_slope) for t in self.targets])
+            self.heads = nn.ModuleList([HypernetHead(h_last, t.slice_size) for t in self.targets])
+        else:
+            if int(num_chunks) < 1:
+                raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
+            self.num_chunks = min(int(num_chunks), self.total)
+            self.chunk_size = math.ceil(self.total / self.num_chunks)
+            self.trunks = nn.ModuleList([HypernetTrunk(1, d + self.num_chunks, hidden, negative_slope)])
+            self.heads = nn.ModuleList([HypernetHead(h_last, self.chunk_size)])
+        self._initialise(init_values, negative_slope)
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def _initialise(self, init_values: dict[str, Tensor] | None, negative_slope: float) -> None:
+        for trunk in self.trunks:
+            for w, b in zip(trunk.weights, trunk.biases):
+                (_glorot_(w) if self.init_scheme == Init.GLOROT else _kaiming_(w, negative_slope))
+                b.zero_()
+        for head in self.heads:
+            head.bias.zero_()
+            _glorot_(head.weight)
+        if self.init_scheme == Init.GLOROT:
+            return
+        if init_values is None:
+            raise ValueError("init='hyperfan' needs the main network's initial values (init_values)")
+        # Hyperfan-in with a measured E||h||^2: Var(W_out) = target_rms^2 / E||h||^2.
+        hs = self._hidden(256)
+        for head, h, rms in zip(self.heads, hs, self._head_target_rms(init_values)):
+            energy = float(h.pow(2).sum(-1).mean())
+            std = rms / math.sqrt(max(energy, 1e-12))
+            nn.init.uniform_(head.weight, -math.sqrt(3) * std, math.sqrt(3) * std)
+
+    def _head_target_rms(self, init_values: dict[str, Tensor]) -> list[float]:
+        def rms(t: _Target) -> float:
+            v = init_values[t.name].detach().float()
+            r = float(v.pow(2).mean().sqrt())
+            return r if r > 0 else 1.0 / math.sqrt(t.numel)
+
+        if self.layout == Layout.SINGLE:
+            total_sq = sum(rms(t) ** 2 * t.numel for t in self.targets)
+            return [math.sqrt(total_sq / self.total)]
+        return [rms(t) for t in self.targets]
+
+    # ------------------------------------------------------------------ sampling
+    def _noise(self, n: int, groups: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """z of shape [groups, n, d]: one draw expanded (shared) or one per group (independent)."""
+        k = 1 if self.noise == Noise.SHARED else groups
+        z = torch.randn(k, n, self.noise_dim, device=device, dtype=dtype)
+        if self.zero_mean_noise and n > 1:
+            z = z - z.mean(dim=1, keepdim=True)
+        return z.expand(groups, n, self.noise_dim)
+
+    def _conditioned(self, z: Tensor, slices: int) -> Tensor:
+        """[z, onehot(c)] for every sample and slice: [n * slices, d + slices] (sample-major)."""
+        n, d = z.shape
+        eye = torch.eye(slices, device=z.device, dtype=z.dtype)
+        return torch.cat([z.repeat_interleave(slices, dim=0), eye.repeat(n, 1)], dim=1)
+
+    def _hidden(self, n: int) -> list[Tensor]:
+        """Last hidden activations feeding each head, [M, H] per head."""
+        p = self.heads[0].weight
+        if self.layout == Layout.LAYERWISE:
+            z = self._noise(n, len(self.targets), p.device, p.dtype)
+            ones = torch.ones(*z.shape[:2], 1, device=p.device, dtype=p.dtype)
+            return list(self.trunks[0](torch.cat([z, ones], dim=-1)).unbind(0))
+        if self.layout == Layout.SLICED:
+            z = self._noise(n, len(self.targets), p.device, p.dtype)
+            return [trunk(self._conditioned(z[i], t.slices).unsqueeze(0))[0]
+                    for i, (trunk, t) in enumerate(zip(self.trunks, self.targets))]
+        z = self._noise(n, 1, p.device, p.dtype)[0]
+        return [self.trunks[0](self._conditioned(z, self.num_chunks).unsqueeze(0))[0]]
+
+    def sample(self, n: int) -> dict[str, Tensor]:
+        """Draw n weight samples: ``{name: Tensor[n, *shape]}``, one batched call per hypernet."""
+        if int(n) < 1:
+            raise ValueError(f"number of samples must be >= 1, got {n}")
+        n = int(n)
+        hs = self._hidden(n)
+        if self.layout == Layout.SINGLE:
+            flat = self.heads[0](hs[0]).reshape(n, -1)[:, : self.total]
+            parts = flat.split([t.numel for t in self.targets], dim=1)
+            return {t.name: part.reshape(n, *t.shape) for t, part in zip(self.targets, parts)}
+        return {t.name: head(h).reshape(n, *t.shape) for t, head, h in zip(self.targets, self.heads, hs)}
+
+    def extra_repr(self) -> str:
+        return (f"layout={self.layout.value}, noise={self.noise.value}, noise_dim={self.noise_dim}, "
+                f"init={self.init_scheme.value}, tensors={len(self.targets)}, generated={self.total}")
+
+
+@register("bbh")
+class BayesByHypernet(Method):
+    """Bayes by Hypernet for any ``nn.Module``.
+
+    Per training step ``num_samples`` weight sets are generated in one batched call; all of them enter the
+    KL estimate, and ``likelihood_samples`` chooses which enter the NLL (:class:`~bbh.options.LikelihoodSamples`:
+    ``one`` — the authors' code, ``average`` — the Monte Carlo ELBO, ``mixture`` — log-mean-exp).
+
+    Args:
+        model: the main network; parameters selected by ``params`` become random variables and their own
+            values are only used to set the initial scale (``requires_grad`` is switched off).
+        likelihood: ``"categorical"`` or a likelihood object (``bbh.likelihoods.Gaussian(9.0)``).
+        prior: a prior with ``sample(shape)`` or a number (the scale of a N(0, s^2) prior; paper: 1).
+        params: which parameters are random (see :func:`~bbh.posteriors.base.select_parameters`); default
+            every weight and bias of Linear and Conv layers. Unselected parameters (normalisation affine
+            parameters, by default) stay point estimates trained by the optimizer.
+        layout, noise, noise_dim, hidden, negative_slope, init, num_chunks, zero_mean_noise: the
+            hypernetwork (:class:`HypernetPosterior`).
+        num_samples: S, weight samples generated per step (paper: 5).
+        likelihood_samples: see above (default ``one``, as the authors).
+        kl: ``"nn-per-weight"`` (paper), ``"nn-full"``, or any :class:`~bbh.kl.KLEstimator`.
+        num_prior_samples: m, prior samples per step for the nearest-neighbour estimators (paper: 5).
+    """
+
+    def __init__(self, model: nn.Module, likelihood: Likelihood | str = "categorical", prior: Prior | float = 1.0,
+                 params: ParamFilter = None, layout: Layout | str = Layout.LAYERWISE,
+                 noise: Noise | str = Noise.INDEPENDENT, noise_dim: int = 1, hidden: Sequence[int] = (64, 256, 512),
+                 negative_slope: float = 0.1, init: Init | str = Init.HYPERFAN, num_chunks: int = 130,
+                 zero_mean_noise: bool = False, num_samples: int = 5,
+                 likelihood_samples: LikelihoodSamples | str = LikelihoodSamples.ONE,
+                 kl: str | KLEstimator = "nn-per-weight", num_prior_samples: int = 5) -> None:
+        super().__init__(model, likelihood, prior)
+        self.param_names = select_parameters(model, params)
+        named = dict(model.named_parameters())
+        if int(num_samples) < 2:
+            raise ValueError(f"num_samples must be >= 2 (the KL estimator compares samples), got {num_samples}")
+        self.num_samples = int(num_samples)
+        self.likelihood_samples = parse_option(LikelihoodSamples, likelihood_samples, "likelihood_samples")
+        self.posterior = HypernetPosterior(
+            {n: named[n].shape for n in self.param_names}, {n: named[n].detach() for n in self.param_names},
+            layout=layout, noise=noise, init=init, noise_dim=noise_dim, hidden=hidden,
+            negative_slope=negative_slope, num_chunks=num_chunks, zero_mean_noise=zero_mean_noise,
+        ).to(device=next(iter(named.values())).device)
+        for n in self.param_names:
+            named[n].requires_grad_(False)
+        self.kl_estimator = make_kl_estimator(kl, num_prior_samples)
+        self._last_samples: dict[str, Tensor] | None = None
+
+    def sample(self, n: int) -> dict[str, Tensor]:
+        """n posterior weight samples ``{name: Tensor[n, *shape]}``."""
+        return self.posterior.sample(n)
+
+    def loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
+        """Per-datum negative ELBO: mean NLL + kl_weight * KL / N (:func:`bbh.elbo.elbo`)."""
+        samples = self.posterior.sample(self.num_samples)
+        if self.likelihood_samples == LikelihoodSamples.ONE:
+            nll = self.mean_nll(forward_with(self.model, {k: v[0] for k, v in samples.items()}, x), y)
+        else:
+            loglik = self.likelihood.log_prob(forward_samples(self.model, samples, x), y)  # [S, B]
+            if self.likelihood_samples == LikelihoodSamples.AVERAGE:
+                nll = -loglik.mean()
+            else:
+                nll = -(torch.logsumexp(loglik, dim=0) - math.log(loglik.shape[0])).mean()
+        kl = self.kl_estimator(samples, self.prior)
+        check_finite("the KL estimate", kl.detach())
+        if self.kl_estimator.trainable:
+            self._last_samples = {k: v.detach() for k, v in samples.items()}
+        return elbo(nll, kl, num_data=num_data, kl_weight=kl_weight)
+
+    def post_step(self) -> dict[str, float]:
+        if self.kl_estimator.trainable and self._last_samples is not None:
+            return self.kl_estimator.update(self._last_samples, self.prior)
+        return {}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        kl_params = {id(p) for p in self.kl_estimator.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in kl_params]
+
+    def sample_outputs(self, x: Tensor, n_samples: int, chunk_size: int | None = None) -> Tensor:
+        """Outputs under ``n_samples`` posterior draws: ``[S, B, ...]`` (vectorised over samples)."""
+        if int(n_samples) < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        chunk = int(n_samples) if chunk_size is None else max(1, int(chunk_size))
+        outs = [forward_samples(self.model, self.posterior.sample(min(chunk, n_samples - i)), x)
+                for i in range(0, int(n_samples), chunk)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
