@@ -197,12 +197,17 @@ class HypernetPosterior(nn.Module):
             return
         if init_values is None:
             raise ValueError("init='hyperfan' needs the main network's initial values (init_values)")
-        # Hyperfan-in with a measured E||h||^2: Var(W_out) = target_rms^2 / E||h||^2.
-        hs = self._hidden(256)
+        # Hyperfan-in with a measured E||h||^2: Var(W_out) = target_rms^2 / E||h||^2, then one exact
+        # correction so that the generated weights' RMS over these draws equals the target (small heads,
+        # e.g. a 10-element bias, would otherwise miss it by tens of percent through sampling noise alone).
+        hs = self._hidden(32)
         for head, h, rms in zip(self.heads, hs, self._head_target_rms(init_values)):
             energy = float(h.pow(2).sum(-1).mean())
             std = rms / math.sqrt(max(energy, 1e-12))
             nn.init.uniform_(head.weight, -math.sqrt(3) * std, math.sqrt(3) * std)
+            realised = float((h @ head.weight.t()).pow(2).mean().sqrt())
+            if realised > 0:
+                head.weight.mul_(rms / realised)
 
     def _head_target_rms(self, init_values: dict[str, Tensor]) -> list[float]:
         def rms(t: _Target) -> float:
