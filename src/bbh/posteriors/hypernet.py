@@ -42,6 +42,7 @@ from ..elbo import LossTerms, elbo
 from ..functional import forward_samples, forward_with
 from ..kl import KLEstimator, make_kl_estimator
 from ..likelihoods import Likelihood
+from ..optim import add_grad_factors, mark_factorable, wants_factored_grad
 from ..options import Init, Layout, LikelihoodSamples, Noise, parse_option
 from ..priors import Prior
 from .base import Method, ParamFilter, check_finite, register, select_parameters
@@ -53,6 +54,8 @@ class _HeadLinear(torch.autograd.Function):
     ``F.linear`` is several times slower here on CPU, and autograd's default backward of ``W @ h^T``
     computes dh as the pathological ``W^T @ dy^T``; this Function fixes the layouts:
     forward ``(W @ h^T)^T``, backward ``dh = dy @ W``, ``dW = dy^T @ h`` (dy^T made contiguous first).
+    When the optimizer takes factored gradients (:mod:`bbh.optim`), dW is handed over as its rank-M
+    factors ``(dy^T, h)`` and never materialised.
     """
 
     @staticmethod
@@ -67,7 +70,10 @@ class _HeadLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dh = dy @ weight
         if ctx.needs_input_grad[1]:
-            dw = dy.t().contiguous() @ h
+            if wants_factored_grad(weight):  # the optimizer forms dW = dy^T h block by block
+                add_grad_factors(weight, dy.t(), h)
+            else:
+                dw = dy.t().contiguous() @ h
         if ctx.needs_input_grad[2]:
             db = dy.sum(0)
         return dh, dw, db
@@ -80,6 +86,7 @@ class HypernetHead(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features))
+        mark_factorable(self.weight)
 
     def forward(self, h: Tensor) -> Tensor:
         return _HeadLinear.apply(h, self.weight, self.bias)
