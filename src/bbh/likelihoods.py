@@ -29,6 +29,9 @@ class Categorical:
             )
         if y.dtype.is_floating_point:
             raise ValueError(f"categorical likelihood expects integer class labels, got dtype {y.dtype}")
+        if y.dtype == torch.bool:
+            raise ValueError("categorical likelihood expects integer class labels, got dtype torch.bool")
+        y = y.long()  # uint8 / int16 labels (as read from MNIST files) are fine
         logp = F.log_softmax(outputs, dim=-1)
         index = y.expand(*outputs.shape[:-1]).unsqueeze(-1)
         return logp.gather(-1, index).squeeze(-1)
