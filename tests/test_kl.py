@@ -564,3 +564,17 @@ def test_non_trainable_estimator_is_never_updated():
     method = _tiny_bbh(_Spy())
     x, y = torch.randn(6, 2), torch.randint(0, 3, (6,))
     bbh.Trainer(method, steps=2, device="cpu", progress=False, seed=0).fit((x, y))
+
+
+def test_compiled_per_weight_estimator_matches_eager():
+    """The torch.compile path (used automatically for large posteriors) gives the same value and gradient."""
+    from bbh.kl import nn_kl_per_weight
+
+    q = torch.randn(5, 3000, dtype=torch.float64, requires_grad=True)
+    p = torch.randn(5, 3000, dtype=torch.float64)
+    eager = nn_kl_per_weight(q, p, compile=False)
+    (g_eager,) = torch.autograd.grad(eager, q)
+    compiled = nn_kl_per_weight(q, p, compile=True)
+    (g_compiled,) = torch.autograd.grad(compiled, q)
+    assert torch.allclose(eager, compiled, rtol=1e-10)
+    assert torch.allclose(g_eager, g_compiled, rtol=1e-8, atol=1e-10)

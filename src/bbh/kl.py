@@ -22,6 +22,7 @@ Every estimator is a :class:`KLEstimator`: ``estimator(samples, prior) -> scalar
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -67,78 +68,100 @@ def _check_samples(q: Tensor, p: Tensor) -> None:
         raise ValueError("the nearest-neighbour KL needs at least 1 prior sample")
 
 
-class _PerWeightNNKL(torch.autograd.Function):
-    """Value and gradient of the per-weight estimator in a few passes over [n, D] tensors.
+def _per_weight_value_and_grad(q: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+    """Value of the per-weight estimator (without its constant) and its gradient with respect to q.
 
-    Autograd through ``amin`` of broadcast [n, n, D] distance tensors costs several times more memory
-    traffic than the estimator itself. Here the nearest neighbours are found with running minima over the
-    m prior and n - 1 other posterior samples, and the gradient is written down directly, with
-    r = sqrt(delta^2 + eps):
+    With r = sqrt(delta^2 + eps), j* the nearest prior sample and k* the nearest other posterior sample:
 
         d log rho_ik / d q_ik = (q_ik - p_j*k) / rho_ik^2
-        d (-log nu_ik) / d q_ik = -(q_ik - q_j*k) / nu_ik^2,   d (-log nu_ik) / d q_j*k = +(q_ik - q_j*k) / nu_ik^2
+        d (-log nu_ik) / d q_ik = -(q_ik - q_k*k) / nu_ik^2,   d (-log nu_ik) / d q_k*k = +(q_ik - q_k*k) / nu_ik^2
     """
+    n = q.shape[0]
+    to_prior = q.unsqueeze(1) - p.unsqueeze(0)                                   # [n, m, D]
+    rho2, nearest_prior = (to_prior * to_prior).min(dim=1)
+    rdiff = torch.gather(to_prior, 1, nearest_prior.unsqueeze(1)).squeeze(1)
+    within = q.unsqueeze(1) - q.unsqueeze(0)                                     # [n, n, D]
+    self_pair = torch.eye(n, dtype=torch.bool, device=q.device).unsqueeze(-1)
+    nu2, partner = torch.where(self_pair, math.inf, within * within).min(dim=1)
+    ndiff = torch.gather(within, 1, partner.unsqueeze(1)).squeeze(1)
+    rho2 = rho2 + DISTANCE_EPS
+    nu2 = nu2 + DISTANCE_EPS
+    value = 0.5 * (torch.log(rho2) - torch.log(nu2)).sum() / n
+    push = ndiff / nu2 / n
+    grad = (rdiff / rho2 / n - push).scatter_add(0, partner, push)
+    return value, grad
+
+
+COMPILE_MIN_WEIGHTS = 1 << 16
+"""With ``compile=None`` the per-weight estimator is compiled (``torch.compile``) from this many weights on;
+for smaller posteriors eager mode is fast enough and the one-off compilation would dominate."""
+
+_compiled: dict[str, object] = {}
+
+
+def _compiled_value_and_grad():
+    """``torch.compile``d :func:`_per_weight_value_and_grad`, or None where compilation is unavailable."""
+    if "fn" not in _compiled:
+        try:
+            _compiled["fn"] = torch.compile(_per_weight_value_and_grad, dynamic=True)
+        except Exception as err:  # pragma: no cover - torch builds without a compiler
+            warnings.warn(f"torch.compile unavailable ({err}); the KL estimator runs eagerly", stacklevel=3)
+            _compiled["fn"] = None
+    return _compiled["fn"]
+
+
+class _PerWeightNNKL(torch.autograd.Function):
+    """The per-weight estimator with its analytic gradient (no autograd graph through [n, n, D] tensors)."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, p: Tensor) -> Tensor:  # type: ignore[override]
-        n, m = q.shape[0], p.shape[0]
-        rho2 = rdiff = None
-        for j in range(m):
-            d = q - p[j]
-            d2 = d * d
-            if rho2 is None:
-                rho2, rdiff = d2, d
-            else:
-                closer = d2 < rho2
-                rho2, rdiff = torch.where(closer, d2, rho2), torch.where(closer, d, rdiff)
-        nu2 = torch.full_like(q, math.inf)
-        ndiff = torch.zeros_like(q)
-        partner = torch.zeros(q.shape, dtype=torch.long, device=q.device)
-        for j in range(n):
-            d = q - q[j]
-            d2 = d * d
-            d2[j] = math.inf
-            closer = d2 < nu2
-            nu2 = torch.where(closer, d2, nu2)
-            ndiff = torch.where(closer, d, ndiff)
-            partner.masked_fill_(closer, j)
-        rho2 = rho2 + DISTANCE_EPS
-        nu2 = nu2 + DISTANCE_EPS
-        value = 0.5 * (torch.log(rho2) - torch.log(nu2)).sum() / n
-        if ctx.needs_input_grad[0]:
-            push = ndiff / nu2 / n
-            grad = rdiff / rho2 / n - push
-            grad.scatter_add_(0, partner, push)
-            ctx.save_for_backward(grad)
+    def forward(ctx, q: Tensor, p: Tensor, compiled: bool) -> Tensor:  # type: ignore[override]
+        fn = _compiled_value_and_grad() if compiled else None
+        if fn is not None:
+            try:
+                value, grad = fn(q, p)
+            except Exception as err:  # pragma: no cover - e.g. no C++ compiler at run time
+                warnings.warn(f"compiled KL estimator failed ({type(err).__name__}: {err}); "
+                              f"falling back to eager mode", stacklevel=2)
+                _compiled["fn"] = None
+                value, grad = _per_weight_value_and_grad(q, p)
+        else:
+            value, grad = _per_weight_value_and_grad(q, p)
+        ctx.save_for_backward(grad)
         return value
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return g * grad, None
+        return g * grad, None, None
 
 
-def nn_kl_per_weight(q: Tensor, p: Tensor, chunk_size: int = 1 << 22) -> Tensor:
+def nn_kl_per_weight(q: Tensor, p: Tensor, chunk_size: int = 1 << 20, compile: bool | None = None) -> Tensor:
     """Nearest-neighbour KL of Eq. 2 with every weight its own 1-d sample (d = 1), summed over weights.
 
     KL ≈ Σ_{k=1..D} [ (1/n) Σ_i log( min_j |q_ik - p_jk| / min_{j≠i} |q_ik - q_jk| ) + log(m / (n - 1)) ]
 
     Exact when the posterior factorises over weights, as the N(0, s^2 I) prior does; it ignores the
     posterior's correlations between weights (the paper's "independent" kernel estimator). Distances are
-    sqrt(delta^2 + 1e-8), the authors' guard.
+    sqrt(delta^2 + 1e-8), the authors' guard; note that it biases the estimate low for weights whose
+    samples lie within ~1e-4 of each other.
 
     Args:
         q: posterior samples [n, D], n >= 2 (differentiable).
         p: prior samples [m, D] (no gradient).
-        chunk_size: weights processed at once; memory is O((n + m) * chunk_size).
+        chunk_size: weights processed at once; memory is O((n^2 + n m) * chunk_size).
+        compile: run the estimator through ``torch.compile`` (one fused loop, ~7x faster on the CPU for
+            LeNet-5; the first call compiles for a few seconds). None: from
+            :data:`COMPILE_MIN_WEIGHTS` weights on. Falls back to eager mode where compilation fails.
     """
     _check_samples(q, p)
     n, d_total = q.shape
     m = p.shape[0]
     p = p.detach()
-    parts = [_PerWeightNNKL.apply(q[:, s:s + chunk_size], p[:, s:s + chunk_size])
+    compiled = d_total >= COMPILE_MIN_WEIGHTS if compile is None else bool(compile)
+    parts = [_PerWeightNNKL.apply(q[:, s:s + chunk_size], p[:, s:s + chunk_size], compiled)
              for s in range(0, d_total, chunk_size)]
-    return torch.stack(parts).sum() + d_total * math.log(m / (n - 1))
+    total = parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+    return total + d_total * math.log(m / (n - 1))
 
 
 def nn_kl_per_weight_reference(q: Tensor, p: Tensor) -> Tensor:
@@ -209,10 +232,13 @@ class NearestNeighbourKL(KLEstimator):
         full: False (default) for the per-weight estimator (paper's choice), True for whole vectors.
         num_prior_samples: m, the prior samples drawn per call (authors: 5, equal to n).
         chunk_size: weights per chunk for the per-weight estimator.
+        compile: ``torch.compile`` the per-weight estimator (None: for large posteriors only).
     """
 
-    def __init__(self, full: bool = False, num_prior_samples: int = 5, chunk_size: int = 1 << 22) -> None:
+    def __init__(self, full: bool = False, num_prior_samples: int = 5, chunk_size: int = 1 << 20,
+                 compile: bool | None = None) -> None:
         super().__init__()
+        self.compile = compile
         if num_prior_samples < 1:
             raise ValueError(f"num_prior_samples must be >= 1, got {num_prior_samples}")
         self.full = full
@@ -225,7 +251,7 @@ class NearestNeighbourKL(KLEstimator):
             p = prior.sample((self.num_prior_samples, q.shape[1]), device=q.device, dtype=q.dtype)
         if self.full:
             return nn_kl_full(q, p)
-        return nn_kl_per_weight(q, p, chunk_size=self.chunk_size)
+        return nn_kl_per_weight(q, p, chunk_size=self.chunk_size, compile=self.compile)
 
     def extra_repr(self) -> str:
         return f"full={self.full}, num_prior_samples={self.num_prior_samples}"

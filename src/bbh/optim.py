@@ -219,7 +219,7 @@ class RMSPropTF(_FactoredOptimizer):
     """
 
     def __init__(self, params, lr: float = 1e-4, decay: float = 0.9, eps: float = 1e-5,
-                 initial_accumulator: float = 1.0, block_bytes: int = 1 << 20) -> None:
+                 initial_accumulator: float = 1.0, block_bytes: int = 4 << 20) -> None:
         if lr <= 0 or not 0 <= decay < 1 or eps < 0 or initial_accumulator < 0:
             raise ValueError(f"invalid RMSPropTF settings lr={lr}, decay={decay}, eps={eps}, "
                              f"initial_accumulator={initial_accumulator}")

@@ -68,7 +68,7 @@ class _HeadLinear(torch.autograd.Function):
         h, weight = ctx.saved_tensors
         dh = dw = db = None
         if ctx.needs_input_grad[0]:
-            dh = dy @ weight
+            dh = _few_rows_times_tall(dy, weight)
         if ctx.needs_input_grad[1]:
             if wants_factored_grad(weight):  # the optimizer forms dW = dy^T h block by block
                 add_grad_factors(weight, dy.t(), h)
@@ -77,6 +77,29 @@ class _HeadLinear(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             db = dy.sum(0)
         return dh, dw, db
+
+
+SPLIT_ROWS = 1 << 16
+"""From this many output rows on, the head's input gradient is a batched matmul over 16 row blocks."""
+
+
+def _few_rows_times_tall(dy: Tensor, weight: Tensor, splits: int = 16) -> Tensor:
+    """dy @ W for dy [M, P] with few rows M and W [P, H] with very many rows P.
+
+    On the CPU a single [M, P] @ [P, H] product with M = 5 runs on one thread (measured: the same time with
+    1 and 2 threads); splitting the reduction over P into ``splits`` blocks as one ``bmm`` and summing the
+    partial products uses every core (~1.7x faster on 2 cores for the LeNet fc1 head).
+    """
+    rows = weight.shape[0]
+    if dy.device.type != "cpu" or rows < SPLIT_ROWS:
+        return dy @ weight
+    block = rows // splits
+    main = block * splits
+    out = torch.bmm(dy[:, :main].reshape(dy.shape[0], splits, block).transpose(0, 1),
+                    weight[:main].view(splits, block, weight.shape[1])).sum(0)
+    if main < rows:
+        out = out.addmm_(dy[:, main:], weight[main:])
+    return out
 
 
 class HypernetHead(nn.Module):
