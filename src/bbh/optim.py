@@ -95,6 +95,7 @@ class _FactoredOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.block_bytes = int(block_bytes)
         self._buffer: Tensor | None = None
+        self._scratch_buf: Tensor | None = None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none=set_to_none)
@@ -102,6 +103,12 @@ class _FactoredOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 if getattr(p, _FACTORS, None):
                     setattr(p, _FACTORS, None)
+
+    def _scratch(self, numel: int, dtype: torch.dtype) -> Tensor:
+        """A reusable CPU temporary of ``numel`` elements (allocating 4 MB per block costs page faults)."""
+        if self._scratch_buf is None or self._scratch_buf.numel() < numel or self._scratch_buf.dtype != dtype:
+            self._scratch_buf = torch.empty(numel, dtype=dtype)
+        return self._scratch_buf[:numel]
 
     def _blocks(self, p: Tensor, factors: list[tuple[Tensor, Tensor]]):
         if p.dim() != 2:
@@ -248,19 +255,24 @@ class RMSPropTF(_FactoredOptimizer):
                     chunk = max(1, self.block_bytes // p.element_size())
                     pf, gf, vf = p.view(-1), p.grad.view(-1), v.view(-1)
                     for s in range(0, pf.numel(), chunk):
-                        _rmsprop_tf(pf[s:s + chunk], gf[s:s + chunk], vf[s:s + chunk], lr, decay, eps)
+                        _rmsprop_tf(pf[s:s + chunk], gf[s:s + chunk], vf[s:s + chunk], lr, decay, eps,
+                                    self._scratch(min(chunk, pf.numel() - s), p.dtype))
                 else:
                     _rmsprop_tf(p, p.grad, v, lr, decay, eps)
             for p, factors in factored:
                 v = self._accumulator(p, group)
                 for rows, g in self._blocks(p, factors):
-                    _rmsprop_tf(p[rows], g, v[rows], lr, decay, eps)
+                    scratch = self._scratch(g.numel(), p.dtype).view_as(g) if p.device.type == "cpu" else None
+                    _rmsprop_tf(p[rows], g, v[rows], lr, decay, eps, scratch)
         return loss
 
 
-def _rmsprop_tf(p: Tensor, g: Tensor, v: Tensor, lr: float, decay: float, eps: float) -> None:
+def _rmsprop_tf(p: Tensor, g: Tensor, v: Tensor, lr: float, decay: float, eps: float,
+                scratch: Tensor | None = None) -> None:
+    """v <- decay v + (1 - decay) g^2;  p <- p - lr g / sqrt(v + eps)  (``scratch``: a reusable temporary)."""
     v.mul_(decay).addcmul_(g, g, value=1 - decay)
-    p.addcmul_(g, v.add(eps).rsqrt_(), value=-lr)
+    inv_rms = torch.add(v, eps, out=scratch) if scratch is not None else v.add(eps)
+    p.addcmul_(g, inv_rms.rsqrt_(), value=-lr)
 
 
 def make_optimizer(name: OptimizerName | str, params: list[nn.Parameter], lr: float | None = None,
