@@ -232,3 +232,25 @@ def test_state_dict_round_trip_reproduces_samples():
     torch.manual_seed(5)
     sb = b.sample(3)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_any_object_with_sample_is_a_prior():
+    """BbH only needs prior samples (paper Sec. 4): a Laplace prior given as a bare sampler works."""
+
+    class LaplacePrior:
+        def __init__(self):
+            self.calls = 0
+
+        def sample(self, shape, *, device=None, dtype=None):
+            self.calls += 1
+            return torch.distributions.Laplace(0.0, 1.0).sample(shape).to(device=device, dtype=dtype)
+
+    prior = LaplacePrior()
+    method = bbh.create("bbh", tiny_mlp(), prior=prior, hidden=(8,))
+    x, y = make_blobs(n=32)
+    terms = method.loss(x, y, num_data=32)
+    assert prior.calls == 1 and torch.isfinite(terms.kl)
+    with pytest.raises(TypeError, match="sample"):
+        bbh.create("bbh", tiny_mlp(), prior="laplace")
+    with pytest.raises(ValueError, match="scale must be a finite number > 0"):
+        bbh.create("bbh", tiny_mlp(), prior=-1.0)

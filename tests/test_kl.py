@@ -578,3 +578,19 @@ def test_compiled_per_weight_estimator_matches_eager():
     (g_compiled,) = torch.autograd.grad(compiled, q)
     assert torch.allclose(eager, compiled, rtol=1e-10)
     assert torch.allclose(g_eager, g_compiled, rtol=1e-8, atol=1e-10)
+
+
+def test_compiled_estimator_falls_back_to_eager_with_a_warning(monkeypatch):
+    """Where torch.compile cannot run (no C++ compiler), the estimator warns once and computes eagerly."""
+    import bbh.kl as kl_module
+
+    def broken(q, p):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setitem(kl_module._compiled, "fn", broken)
+    q = torch.randn(5, 100, dtype=torch.float64)
+    p = torch.randn(5, 100, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="falling back to eager"):
+        value = kl_module.nn_kl_per_weight(q, p, compile=True)
+    assert torch.allclose(value, kl_module.nn_kl_per_weight(q, p, compile=False))
+    assert kl_module._compiled["fn"] is None
