@@ -122,6 +122,20 @@ class _FactoredOptimizer(torch.optim.Optimizer):
             self._buffer = torch.empty(need, dtype=p.dtype)
         yield from _grad_blocks(p, factors, rows, self._buffer)
 
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            plain, factored = self._split(group)
+            self._step_group(group, plain, factored)
+        return loss
+
+    def _step_group(self, group: dict, plain: list[Tensor], factored: list[tuple[Tensor, list]]) -> None:
+        raise NotImplementedError
+
     def _split(self, group: dict) -> tuple[list[Tensor], list[tuple[Tensor, list]]]:
         """(params with a plain .grad, [(param, factors)])."""
         plain, factored = [], []
@@ -175,35 +189,27 @@ class Adam(_FactoredOptimizer):
             denom = (v / (1 - b2**step)).sqrt_().add_(eps)
             p.addcdiv_(m, denom, value=-lr / (1 - b1**step))
 
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
-            plain, factored = self._split(group)
-            if plain:
-                states = [self._state(p) for p in plain]
-                steps = [s["step"] for s in states]
-                torch._foreach_add_(steps, 1)
-                by_device: dict[torch.device, list[int]] = {}
-                for i, p in enumerate(plain):
-                    by_device.setdefault(p.device, []).append(i)
-                for idx in by_device.values():
-                    self._update([plain[i] for i in idx], [plain[i].grad for i in idx],
-                                 [states[i]["exp_avg"] for i in idx], [states[i]["exp_avg_sq"] for i in idx],
-                                 [steps[i] if plain[i].device.type == "cpu" else steps[i].to(plain[i].device)
-                                  for i in idx], lr, b1, b2, eps)
-            for p, factors in factored:
-                state = self._state(p)
-                state["step"].add_(1)
-                step = state["step"] if p.device.type == "cpu" else state["step"].to(p.device)
-                for rows, g in self._blocks(p, factors):
-                    self._update([p[rows]], [g], [state["exp_avg"][rows]], [state["exp_avg_sq"][rows]], [step],
-                                 lr, b1, b2, eps)
-        return loss
+    def _step_group(self, group: dict, plain: list[Tensor], factored: list[tuple[Tensor, list]]) -> None:
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        if plain:
+            states = [self._state(p) for p in plain]
+            steps = [s["step"] for s in states]
+            torch._foreach_add_(steps, 1)
+            by_device: dict[torch.device, list[int]] = {}
+            for i, p in enumerate(plain):
+                by_device.setdefault(p.device, []).append(i)
+            for idx in by_device.values():
+                self._update([plain[i] for i in idx], [plain[i].grad for i in idx],
+                             [states[i]["exp_avg"] for i in idx], [states[i]["exp_avg_sq"] for i in idx],
+                             [steps[i] if plain[i].device.type == "cpu" else steps[i].to(plain[i].device)
+                              for i in idx], lr, b1, b2, eps)
+        for p, factors in factored:
+            state = self._state(p)
+            state["step"].add_(1)
+            step = state["step"] if p.device.type == "cpu" else state["step"].to(p.device)
+            for rows, g in self._blocks(p, factors):
+                self._update([p[rows]], [g], [state["exp_avg"][rows]], [state["exp_avg_sq"][rows]], [step],
+                             lr, b1, b2, eps)
 
 
 class RMSPropTF(_FactoredOptimizer):
@@ -240,31 +246,23 @@ class RMSPropTF(_FactoredOptimizer):
                                                   memory_format=torch.preserve_format)
         return state["square_avg"]
 
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, decay, eps = group["lr"], group["decay"], group["eps"]
-            plain, factored = self._split(group)
-            for p in plain:
-                v = self._accumulator(p, group)
-                if p.device.type == "cpu" and p.is_contiguous() and p.grad.is_contiguous() and v.is_contiguous():
-                    chunk = max(1, self.block_bytes // p.element_size())
-                    pf, gf, vf = p.view(-1), p.grad.view(-1), v.view(-1)
-                    for s in range(0, pf.numel(), chunk):
-                        _rmsprop_tf(pf[s:s + chunk], gf[s:s + chunk], vf[s:s + chunk], lr, decay, eps,
-                                    self._scratch(min(chunk, pf.numel() - s), p.dtype))
-                else:
-                    _rmsprop_tf(p, p.grad, v, lr, decay, eps)
-            for p, factors in factored:
-                v = self._accumulator(p, group)
-                for rows, g in self._blocks(p, factors):
-                    scratch = self._scratch(g.numel(), p.dtype).view_as(g) if p.device.type == "cpu" else None
-                    _rmsprop_tf(p[rows], g, v[rows], lr, decay, eps, scratch)
-        return loss
+    def _step_group(self, group: dict, plain: list[Tensor], factored: list[tuple[Tensor, list]]) -> None:
+        lr, decay, eps = group["lr"], group["decay"], group["eps"]
+        for p in plain:
+            v = self._accumulator(p, group)
+            if p.device.type == "cpu" and p.is_contiguous() and p.grad.is_contiguous() and v.is_contiguous():
+                chunk = max(1, self.block_bytes // p.element_size())
+                pf, gf, vf = p.view(-1), p.grad.view(-1), v.view(-1)
+                for s in range(0, pf.numel(), chunk):
+                    _rmsprop_tf(pf[s:s + chunk], gf[s:s + chunk], vf[s:s + chunk], lr, decay, eps,
+                                self._scratch(min(chunk, pf.numel() - s), p.dtype))
+            else:
+                _rmsprop_tf(p, p.grad, v, lr, decay, eps)
+        for p, factors in factored:
+            v = self._accumulator(p, group)
+            for rows, g in self._blocks(p, factors):
+                scratch = self._scratch(g.numel(), p.dtype).view_as(g) if p.device.type == "cpu" else None
+                _rmsprop_tf(p[rows], g, v[rows], lr, decay, eps, scratch)
 
 
 def _rmsprop_tf(p: Tensor, g: Tensor, v: Tensor, lr: float, decay: float, eps: float,
