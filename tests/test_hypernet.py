@@ -254,3 +254,18 @@ def test_any_object_with_sample_is_a_prior():
         bbh.create("bbh", tiny_mlp(), prior="laplace")
     with pytest.raises(ValueError, match="scale must be a finite number > 0"):
         bbh.create("bbh", tiny_mlp(), prior=-1.0)
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu", "relu", "tanh", "elu"])
+def test_hidden_activation_is_an_option_and_hyperfan_still_matches_the_scale(activation):
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    method = bbh.create("bbh", model, activation=activation, hidden=(16, 32))
+    assert method.posterior.activation == activation
+    ref = {n: float(p.detach().pow(2).mean().sqrt()) for n, p in model.named_parameters()}
+    with torch.no_grad():
+        samples = method.sample(32)
+    for name, s in samples.items():
+        assert 0.5 < float(s.pow(2).mean().sqrt()) / ref[name] < 2.0, (activation, name)
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        bbh.create("bbh", tiny_mlp(), activation="gelu")

@@ -122,16 +122,20 @@ class HypernetTrunk(nn.Module):
     W_l of shape [T, out, in].
     """
 
-    def __init__(self, num: int, in_features: int, hidden: Sequence[int], negative_slope: float) -> None:
+    def __init__(self, num: int, in_features: int, hidden: Sequence[int], negative_slope: float,
+                 activation: str = "leaky_relu") -> None:
         super().__init__()
         sizes = [in_features, *hidden]
         self.weights = nn.ParameterList([nn.Parameter(torch.empty(num, b, a)) for a, b in zip(sizes, sizes[1:])])
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(num, b)) for b in sizes[1:]])
         self.negative_slope = negative_slope
+        self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
         for w, b in zip(self.weights, self.biases):
-            x = F.leaky_relu(torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)), self.negative_slope)
+            x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+            x = (F.leaky_relu(x, self.negative_slope) if self.activation == "leaky_relu"
+                 else _ACTIVATIONS[self.activation](x))
         return x
 
 
@@ -142,10 +146,17 @@ def _glorot_(w: Tensor) -> None:
     nn.init.uniform_(w, -bound, bound)
 
 
-def _kaiming_(w: Tensor, negative_slope: float) -> None:
-    """Kaiming-uniform for LeakyReLU(negative_slope): Var = 2 / ((1 + a^2) fan_in)."""
+_ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "elu": F.elu}
+ACTIVATIONS = ("leaky_relu", *_ACTIVATIONS)
+"""Hidden-layer activations of the hypernets (the paper: LeakyReLU with slope 0.1)."""
+
+
+def _kaiming_(w: Tensor, negative_slope: float, activation: str = "leaky_relu") -> None:
+    """Kaiming-uniform, Var = gain^2 / fan_in (LeakyReLU(a): gain^2 = 2 / (1 + a^2))."""
     fan_in = w.shape[-1]
-    bound = math.sqrt(6.0 / ((1 + negative_slope**2) * fan_in))
+    gain = nn.init.calculate_gain("leaky_relu", negative_slope) if activation == "leaky_relu" else \
+        nn.init.calculate_gain("selu" if activation == "elu" else activation)
+    bound = gain * math.sqrt(3.0 / fan_in)
     nn.init.uniform_(w, -bound, bound)
 
 
@@ -170,6 +181,7 @@ class HypernetPosterior(nn.Module):
         noise_dim: d, the dimension of z (paper Table 2: 1 or 8).
         hidden: hidden layer sizes of every hypernet.
         negative_slope: LeakyReLU slope (0.1).
+        activation: hidden activation, one of :data:`ACTIVATIONS` (``"leaky_relu"``).
         num_chunks: C for the ``single`` layout.
         zero_mean_noise: centre z over the samples of one call (the authors' ``--force_zero_mean``
             subtracts the mean over samples; applied here to the noise, where it keeps the generated
@@ -179,8 +191,12 @@ class HypernetPosterior(nn.Module):
     def __init__(self, shapes: dict[str, torch.Size], init_values: dict[str, Tensor] | None = None, *,
                  layout: Layout | str = Layout.LAYERWISE, noise: Noise | str = Noise.INDEPENDENT,
                  init: Init | str = Init.HYPERFAN, noise_dim: int = 1, hidden: Sequence[int] = (64, 256, 512),
-                 negative_slope: float = 0.1, num_chunks: int = 130, zero_mean_noise: bool = False) -> None:
+                 negative_slope: float = 0.1, num_chunks: int = 130, zero_mean_noise: bool = False,
+                 activation: str = "leaky_relu") -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(map(repr, ACTIVATIONS))}")
+        self.activation = activation
         self.layout = parse_option(Layout, layout, "layout")
         self.noise = parse_option(Noise, noise, "noise")
         self.init_scheme = parse_option(Init, init, "init")
@@ -198,18 +214,18 @@ class HypernetPosterior(nn.Module):
         d, h_last = self.noise_dim, hidden[-1]
 
         if self.layout == Layout.LAYERWISE:
-            self.trunks = nn.ModuleList([HypernetTrunk(len(self.targets), d + 1, hidden, negative_slope)])
+            self.trunks = nn.ModuleList([HypernetTrunk(len(self.targets), d + 1, hidden, negative_slope, activation)])
             self.heads = nn.ModuleList([HypernetHead(h_last, t.numel) for t in self.targets])
         elif self.layout == Layout.SLICED:
             self.trunks = nn.ModuleList(
-                [HypernetTrunk(1, d + t.slices, hidden, negative_slope) for t in self.targets])
+                [HypernetTrunk(1, d + t.slices, hidden, negative_slope, activation) for t in self.targets])
             self.heads = nn.ModuleList([HypernetHead(h_last, t.slice_size) for t in self.targets])
         else:
             if int(num_chunks) < 1:
                 raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
             self.num_chunks = min(int(num_chunks), self.total)
             self.chunk_size = math.ceil(self.total / self.num_chunks)
-            self.trunks = nn.ModuleList([HypernetTrunk(1, d + self.num_chunks, hidden, negative_slope)])
+            self.trunks = nn.ModuleList([HypernetTrunk(1, d + self.num_chunks, hidden, negative_slope, activation)])
             self.heads = nn.ModuleList([HypernetHead(h_last, self.chunk_size)])
         self._initialise(init_values, negative_slope)
 
@@ -218,7 +234,7 @@ class HypernetPosterior(nn.Module):
     def _initialise(self, init_values: dict[str, Tensor] | None, negative_slope: float) -> None:
         for trunk in self.trunks:
             for w, b in zip(trunk.weights, trunk.biases):
-                (_glorot_(w) if self.init_scheme == Init.GLOROT else _kaiming_(w, negative_slope))
+                (_glorot_(w) if self.init_scheme == Init.GLOROT else _kaiming_(w, negative_slope, self.activation))
                 b.zero_()
         for head in self.heads:
             head.bias.zero_()
@@ -312,7 +328,7 @@ class BayesByHypernet(Method):
         params: which parameters are random (see :func:`~bbh.posteriors.base.select_parameters`); default
             every weight and bias of Linear and Conv layers. Unselected parameters (normalisation affine
             parameters, by default) stay point estimates trained by the optimizer.
-        layout, noise, noise_dim, hidden, negative_slope, init, num_chunks, zero_mean_noise: the
+        layout, noise, noise_dim, hidden, negative_slope, activation, init, num_chunks, zero_mean_noise: the
             hypernetwork (:class:`HypernetPosterior`).
         num_samples: S, weight samples generated per step (paper: 5).
         likelihood_samples: see above (default ``one``, as the authors).
@@ -323,7 +339,8 @@ class BayesByHypernet(Method):
     def __init__(self, model: nn.Module, likelihood: Likelihood | str = "categorical", prior: Prior | float = 1.0,
                  params: ParamFilter = None, layout: Layout | str = Layout.LAYERWISE,
                  noise: Noise | str = Noise.INDEPENDENT, noise_dim: int = 1, hidden: Sequence[int] = (64, 256, 512),
-                 negative_slope: float = 0.1, init: Init | str = Init.HYPERFAN, num_chunks: int = 130,
+                 negative_slope: float = 0.1, activation: str = "leaky_relu", init: Init | str = Init.HYPERFAN,
+                 num_chunks: int = 130,
                  zero_mean_noise: bool = False, num_samples: int = 5,
                  likelihood_samples: LikelihoodSamples | str = LikelihoodSamples.ONE,
                  kl: str | KLEstimator = "nn-per-weight", num_prior_samples: int = 5) -> None:
@@ -338,6 +355,7 @@ class BayesByHypernet(Method):
             {n: named[n].shape for n in self.param_names}, {n: named[n].detach() for n in self.param_names},
             layout=layout, noise=noise, init=init, noise_dim=noise_dim, hidden=hidden,
             negative_slope=negative_slope, num_chunks=num_chunks, zero_mean_noise=zero_mean_noise,
+            activation=activation,
         ).to(device=next(iter(named.values())).device)
         for n in self.param_names:
             named[n].requires_grad_(False)
