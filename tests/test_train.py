@@ -96,3 +96,12 @@ def test_map_penalty_is_the_gaussian_log_prior_over_kernels():
     terms = method.loss(x, y, num_data=100)
     assert torch.allclose(terms.total, terms.nll + expected / 100)
     assert float(bbh.create("map", model, prior_scale=None).penalty()) == 0.0
+
+
+def test_default_learning_rates_follow_the_method():
+    bbh_method = small_bbh()
+    assert bbh.Trainer(bbh_method, progress=False).optimizer.param_groups[0]["lr"] == 1e-4  # the paper's BbH
+    assert bbh.Trainer(bbh_method, optimizer="rmsprop-tf", progress=False).optimizer.param_groups[0]["lr"] == 1e-4
+    map_method = bbh.create("map", bbh.models.MLP(2, 4))
+    assert bbh.Trainer(map_method, progress=False).optimizer.param_groups[0]["lr"] == 1e-3
+    assert bbh.Trainer(map_method, lr=0.05, progress=False).optimizer.param_groups[0]["lr"] == 0.05

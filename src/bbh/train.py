@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .elbo import Schedule, as_schedule
 from .optim import make_optimizer
-from .options import OptimizerName
+from .options import OptimizerName, parse_option
 from .posteriors.base import Method
 
 
@@ -43,7 +43,8 @@ class Trainer:
     Args:
         method: the method to train (moved to ``device``).
         optimizer: ``"adam"`` or ``"rmsprop-tf"`` (:class:`~bbh.options.OptimizerName`).
-        lr: learning rate (default per optimizer: Adam 1e-3, RMSProp-TF 1e-4).
+        lr: learning rate (default: the method's ``default_lr`` — BbH 1e-4 as the paper —, else Adam 1e-3,
+            RMSProp-TF 1e-4).
         eps: optimizer epsilon (default: Adam 1e-8, RMSProp-TF 1e-5).
         epochs: passes over the data (default 1 unless ``steps`` is given).
         steps: stop after this many optimizer steps (overrides ``epochs`` as the stopping rule).
@@ -67,6 +68,8 @@ class Trainer:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.device = resolve_device(device)
         self.method = method.to(self.device)
+        if lr is None:
+            lr = method.default_lr.get(parse_option(OptimizerName, optimizer, "optimizer").value)
         self.optimizer = make_optimizer(optimizer, method.trainable_parameters(), lr=lr, eps=eps,
                                         factored=factored_grads)
         self.epochs = epochs if epochs is not None else (None if steps is not None else 1)

@@ -83,6 +83,9 @@ class Method(nn.Module):
     """
 
     name: ClassVar[str] = "method"
+    default_lr: ClassVar[dict[str, float]] = {}
+    """Learning rate per optimizer name used by the Trainer when none is given (falls back to
+    :data:`bbh.optim.DEFAULT_LR`)."""
 
     def __init__(self, model: nn.Module, likelihood: Likelihood | str = "categorical",
                  prior: Prior | float = 1.0) -> None:
