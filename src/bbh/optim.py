@@ -64,7 +64,7 @@ def add_grad_factors(p: Tensor, left: Tensor, right: Tensor) -> None:
     if factors is None:
         factors = []
         setattr(p, _FACTORS, factors)
-    factors.append((left.contiguous(), right.contiguous()))
+    factors.append((left, right))  # left may be a transposed view: mm reads it without a copy
 
 
 def _pop_factors(p: Tensor) -> list[tuple[Tensor, Tensor]]:
