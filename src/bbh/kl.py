@@ -27,7 +27,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from .priors import NormalPrior, Prior
+from .priors import Prior
 
 DISTANCE_EPS = 1e-8
 """Added to squared distances before the square root: distances are floored smoothly at 1e-4, so the
@@ -273,6 +273,6 @@ def make_kl_estimator(kl: str | KLEstimator, num_prior_samples: int = 5) -> KLEs
 
 
 __all__ = [
-    "DISTANCE_EPS", "KLEstimator", "KL_ESTIMATORS", "NearestNeighbourKL", "NormalPrior", "flatten_samples",
+    "DISTANCE_EPS", "KLEstimator", "KL_ESTIMATORS", "NearestNeighbourKL", "flatten_samples",
     "gaussian_kl", "make_kl_estimator", "nn_kl_full", "nn_kl_per_weight", "nn_kl_per_weight_reference",
 ]
