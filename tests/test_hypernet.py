@@ -269,3 +269,16 @@ def test_hidden_activation_is_an_option_and_hyperfan_still_matches_the_scale(act
         assert 0.5 < float(s.pow(2).mean().sqrt()) / ref[name] < 2.0, (activation, name)
     with pytest.raises(ValueError, match="unknown activation 'gelu'"):
         bbh.create("bbh", tiny_mlp(), activation="gelu")
+
+
+@pytest.mark.parametrize("layout", ["layerwise", "sliced", "single"])
+@pytest.mark.parametrize("noise", ["shared", "independent"])
+def test_every_layout_and_noise_trains_beyond_chance(layout, noise):
+    x, y = make_blobs(n=256, classes=4, dim=2, seed=2, spread=0.7)
+    torch.manual_seed(0)
+    method = bbh.create("bbh", bbh.models.MLP(2, 4, hidden=(16,)), layout=layout, noise=noise,
+                        hidden=(16, 32), num_chunks=5)
+    bbh.Trainer(method, lr=3e-3, steps=80, kl_anneal=0.0, progress=False).fit((x, y))
+    with torch.no_grad():
+        acc = (method.sample_outputs(x, 20).softmax(-1).mean(0).argmax(-1) == y).float().mean()
+    assert acc > 0.85, (layout, noise, float(acc))  # chance is 0.25
