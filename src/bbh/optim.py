@@ -94,8 +94,7 @@ class _FactoredOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict, block_bytes: int) -> None:
         super().__init__(params, defaults)
         self.block_bytes = int(block_bytes)
-        self._buffer: Tensor | None = None
-        self._scratch_buf: Tensor | None = None
+        self._workspaces: dict[str, Tensor] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none=set_to_none)
@@ -104,11 +103,16 @@ class _FactoredOptimizer(torch.optim.Optimizer):
                 if getattr(p, _FACTORS, None):
                     setattr(p, _FACTORS, None)
 
+    def _workspace(self, slot: str, numel: int, dtype: torch.dtype) -> Tensor:
+        """A reusable CPU buffer of ``numel`` elements per ``slot`` (allocating 4 MB per block costs page
+        faults): ``"grad"`` holds a gradient block, ``"scratch"`` an elementwise temporary."""
+        buf = self._workspaces.get(slot)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            buf = self._workspaces[slot] = torch.empty(numel, dtype=dtype)
+        return buf[:numel]
+
     def _scratch(self, numel: int, dtype: torch.dtype) -> Tensor:
-        """A reusable CPU temporary of ``numel`` elements (allocating 4 MB per block costs page faults)."""
-        if self._scratch_buf is None or self._scratch_buf.numel() < numel or self._scratch_buf.dtype != dtype:
-            self._scratch_buf = torch.empty(numel, dtype=dtype)
-        return self._scratch_buf[:numel]
+        return self._workspace("scratch", numel, dtype)
 
     def _blocks(self, p: Tensor, factors: list[tuple[Tensor, Tensor]]):
         if p.dim() != 2:
@@ -117,10 +121,7 @@ class _FactoredOptimizer(torch.optim.Optimizer):
             yield from _grad_blocks(p, factors, p.shape[0], None)
             return
         rows = max(1, self.block_bytes // (p.shape[1] * p.element_size()))
-        need = rows * p.shape[1]
-        if self._buffer is None or self._buffer.numel() < need or self._buffer.dtype != p.dtype:
-            self._buffer = torch.empty(need, dtype=p.dtype)
-        yield from _grad_blocks(p, factors, rows, self._buffer)
+        yield from _grad_blocks(p, factors, rows, self._workspace("grad", rows * p.shape[1], p.dtype))
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]

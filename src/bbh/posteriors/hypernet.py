@@ -154,6 +154,8 @@ ACTIVATIONS = ("leaky_relu", *_ACTIVATIONS)
 def _kaiming_(w: Tensor, negative_slope: float, activation: str = "leaky_relu") -> None:
     """Kaiming-uniform, Var = gain^2 / fan_in (LeakyReLU(a): gain^2 = 2 / (1 + a^2))."""
     fan_in = w.shape[-1]
+    # torch has no ELU gain; SELU's 3/4 is used as a stand-in. The exact output rescaling of the hyperfan
+    # initialisation makes the generated scale right whatever the hidden layers' gain.
     gain = nn.init.calculate_gain("leaky_relu", negative_slope) if activation == "leaky_relu" else \
         nn.init.calculate_gain("selu" if activation == "elu" else activation)
     bound = gain * math.sqrt(3.0 / fan_in)
