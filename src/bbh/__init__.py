@@ -17,7 +17,7 @@ import os
 # THP_MEM_ALLOC_ENABLE=0 before importing bbh to opt out.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from . import kl, likelihoods, models, priors  # noqa: E402
+from . import kl, likelihoods, models, native, priors  # noqa: E402
 from .elbo import ConstantWeight, LinearAnneal, LossTerms, ToyAnneal, elbo  # noqa: E402
 from .options import Init, Layout, LikelihoodSamples, Noise, OptimizerName  # noqa: E402
 from .posteriors import MAP, BayesByHypernet, HypernetPosterior, Method, available_methods, create  # noqa: E402
@@ -29,5 +29,6 @@ __version__ = "0.1.0"
 __all__ = [
     "MAP", "BayesByHypernet", "ConstantWeight", "HypernetPosterior", "Init", "Layout", "LikelihoodSamples",
     "LinearAnneal", "LossTerms", "Method", "Noise", "NonFiniteLossError", "NormalPrior", "OptimizerName",
-    "ToyAnneal", "Trainer", "available_methods", "create", "elbo", "kl", "likelihoods", "models", "priors",
+    "ToyAnneal", "Trainer", "available_methods", "create", "elbo", "kl", "likelihoods", "models", "native",
+    "priors",
 ]

@@ -27,6 +27,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from . import native
 from .priors import Prior
 
 DISTANCE_EPS = 1e-8
@@ -116,7 +117,9 @@ class _PerWeightNNKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, p: Tensor, compiled: bool) -> Tensor:  # type: ignore[override]
         fn = _compiled_value_and_grad() if compiled else None
-        if fn is not None:
+        if native.usable(q, p, min_elements=0):
+            value, grad = native.nn_kl_per_weight(q, p, DISTANCE_EPS)
+        elif fn is not None:
             try:
                 value, grad = fn(q, p)
             except Exception as err:  # pragma: no cover - e.g. no C++ compiler at run time

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import native
 from ..elbo import LossTerms, elbo
 from ..functional import forward_samples, forward_with
 from ..kl import KLEstimator, make_kl_estimator
@@ -61,6 +62,8 @@ class _HeadLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(h, weight)
+        if native.usable(weight, h, bias):
+            return native.head_forward(weight, h, bias)
         return torch.addmm(bias.unsqueeze(1), weight, h.t()).t().contiguous()
 
     @staticmethod
@@ -90,6 +93,8 @@ def _few_rows_times_tall(dy: Tensor, weight: Tensor, splits: int = 16) -> Tensor
     1 and 2 threads); splitting the reduction over P into ``splits`` blocks as one ``bmm`` and summing the
     partial products uses every core (~1.7x faster on 2 cores for the LeNet fc1 head).
     """
+    if native.usable(weight, dy):
+        return native.head_input_grad(dy, weight)
     rows = weight.shape[0]
     if dy.device.type != "cpu" or rows < SPLIT_ROWS:
         return dy @ weight
