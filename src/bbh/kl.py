@@ -260,17 +260,22 @@ class NearestNeighbourKL(KLEstimator):
         return f"full={self.full}, num_prior_samples={self.num_prior_samples}"
 
 
-KL_ESTIMATORS = ("nn-per-weight", "nn-full")
+KL_ESTIMATORS = ("nn-per-weight", "nn-full", "adversarial")
 
 
 def make_kl_estimator(kl: str | KLEstimator, num_prior_samples: int = 5) -> KLEstimator:
-    """Build a sample-based estimator by name (``"nn-per-weight"``, ``"nn-full"``) or pass one through."""
+    """Build a sample-based estimator by name (``"nn-per-weight"``, ``"nn-full"``, ``"adversarial"`` — the
+    :class:`~bbh.kl_adversarial.AdversarialKL` with its defaults) or pass one through."""
     if isinstance(kl, KLEstimator):
         return kl
     if kl == "nn-per-weight":
         return NearestNeighbourKL(full=False, num_prior_samples=num_prior_samples)
     if kl == "nn-full":
         return NearestNeighbourKL(full=True, num_prior_samples=num_prior_samples)
+    if kl == "adversarial":
+        from .kl_adversarial import AdversarialKL  # the estimator module imports this one
+
+        return AdversarialKL()
     valid = ", ".join(repr(k) for k in KL_ESTIMATORS)
     raise ValueError(f"unknown kl {kl!r}; expected one of {valid} or a KLEstimator instance")
 

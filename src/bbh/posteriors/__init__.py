@@ -1,8 +1,11 @@
 """Variational families and point estimates, all behind the :class:`~bbh.posteriors.base.Method` protocol."""
 
 from .base import Method, available_methods, create, register, select_parameters
+from .bbb import BayesByBackprop
+from .dropout import MCDropout
+from .ensemble import DeepEnsemble
 from .hypernet import BayesByHypernet, HypernetPosterior
 from .point import MAP
 
-__all__ = ["MAP", "BayesByHypernet", "HypernetPosterior", "Method", "available_methods", "create", "register",
-           "select_parameters"]
+__all__ = ["MAP", "BayesByBackprop", "BayesByHypernet", "DeepEnsemble", "HypernetPosterior", "MCDropout", "Method",
+           "available_methods", "create", "register", "select_parameters"]
