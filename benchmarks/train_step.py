@@ -1,11 +1,12 @@
-"""Time one training step of MAP and of BbH on LeNet-5 with synthetic MNIST-shaped data, in one process.
+"""Time one training step of MAP and of each method on LeNet-5 with synthetic MNIST-shaped data, in one process.
 
-    python benchmarks/train_step.py [--repeats 10] [--device cpu] [--optimizer adam]
+    python benchmarks/train_step.py [--methods map,bbh | all] [--repeats 20] [--device cpu] [--optimizer adam]
 
-BbH: layer-wise hypernets, d = 1, S = 5 samples per step (one in the likelihood, as the authors), batch
-100, the per-weight nearest-neighbour KL. Both methods run through the same ``Trainer.loss_step``. Prints
-the median seconds per step of each (the two run alternately) and their ratio; the paper reports BbH at
-16.2x MAP's runtime on a GPU (Table 3). Absolute times depend on the machine; the ratio is the number to compare.
+Batch 100. BbH: layer-wise hypernets, d = 1, S = 5 samples per step (one in the likelihood, as the
+authors), the per-weight nearest-neighbour KL; the ensemble: 10 members with adversarial training; the
+others with their defaults. Every method runs through the same ``Trainer.loss_step``. Prints the median
+seconds per step of each (all run alternately) and the ratio to MAP next to the paper's Table 3 (GPU).
+Absolute times depend on the machine; the ratios are the numbers to compare.
 """
 
 from __future__ import annotations
@@ -54,38 +55,56 @@ def interleaved_medians(steps: dict[str, Callable[[], float]], repeats: int, war
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+PAPER_RATIOS = {"map": 1.0, "mc-dropout": 1.7, "ensemble": 3.8, "bbb": 4.1, "mnf": 30.7, "bbh": 16.2}
+"""Runtime relative to MAP in the paper's Table 3 (GPU)."""
+
+METHOD_OPTIONS = {
+    "map": {},
+    "mc-dropout": {},
+    "ensemble": {"members": 10},  # the authors' MNIST ensemble, adversarial training on
+    "bbb": {},
+    "mnf": {},
+    "bbh": {"layout": "layerwise", "noise_dim": 1, "num_samples": 5},
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--optimizer", default="adam", choices=["adam", "rmsprop-tf"],
-                        help="BbH's optimizer (MAP always uses Adam, as the authors)")
+                        help="BbH's optimizer (the baselines always use Adam, as the authors)")
+    parser.add_argument("--methods", default="map,bbh",
+                        help="comma-separated methods to time besides MAP, or 'all' "
+                             f"({','.join(METHOD_OPTIONS)})")
     parser.add_argument("--no-torch-only", action="store_true",
-                        help="skip the third run, BbH with bbh.native's CPU kernels switched off")
+                        help="skip the extra run of BbH with bbh.native's CPU kernels switched off")
     args = parser.parse_args()
+    names = list(METHOD_OPTIONS) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    unknown = [m for m in names if m not in METHOD_OPTIONS or m not in bbh.available_methods()]
+    if unknown:
+        parser.error(f"unknown or unavailable method(s) {unknown}; available: {bbh.available_methods()}")
+    names = ["map", *[m for m in names if m != "map"]]
     torch.manual_seed(0)
 
-    def bbh_method() -> bbh.Method:
-        return bbh.create("bbh", bbh.models.LeNet5(), layout="layerwise", noise_dim=1, num_samples=5)
+    def method(name: str) -> bbh.Method:
+        return bbh.create(name, bbh.models.LeNet5(), **METHOD_OPTIONS[name])
 
-    steps = {
-        "map": make_step(bbh.create("map", bbh.models.LeNet5()), "adam", args.device),
-        "bbh": make_step(bbh_method(), args.optimizer, args.device),
-    }
+    steps = {name: make_step(method(name), args.optimizer if name == "bbh" else "adam", args.device)
+             for name in names}
     native_used = args.device == "cpu" and bbh.native.kernels() is not None
-    if native_used and not args.no_torch_only:
-        steps["bbh_torch"] = make_step(bbh_method(), args.optimizer, args.device, native=False)
+    if "bbh" in names and native_used and not args.no_torch_only:
+        steps["bbh, PyTorch path only"] = make_step(method("bbh"), args.optimizer, args.device, native=False)
     medians = interleaved_medians(steps, args.repeats)
-    t_map, t_bbh = medians["map"], medians["bbh"]
+    t_map = medians["map"]
     print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} "
-          f"native kernels={'on' if native_used else 'off'}")
-    print(f"MAP step                     {t_map * 1e3:8.1f} ms")
-    print(f"BbH step ({args.optimizer:10s})          {t_bbh * 1e3:8.1f} ms")
-    print(f"ratio BbH / MAP              {t_bbh / t_map:8.1f}x   (paper, GPU: 16.2x)")
-    if "bbh_torch" in medians:
-        t_torch = medians["bbh_torch"]
-        print(f"BbH step, PyTorch path only  {t_torch * 1e3:8.1f} ms   ({t_torch / t_map:.1f}x MAP; "
-              f"native kernels {t_torch / t_bbh:.2f}x faster)")
+          f"native kernels={'on' if native_used else 'off'} BbH optimizer={args.optimizer}")
+    print(f"{'method':24s} {'step':>10s} {'/ MAP':>7s} {'paper (GPU)':>12s}")
+    for name, t in medians.items():
+        paper = PAPER_RATIOS.get(name)
+        print(f"{name:24s} {t * 1e3:8.1f}ms {t / t_map:6.1f}x {'' if paper is None else f'{paper:.1f}x':>12s}")
+    if "bbh, PyTorch path only" in medians:
+        print(f"native kernels make the BbH step {medians['bbh, PyTorch path only'] / medians['bbh']:.2f}x faster")
 
 
 if __name__ == "__main__":
