@@ -1,6 +1,6 @@
 """The ``bbh`` command line.
 
-    bbh toy [--out DIR] [--methods bbh,map] [--seed S] [--faithful] [--samples N]
+    bbh toy [--out DIR] [--methods bbh,map,...] [--seed S] [--faithful] [--samples N] [--no-hmc]
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--faithful", action="store_true",
                      help="the authors' exact toy settings (their KL is switched off after 10 iterations)")
     toy.add_argument("--progress", action="store_true", help="show training progress bars")
+    toy.add_argument("--no-hmc", action="store_true",
+                     help="skip the HMC reference panel (computed once in ~15 s, then read from ~/.cache/bbh)")
     return parser
 
 
@@ -54,11 +56,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .experiments.toy import TOY_METHODS, run_toy
 
         report = run_toy(args.out, methods=args.methods or TOY_METHODS, seed=args.seed,
-                         faithful=args.faithful, n_samples=args.samples, progress=args.progress)
-        print(f"{'method':8s} {'RMSE':>7s} {'std |x|<=4':>11s} {'std 5<=|x|<=6':>14s} {'train s':>8s}")
+                         faithful=args.faithful, n_samples=args.samples, progress=args.progress,
+                         hmc=not args.no_hmc)
+        hmc = report.get("hmc")
+        print(f"{'method':11s} {'RMSE':>6s} {'std |x|<=4':>11s} {'std 5<=|x|<=6':>14s} {'train s':>8s}"
+              + ("   std / HMC (in, out)" if hmc else ""))
         for name, s in report["methods"].items():
-            print(f"{name:8s} {s['rmse']:7.1f} {s['std_inside']:11.2f} {s['std_outside']:14.2f} "
-                  f"{s['train_seconds']:8.1f}")
+            ratios = f"   {s['std_ratio_inside']:5.2f}, {s['std_ratio_outside']:5.2f}" if hmc else ""
+            print(f"{name:11s} {s['rmse']:6.1f} {s['std_inside']:11.2f} {s['std_outside']:14.2f} "
+                  f"{s['train_seconds']:8.1f}" + ratios)
+        if hmc:
+            print(f"{'hmc':11s} {hmc['rmse']:6.1f} {hmc['std_inside']:11.2f} {hmc['std_outside']:14.2f} "
+                  f"{hmc['seconds']:8.1f}   (reference{', cached' if hmc['cached'] else ''})")
         print(f"wrote {args.out}/toy.png and {args.out}/toy.json")
         return 0
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover

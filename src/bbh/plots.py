@@ -12,8 +12,8 @@ import torch  # noqa: E402
 
 from .io import atomic_write  # noqa: E402
 
-METHOD_TITLES = {"bbh": "BbH", "map": "MAP", "hmc": "HMC", "dropout": "MC-Dropout", "ensemble": "Ensemble",
-                 "bbb": "BbB", "mnf": "MNF"}
+METHOD_TITLES = {"bbh": "BbH", "map": "MAP", "hmc": "HMC (reference)", "mc-dropout": "MC-Dropout",
+                 "ensemble": "Ensemble", "bbb": "BbB", "mnf": "MNF"}
 
 
 def plot_toy(path: str | Path, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor,
@@ -28,8 +28,12 @@ def plot_toy(path: str | Path, x: torch.Tensor, y: torch.Tensor, grid: torch.Ten
         ylim: symmetric y-axis limit (the paper's +-100).
     """
     g = grid.squeeze(-1).numpy()
-    fig, axes = plt.subplots(1, len(samples), figsize=(3.2 * len(samples), 3.0), sharey=True, squeeze=False)
-    for ax, (name, s) in zip(axes[0], samples.items()):
+    cols = min(4, len(samples))
+    rows = -(-len(samples) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(samples):]:
+        ax.set_visible(False)
+    for ax, (name, s) in zip(axes.flat, samples.items()):
         mean = s.mean(0).squeeze(-1).numpy()
         std = (s.std(0) if s.shape[0] > 1 else torch.zeros_like(s[0])).squeeze(-1).numpy()
         for k, alpha in ((3, 0.12), (2, 0.18), (1, 0.28)):
@@ -41,7 +45,8 @@ def plot_toy(path: str | Path, x: torch.Tensor, y: torch.Tensor, grid: torch.Ten
         ax.set_xlim(g[0], g[-1])
         ax.set_ylim(-ylim, ylim)
         ax.set_xlabel("x")
-    axes[0][0].set_ylabel("y")
+    for row in axes:
+        row[0].set_ylabel("y")
     fig.tight_layout()
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
