@@ -1,6 +1,10 @@
 """The ``bbh`` command line.
 
     bbh toy [--out DIR] [--methods bbh,map,...] [--seed S] [--faithful] [--samples N] [--no-hmc]
+    bbh train                                   # lists the shipped experiments
+    bbh train --config mnist-bbh [--set train.epochs=1 ...] [--data-dir DIR] [--run-dir DIR]
+    bbh train --task mnist --method map [--epochs 1] [--lr 1e-3] [--seed 0] ...
+    bbh train --resume RUN_DIR
 """
 
 from __future__ import annotations
@@ -43,7 +47,78 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--progress", action="store_true", help="show training progress bars")
     toy.add_argument("--no-hmc", action="store_true",
                      help="skip the HMC reference panel (computed once in ~15 s, then read from ~/.cache/bbh)")
+
+    train = sub.add_parser("train", help="train a method on MNIST or CIFAR-5 (the paper's experiments)",
+                           description="Train one experiment in a run directory (config, metrics.jsonl, "
+                                       "checkpoints, final model); without arguments, list the experiments.")
+    train.add_argument("--config", help="a shipped experiment name (e.g. mnist-bbh) or a TOML file")
+    train.add_argument("--task", help="with --method: the shipped experiment TASK-METHOD")
+    train.add_argument("--method", help="with --task: the shipped experiment TASK-METHOD")
+    train.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                       help="override a config value (repeatable), e.g. --set train.epochs=1")
+    for flag, key in (("--epochs", "train.epochs"), ("--lr", "train.lr"), ("--batch-size", "train.batch_size"),
+                      ("--optimizer", "train.optimizer"), ("--seed", "experiment.seed"),
+                      ("--device", "train.device"), ("--samples", "eval.samples")):
+        train.add_argument(flag, dest=key, help=f"shortcut for --set {key}=...")
+    train.add_argument("--amp", action="store_true", help="automatic mixed precision (--set train.amp=true)")
+    train.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
+    train.add_argument("--data-dir", help="where the data lives (default: $BBH_DATA_DIR, else ~/.cache/bbh/data)")
+    train.add_argument("--run-dir", help="the run directory (default: runs/NAME-YYYYmmdd-HHMMSS)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
     return parser
+
+
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import time
+    from pathlib import Path
+
+    from .config import available_experiments, load_config
+    from .experiments.run import Run
+    from .train import NonFiniteLossError
+
+    if args.resume:
+        run = Run.resume(args.resume, data_dir=args.data_dir, progress=args.progress)
+    else:
+        if args.config and (args.task or args.method):
+            parser.error("give either --config or --task/--method")
+        if bool(args.task) != bool(args.method):
+            parser.error("--task and --method go together")
+        source = args.config or (f"{args.task}-{args.method}" if args.task else None)
+        if source is None:
+            print("experiments shipped with bbh (bbh train --config NAME, or --task T --method M):")
+            for name in available_experiments():
+                print(f"  {name}")
+            return 0
+        overrides = list(args.set)
+        for key in ("train.epochs", "train.lr", "train.batch_size", "train.optimizer", "experiment.seed",
+                    "train.device", "eval.samples"):
+            value = getattr(args, key)
+            if value is not None:
+                overrides.append(f"{key}={value}" if key not in ("train.optimizer", "train.device")
+                                 else f'{key}="{value}"')
+        if args.amp:
+            overrides.append("train.amp=true")
+        if args.deterministic:
+            overrides.append("train.deterministic=true")
+        config = load_config(source, overrides)
+        run_dir = Path(args.run_dir or f"runs/{config['experiment']['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if (run_dir / "checkpoint.pt").exists():
+            parser.error(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                         f"or choose another --run-dir")
+        run = Run(config, run_dir, data_dir=args.data_dir, progress=args.progress)
+    try:
+        summary = run.train()
+    except KeyboardInterrupt as err:
+        print(f"{err}\ncontinue with: bbh train --resume {run.run_dir}", file=sys.stderr)
+        return 130
+    except NonFiniteLossError as err:
+        print(f"training stopped: {err}\nthe last good checkpoint is {run.run_dir / 'checkpoint.pt'}",
+              file=sys.stderr)
+        return 1
+    print(f"test accuracy {summary['test_accuracy']:.4f}, test NLL {summary['test_nll']:.4f} "
+          f"({summary['eval_samples']} samples); run directory {run.run_dir}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,6 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{hmc['seconds']:8.1f}   (reference{', cached' if hmc['cached'] else ''})")
         print(f"wrote {args.out}/toy.png and {args.out}/toy.json")
         return 0
+    if args.command == "train":
+        try:
+            return _train(args, parser)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"bbh train: {err}", file=sys.stderr)
+            return 2
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2
 

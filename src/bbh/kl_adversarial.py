@@ -61,6 +61,13 @@ class AdversarialKL(KLEstimator):
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr)
         self.register_buffer("pretrained", torch.zeros((), dtype=torch.bool))
 
+    def get_extra_state(self) -> dict:
+        """The discriminator's optimizer state travels with ``state_dict()`` (checkpoints resume exactly)."""
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
     def logits(self, w: Tensor) -> Tensor:
         """T(w) elementwise, differentiable in w but not in the discriminator's parameters."""
         params = {k: v.detach() for k, v in self.discriminator.named_parameters()}

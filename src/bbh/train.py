@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -54,12 +54,18 @@ class Trainer:
         progress: show a progress bar with the loss terms.
         factored_grads: let hypernet output layers pass their rank-S weight gradients as factors that
             the optimizer expands block by block (:mod:`bbh.optim`); same update, less memory traffic.
+        amp: automatic mixed precision for the loss computation: bfloat16 autocast on the CPU, float16
+            autocast with a gradient scaler on CUDA (which needs ``factored_grads=False``: the scaler
+            only sees ``.grad``). Hypernet output layers and the KL estimators stay in float32.
+        grad_hook: called with the trainable parameters after every backward pass, before the optimizer
+            step (data-parallel training averages the gradients there, :mod:`bbh.distributed`).
     """
 
     def __init__(self, method: Method, *, optimizer: OptimizerName | str = "adam", lr: float | None = None,
                  eps: float | None = None, epochs: int | None = None, steps: int | None = None,
                  kl_anneal: Schedule | float | None = None, device: str | torch.device = "auto",
-                 seed: int | None = None, progress: bool = True, factored_grads: bool = True) -> None:
+                 seed: int | None = None, progress: bool = True, factored_grads: bool = True, amp: bool = False,
+                 grad_hook: Callable[[list[torch.nn.Parameter]], None] | None = None) -> None:
         if not isinstance(method, Method):
             raise TypeError(f"method must be a bbh Method (see bbh.create), got {type(method).__name__}")
         if epochs is not None and epochs < 1:
@@ -70,8 +76,15 @@ class Trainer:
         self.method = method.to(self.device)
         if lr is None:
             lr = method.default_lr.get(parse_option(OptimizerName, optimizer, "optimizer").value)
-        self.optimizer = make_optimizer(optimizer, method.trainable_parameters(), lr=lr, eps=eps,
-                                        factored=factored_grads)
+        self.amp = bool(amp)
+        self.scaler = None
+        if self.amp and self.device.type == "cuda":
+            if factored_grads:
+                raise ValueError("amp on CUDA uses a gradient scaler, which needs factored_grads=False")
+            self.scaler = torch.amp.GradScaler("cuda")
+        self.grad_hook = grad_hook
+        self.params = method.trainable_parameters()
+        self.optimizer = make_optimizer(optimizer, self.params, lr=lr, eps=eps, factored=factored_grads)
         self.epochs = epochs if epochs is not None else (None if steps is not None else 1)
         self.max_steps = steps
         self.schedule = as_schedule(kl_anneal)
@@ -97,7 +110,9 @@ class Trainer:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         weight = float(self.schedule(self.step, steps_per_epoch))
         try:
-            terms = self.method.loss(x, y, num_data=num_data, kl_weight=weight)
+            amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+            with torch.autocast(device_type=self.device.type, dtype=amp_dtype, enabled=self.amp):
+                terms = self.method.loss(x, y, num_data=num_data, kl_weight=weight)
         except FloatingPointError as err:
             raise NonFiniteLossError(f"non-finite value at step {self.step}: {err}; "
                                      f"the parameters are those of the last finite step") from err
@@ -107,8 +122,18 @@ class Trainer:
                 f"non-finite loss at step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in logged.items())
                 + "; the parameters are those of the last finite step (lower the learning rate?)")
         self.optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.scale(terms.total.float()).backward()
+            self.scaler.unscale_(self.optimizer)
+            if self.grad_hook is not None:
+                self.grad_hook(self.params)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            terms.total.backward()
+            if self.grad_hook is not None:
+                self.grad_hook(self.params)
+            self.optimizer.step()
         logged.update(self.method.post_step())
         self.step += 1
         return logged

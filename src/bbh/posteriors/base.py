@@ -111,7 +111,9 @@ class Method(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def mean_nll(self, outputs: Tensor, y: Tensor) -> Tensor:
-        """Mean over the minibatch of -log p(y | outputs)."""
+        """Mean over the minibatch of -log p(y | outputs); keeps ``outputs`` (detached) as
+        ``_last_outputs`` so that a training loop can report the training accuracy."""
+        self._last_outputs = outputs.detach()
         return -self.likelihood.log_prob(outputs, y).mean()
 
 

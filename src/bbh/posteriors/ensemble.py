@@ -116,8 +116,11 @@ class DeepEnsemble(Method):
                 self.vectorizable = False
         return torch.stack([m(x[k] if per_member else x) for k, m in enumerate(self.members)])
 
-    def _member_nll(self, outputs: Tensor, y: Tensor, per_member: bool) -> Tensor:
-        """Mean NLL of each member, ``[M]``."""
+    def _member_nll(self, outputs: Tensor, y: Tensor, per_member: bool, record: bool = False) -> Tensor:
+        """Mean NLL of each member, ``[M]``; ``record`` keeps the ensemble's log-predictive (for the
+        training accuracy a loop may report)."""
+        if record:
+            self._last_outputs = None if per_member else outputs.detach().float().softmax(-1).mean(0).log()
         if per_member:
             return torch.stack([self.mean_nll(outputs[k], y[k]) for k in range(self.num_members)])
         return -self.likelihood.log_prob(outputs, y).mean(dim=1)
@@ -130,13 +133,13 @@ class DeepEnsemble(Method):
         if self.adversarial:  # FGSM (Goodfellow et al. 2015) on each member's own input gradient
             xs = (x if per_member else x.unsqueeze(0).expand(self.num_members, *x.shape)).detach()
             xs.requires_grad_(True)
-            clean = self._member_nll(self._forward(xs, True), y, per_member)
+            clean = self._member_nll(self._forward(xs, True), y, per_member, record=True)
             (grad,) = torch.autograd.grad(clean.sum(), xs, retain_graph=True)
             x_adv = xs.detach() + self.epsilon * grad.sign()
             adv = self._member_nll(self._forward(x_adv, True), y, per_member)
             per = self.alpha * clean + (1 - self.alpha) * adv
         else:
-            clean = per = self._member_nll(self._forward(x, per_member), y, per_member)
+            clean = per = self._member_nll(self._forward(x, per_member), y, per_member, record=True)
         total = per.sum()
         check_finite("the ensemble loss", total.detach())
         zero = total.new_zeros(())

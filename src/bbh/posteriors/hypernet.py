@@ -61,6 +61,8 @@ class _HeadLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.h_dtype = h.dtype
+        h = h.to(weight.dtype)  # under autocast the trunk may hand over bfloat16/float16; the head stays fp32
         ctx.save_for_backward(h, weight)
         if native.usable(weight, h, bias):
             return native.head_forward(weight, h, bias)
@@ -70,8 +72,9 @@ class _HeadLinear(torch.autograd.Function):
     def backward(ctx, dy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
         h, weight = ctx.saved_tensors
         dh = dw = db = None
+        dy = dy.to(weight.dtype)
         if ctx.needs_input_grad[0]:
-            dh = _few_rows_times_tall(dy, weight)
+            dh = _few_rows_times_tall(dy, weight).to(ctx.h_dtype)
         if ctx.needs_input_grad[1]:
             if wants_factored_grad(weight):  # the optimizer forms dW = dy^T h block by block
                 add_grad_factors(weight, dy.t(), h)
