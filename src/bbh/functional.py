@@ -5,7 +5,10 @@ the module once per sample and stacks the outputs into ``[S, B, ...]``. The path
 ``torch.func.vmap`` over ``torch.func.functional_call``: PyTorch's batching rules turn a linear layer with
 batched weights into a batched matmul and a convolution into one grouped convolution, so there is no
 Python loop over samples. ``chunk_size`` bounds memory by evaluating that many samples at a time.
-Parameters and buffers not in the dict are the module's own (shared by all samples).
+Parameters and buffers not in the dict are the module's own (shared by all samples). One exception: a
+module in training mode with BatchNorm layers that update running statistics cannot run under ``vmap``
+(the in-place update of unbatched buffers); it is then evaluated sample by sample, each sample's batch
+updating the statistics in turn.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from torch.func import functional_call, vmap
 def forward_with(module: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
     """Evaluate ``module(x)`` with the given (unbatched) parameters replacing the module's own."""
     return functional_call(module, dict(params), (x,))
+
+
+def _updates_running_stats(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+               for m in module.modules())
 
 
 def forward_samples(module: nn.Module, samples: Mapping[str, Tensor], x: Tensor,
@@ -42,6 +50,9 @@ def forward_samples(module: nn.Module, samples: Mapping[str, Tensor], x: Tensor,
 
     def one(params: dict[str, Tensor]) -> Tensor:
         return functional_call(module, params, (x,))
+
+    if _updates_running_stats(module):
+        return torch.stack([one({k: v[i] for k, v in samples.items()}) for i in range(n)])
 
     batched = vmap(one, in_dims=(0,), randomness="different")
     outs = [batched({k: v[i:i + chunk] for k, v in samples.items()}) for i in range(0, n, chunk)]

@@ -2,5 +2,6 @@
 
 from .lenet import LeNet5
 from .mlp import MLP
+from .resnet import ResNet32
 
-__all__ = ["LeNet5", "MLP"]
+__all__ = ["LeNet5", "MLP", "ResNet32"]
