@@ -1,0 +1,349 @@
+"""Where the real data sets live, and fetching them with checksum verification.
+
+Layout under the data directory (the same as ``../shared/data``, so ``--data-dir ../shared/data`` works)::
+
+    mnist/      train-images-idx3-ubyte.gz  train-labels-idx1-ubyte.gz
+                t10k-images-idx3-ubyte.gz  t10k-labels-idx1-ubyte.gz
+    notmnist/   t10k-images-idx3-ubyte.gz  t10k-labels-idx1-ubyte.gz
+    cifar10/    cifar-10-batches-py/{data_batch_1..5, test_batch}
+
+Downloads go to a temporary file in the target folder, are hashed while streaming, and are renamed into
+place only once the checksum matches (a mismatch deletes the temporary file and raises
+:class:`ChecksumError`). ``cifar-10-python.tar.gz`` is verified, then only its regular files inside
+``cifar-10-batches-py/`` are extracted (no links, no absolute paths, no ``..``), and the archive is removed.
+
+Sources are tried in order: the base URLs in ``$BBH_DATA_MIRROR`` (whitespace- or comma-separated; files
+at ``<base>/<dataset>/<file>``, i.e. a copy of the layout above), then ``MIRRORS[dataset]`` (files at
+``<base>/<file>``). Both are read at call time, so tests can point them at a local server. Checksums are in
+``CHECKSUMS`` (``"algo:hex"``): MNIST and the CIFAR archive are the official ones; notMNIST has no published
+checksum, so it is the sha256 of the copy in ``../shared/data`` (davidflanagan/notMNIST-to-MNIST).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from tqdm.auto import tqdm
+
+from ..io import atomic_write
+from .cifar import BATCHES_DIR, CIFAR_FILES
+from .mnist import MNIST_FILES, NOTMNIST_FILES, DataFormatError
+
+ENV_DATA_DIR = "BBH_DATA_DIR"
+ENV_MIRROR = "BBH_DATA_MIRROR"
+USER_AGENT = "bbh-data/0.1 (+python urllib)"
+CHUNK = 1 << 20
+
+CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
+
+MIRRORS: dict[str, list[str]] = {
+    "mnist": [
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",  # the source of TF's read_data_sets
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",  # PyTorch's mirror
+        "http://yann.lecun.com/exdb/mnist/",  # the original site
+    ],
+    "notmnist": [
+        "https://raw.githubusercontent.com/davidflanagan/notMNIST-to-MNIST/master/",
+        "https://github.com/davidflanagan/notMNIST-to-MNIST/raw/master/",
+    ],
+    "cifar10": ["https://www.cs.toronto.edu/~kriz/"],
+}
+
+CHECKSUMS: dict[str, str] = {
+    "mnist/train-images-idx3-ubyte.gz": "sha256:440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "mnist/train-labels-idx1-ubyte.gz": "sha256:3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "mnist/t10k-images-idx3-ubyte.gz": "sha256:8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "mnist/t10k-labels-idx1-ubyte.gz": "sha256:f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    "notmnist/t10k-images-idx3-ubyte.gz": "sha256:70ae9e06201f2827e5b0a3781a3169d735dd2efc69996b9eeaee7f10ed4044d7",
+    "notmnist/t10k-labels-idx1-ubyte.gz": "sha256:1fa03836e01c862542f8eb83463bb951bebec6fcb3efa28dad748c6b38a9021b",
+    f"cifar10/{CIFAR_ARCHIVE}": "md5:c58f30108f718f92721af3b95e74349a",
+}
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One downloadable file of a data set.
+
+    Attributes:
+        dataset: the folder under the data directory (``mnist``, ``notmnist``, ``cifar10``).
+        filename: the file's name at the source (and, unless it is an archive, in the folder).
+        provides: the files it puts in the folder (relative paths); an archive provides its members.
+    """
+
+    dataset: str
+    filename: str
+    provides: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.filename}"
+
+    @property
+    def is_archive(self) -> bool:
+        return self.provides != (self.filename,)
+
+
+RESOURCES: dict[str, tuple[Resource, ...]] = {
+    "mnist": tuple(Resource("mnist", f, (f,)) for f in MNIST_FILES),
+    "notmnist": tuple(Resource("notmnist", f, (f,)) for f in NOTMNIST_FILES),
+    "cifar10": (Resource("cifar10", CIFAR_ARCHIVE, tuple(f"{BATCHES_DIR}/{f}" for f in CIFAR_FILES)),),
+}
+
+
+class ChecksumError(RuntimeError):
+    """A downloaded file whose checksum is not the expected one (nothing is kept)."""
+
+
+class DownloadError(OSError):
+    """A file that could not be fetched from one URL (connection refused, HTTP error, time-out...).
+
+    ``unreachable`` is true when the host could not be reached at all (not an HTTP error).
+    """
+
+    unreachable: bool = False
+
+
+class MissingDataError(FileNotFoundError):
+    """Data files that are not on disk and could not be (or were not allowed to be) downloaded."""
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The data directory: ``data_dir``, else ``$BBH_DATA_DIR``, else ``$XDG_CACHE_HOME/bbh/data``
+    (``~/.cache/bbh/data`` when ``XDG_CACHE_HOME`` is unset). Nothing is created."""
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME")
+    base = Path(cache).expanduser() if cache else Path.home() / ".cache"
+    return base / "bbh" / "data"
+
+
+def urls_for(resource: Resource) -> list[str]:
+    """The URLs to try for ``resource``, in order: ``$BBH_DATA_MIRROR`` bases, then ``MIRRORS``."""
+    env = [b for b in re.split(r"[\s,]+", os.environ.get(ENV_MIRROR, "")) if b]
+    urls = [f"{b.rstrip('/')}/{resource.dataset}/{resource.filename}" for b in env]
+    urls += [f"{b.rstrip('/')}/{resource.filename}" for b in MIRRORS.get(resource.dataset, [])]
+    return urls
+
+
+def missing_files(dataset: str, data_dir: str | Path | None = None) -> list[Path]:
+    """The files of ``dataset`` that are not in ``<data_dir>/<dataset>/``."""
+    folder = resolve_data_dir(data_dir) / dataset
+    return [folder / f for r in _resources(dataset) for f in r.provides if not (folder / f).is_file()]
+
+
+def _resources(dataset: str) -> tuple[Resource, ...]:
+    if dataset not in RESOURCES:
+        raise ValueError(f"unknown data set {dataset!r}; valid: {', '.join(RESOURCES)}")
+    return RESOURCES[dataset]
+
+
+def _parse_checksum(spec: str) -> tuple[str, str]:
+    algo, _, digest = spec.partition(":")
+    if algo not in ("md5", "sha256") or not digest:
+        raise ValueError(f"bad checksum {spec!r}; expected 'md5:<hex>' or 'sha256:<hex>'")
+    return algo, digest.lower()
+
+
+def download_file(urls: Sequence[str], dest: str | Path, checksum: str, *, progress: bool = True,
+                   timeout: float = 30.0, dead_hosts: set[str] | None = None) -> Path:
+    """Fetch the first URL that works into ``dest``, verified against ``checksum`` (``"md5:..."``/``"sha256:..."``).
+
+    The bytes go to a temporary file next to ``dest`` and are hashed as they arrive; ``dest`` appears only
+    when the checksum matches. A mismatch deletes the temporary file; the next URL is tried, and if none
+    gives the expected bytes, :class:`ChecksumError` is raised. When no URL can be fetched at all,
+    :class:`DownloadError` lists each URL's error. Errors writing locally propagate unchanged.
+
+    ``dead_hosts`` (updated in place) are hosts that could not be reached; their URLs are skipped, so that
+    an offline machine does not wait for every file's time-outs.
+    """
+    dest = Path(dest)
+    algo, digest = _parse_checksum(checksum)
+    errors: list[str] = []
+    mismatch = False
+    for url in urls:
+        host = urllib.parse.urlsplit(url).netloc
+        if dead_hosts is not None and host in dead_hosts:
+            errors.append(f"{url}: skipped, {host} was unreachable")
+            continue
+        try:
+            atomic_write(dest, lambda tmp, url=url: _fetch(url, tmp, algo, digest, progress, timeout),
+                         suffix=".part")
+            return dest
+        except ChecksumError as e:
+            mismatch = True
+            errors.append(str(e))
+        except DownloadError as e:
+            errors.append(f"{url}: {e}")
+            if dead_hosts is not None and e.unreachable:
+                dead_hosts.add(host)
+    if mismatch:
+        raise ChecksumError(f"no source gave {dest.name} with the expected {algo} {digest} (nothing was kept):\n  "
+                            + "\n  ".join(errors))
+    raise DownloadError(f"could not download {dest.name}:\n  " + "\n  ".join(errors or ["no URL to try"]))
+
+
+def _fetch(url: str, tmp: str, algo: str, digest: str, progress: bool, timeout: float) -> None:
+    h = hashlib.new(algo)
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        err = DownloadError(_describe(e))
+        err.unreachable = not isinstance(e, urllib.error.HTTPError)
+        raise err from e
+    with response, open(tmp, "wb") as out:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=url.rsplit("/", 1)[-1],
+                  disable=not progress, leave=False) as bar:
+            while True:
+                try:
+                    chunk = response.read(CHUNK)
+                except (http.client.HTTPException, OSError) as e:
+                    raise DownloadError(f"connection lost: {_describe(e)}") from e
+                if not chunk:
+                    break
+                out.write(chunk)
+                h.update(chunk)
+                bar.update(len(chunk))
+    if h.hexdigest() != digest:
+        raise ChecksumError(f"{url}: {algo} {h.hexdigest()} != expected {digest}")
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, urllib.error.URLError):
+        return f"{type(e.reason).__name__}: {e.reason}"
+    return f"{type(e).__name__}: {e}"
+
+
+def extract_archive(archive: str | Path, folder: str | Path, members: Iterable[str]) -> None:
+    """Safely extract ``members`` (relative paths) of the tar ``archive`` into ``folder``.
+
+    Every archive entry is checked first: an absolute path, a ``..`` component, a link or a device entry
+    makes the whole archive rejected (:class:`~bbh.data.mnist.DataFormatError`) before anything is
+    written. Members are written to a temporary folder inside ``folder`` and moved into place one by one.
+    """
+    archive, folder = Path(archive), Path(folder)
+    wanted = set(members)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            entries = tar.getmembers()
+            for m in entries:
+                p = PurePosixPath(m.name)
+                if p.is_absolute() or ".." in p.parts or not (m.isfile() or m.isdir()):
+                    raise DataFormatError(f"{archive}: unsafe entry {m.name!r} (absolute, '..', link or special file); "
+                                     "nothing extracted")
+            files = {str(PurePosixPath(m.name)): m for m in entries if m.isfile()}
+            absent = sorted(wanted - set(files))
+            if absent:
+                raise DataFormatError(f"{archive}: lacks {', '.join(absent)}")
+            folder.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=folder, prefix=".extract-"))
+            try:
+                for name in sorted(wanted):
+                    src = tar.extractfile(files[name])
+                    assert src is not None  # a regular file
+                    target = staging / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with src, open(target, "wb") as out:
+                        shutil.copyfileobj(src, out, CHUNK)
+                for name in sorted(wanted):
+                    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(staging / name, folder / name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except (tarfile.TarError, EOFError) as e:
+        raise DataFormatError(f"{archive}: not a readable tar archive ({type(e).__name__}: {e})") from e
+
+
+def _fetch_resource(resource: Resource, folder: Path, progress: bool, dead_hosts: set[str]) -> None:
+    checksum = CHECKSUMS[resource.key]
+    dest = download_file(urls_for(resource), folder / resource.filename, checksum, progress=progress,
+                         dead_hosts=dead_hosts)
+    if resource.is_archive:
+        extract_archive(dest, folder, resource.provides)
+        dest.unlink()
+
+
+def ensure_datasets(datasets: Iterable[str], data_dir: str | Path | None = None, *, download: bool = True,
+                    progress: bool = True) -> Path:
+    """Make sure every file of ``datasets`` is under the data directory; return that directory.
+
+    Missing files are downloaded when ``download`` is true. When they cannot be (``download=False``, no
+    network, HTTP errors), :class:`MissingDataError` names the missing files, the folder they belong in
+    and the URLs to get them from. A checksum mismatch raises :class:`ChecksumError`.
+    """
+    root = resolve_data_dir(data_dir)
+    names = list(dict.fromkeys(datasets))
+    needed = [(d, r) for d in names for r in _resources(d)
+              if any(not (root / d / f).is_file() for f in r.provides)]
+    if not needed:
+        return root
+    failures: list[str] = []
+    if download:
+        dead_hosts: set[str] = set()
+        for d, r in needed:
+            try:
+                _fetch_resource(r, root / d, progress, dead_hosts)
+            except DownloadError as e:
+                failures.append(str(e))
+        needed = [(d, r) for d, r in needed if any(not (root / d / f).is_file() for f in r.provides)]
+        if not needed:
+            return root
+    raise MissingDataError(_missing_message(root, needed, download, failures))
+
+
+def _missing_message(root: Path, needed: list[tuple[str, Resource]], download: bool, failures: list[str]) -> str:
+    why = "downloading was not possible" if download else "downloading is off (download=False)"
+    lines = [f"missing data files ({why}); put them in the folders below:"]
+    for d in dict.fromkeys(d for d, _ in needed):
+        folder = root / d
+        lines.append(f"  {folder}/")
+        for r in (r for dd, r in needed if dd == d):
+            files = [f for f in r.provides if not (folder / f).is_file()]
+            if r.is_archive:
+                lines.append(f"    {', '.join(files)}")
+                lines.append(f"      = the archive {r.filename}, extracted in {folder}/ "
+                             f"(it holds {r.provides[0].split('/')[0]}/), from: {' | '.join(urls_for(r))}")
+            else:
+                lines.append(f"    {r.filename}  from: {' | '.join(urls_for(r))}")
+    if failures:
+        lines.append("download errors:")
+        lines += [f"  {line.strip()}" for f in failures for line in f.splitlines()[1:]]
+    lines.append(f"(data directory = the data_dir argument, else ${ENV_DATA_DIR}, else $XDG_CACHE_HOME/bbh/data "
+                 f"or ~/.cache/bbh/data; here {root})")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "CHECKSUMS",
+    "MIRRORS",
+    "RESOURCES",
+    "ChecksumError",
+    "DownloadError",
+    "MissingDataError",
+    "Resource",
+    "download_file",
+    "ensure_datasets",
+    "extract_archive",
+    "missing_files",
+    "resolve_data_dir",
+    "urls_for",
+]

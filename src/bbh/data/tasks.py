@@ -1,0 +1,141 @@
+"""The paper's classification tasks: MNIST (+ notMNIST outliers) and CIFAR-5 (paper-protocol 5.2, 5.3, 6.3).
+
+:func:`load_task` finds (or downloads) the files, loads them as uint8 tensors and returns a :class:`Task`
+whose ``train_transform`` / ``eval_transform`` turn uint8 batches into the network's float inputs (on the
+batch's device; see :mod:`bbh.data.transforms`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .cifar import BATCHES_DIR, load_cifar10, select_classes
+from .download import ensure_datasets
+from .mnist import load_mnist, load_notmnist, split_validation
+from .transforms import PIPELINES
+
+MNIST_VALIDATION = 5_000
+CIFAR5_CLASSES = range(0, 5)
+CIFAR5_OUTLIER_CLASSES = range(5, 10)
+PREPROCESSING = ("paper", "standard")
+TASKS = ("mnist", "cifar5")
+
+
+@dataclass
+class Task:
+    """A classification task: uint8 images, int64 labels, and its preprocessing.
+
+    Attributes:
+        name: ``"mnist"`` or ``"cifar5"``.
+        num_classes: K.
+        input_shape: the shape of one preprocessed input, ``(C, H, W)``.
+        train_x, train_y: training images ``[N, C, H0, W0]`` (uint8) and labels ``[N]`` (int64).
+        test_x, test_y: the in-distribution test set.
+        outlier_x: the out-of-distribution set (notMNIST test / CIFAR-10 test classes 5-9).
+        outlier_y: its labels where it has any (notMNIST letters 0..9, CIFAR classes 5..9), else ``None``.
+        val_x, val_y: the validation split, if any (MNIST: TF's 5,000 held-out training images).
+        preprocessing: ``"paper"`` or ``"standard"``.
+        pipeline: the key of :data:`bbh.data.transforms.PIPELINES` used by the transforms.
+    """
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    train_x: Tensor = field(repr=False)
+    train_y: Tensor = field(repr=False)
+    test_x: Tensor = field(repr=False)
+    test_y: Tensor = field(repr=False)
+    outlier_x: Tensor = field(repr=False)
+    outlier_y: Tensor | None = field(default=None, repr=False)
+    val_x: Tensor | None = field(default=None, repr=False)
+    val_y: Tensor | None = field(default=None, repr=False)
+    preprocessing: str = "paper"
+    pipeline: str = "mnist"
+
+    def __post_init__(self) -> None:
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"unknown pipeline {self.pipeline!r}; valid: {', '.join(PIPELINES)}")
+        for x, y in ((self.train_x, self.train_y), (self.test_x, self.test_y), (self.outlier_x, self.outlier_y),
+                     (self.val_x, self.val_y)):
+            if x is not None and y is not None and len(x) != len(y):
+                raise ValueError(f"{self.name}: {len(x)} images but {len(y)} labels")
+        if (self.val_x is None) != (self.val_y is None):
+            raise ValueError(f"{self.name}: val_x and val_y must both be given or both be None")
+
+    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Training inputs (with the pipeline's random augmentation) from uint8 images, on ``x``'s device."""
+        return PIPELINES[self.pipeline][0](x, generator=generator)
+
+    def eval_transform(self, x: Tensor) -> Tensor:
+        """Deterministic evaluation inputs from uint8 images, on ``x``'s device."""
+        return PIPELINES[self.pipeline][1](x)
+
+    def to(self, device: torch.device | str) -> Task:
+        """A copy with every tensor on ``device`` (e.g. to transform batches on the GPU)."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
+                 if isinstance(getattr(self, f.name), Tensor)}
+        return replace(self, **moved)
+
+    def summary(self) -> str:
+        """One line per split with its size."""
+        parts = [f"{self.name} ({self.preprocessing}): {self.num_classes} classes, input {self.input_shape}",
+                 f"train {len(self.train_x)}", f"test {len(self.test_x)}", f"outliers {len(self.outlier_x)}"]
+        if self.val_x is not None:
+            parts.append(f"validation {len(self.val_x)}")
+        return ", ".join(parts)
+
+
+def available_tasks() -> tuple[str, ...]:
+    """The names :func:`load_task` accepts."""
+    return TASKS
+
+
+def load_task(name: str, data_dir: str | Path | None = None, *, download: bool = True, validation: bool = True,
+              preprocessing: str = "paper", progress: bool = True) -> Task:
+    """Load one of the paper's tasks.
+
+    Args:
+        name: ``"mnist"``: train 55,000 + validation 5,000 (TF ``read_data_sets``: the first 5,000 training
+            images are the validation split, paper-protocol 5.2) or all 60,000 with ``validation=False``;
+            test 10,000; outliers = notMNIST test (10,000). ``"cifar5"``: CIFAR-10 classes 0-4: train 25,000,
+            test 5,000; outliers = the 5,000 test images of classes 5-9 (paper-protocol 5.3, 6.3); no
+            validation split (``validation`` is ignored).
+        data_dir: see :func:`bbh.data.resolve_data_dir` (argument, ``$BBH_DATA_DIR``, ``~/.cache/bbh/data``).
+        download: fetch missing files (verified) from the official sources; otherwise raise
+            :class:`~bbh.data.MissingDataError` naming them.
+        validation: MNIST only: hold out TF's 5,000 validation images.
+        preprocessing: ``"paper"`` (CIFAR: the authors' 24x24 pipeline) or ``"standard"`` (CIFAR: 32x32 with
+            the usual pad-crop-flip and per-channel normalisation). MNIST has one preprocessing (pixels in
+            [0, 1]), used for both.
+        progress: show download progress bars.
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
+    if preprocessing not in PREPROCESSING:
+        raise ValueError(f"unknown preprocessing {preprocessing!r}; valid: {', '.join(PREPROCESSING)}")
+    if name == "mnist":
+        root = ensure_datasets(["mnist", "notmnist"], data_dir, download=download, progress=progress)
+        x, y = load_mnist(root / "mnist", "train")
+        val_x = val_y = None
+        if validation:
+            x, y, val_x, val_y = split_validation(x, y, MNIST_VALIDATION)
+        test_x, test_y = load_mnist(root / "mnist", "test")
+        out_x, out_y = load_notmnist(root / "notmnist")
+        return Task("mnist", 10, (1, 28, 28), x, y, test_x, test_y, out_x, out_y, val_x, val_y,
+                    preprocessing=preprocessing, pipeline="mnist")
+    root = ensure_datasets(["cifar10"], data_dir, download=download, progress=progress)
+    folder = root / "cifar10" / BATCHES_DIR
+    train_x, train_y = select_classes(*load_cifar10(folder, "train"), CIFAR5_CLASSES)
+    all_test_x, all_test_y = load_cifar10(folder, "test")
+    test_x, test_y = select_classes(all_test_x, all_test_y, CIFAR5_CLASSES)
+    out_x, out_y = select_classes(all_test_x, all_test_y, CIFAR5_OUTLIER_CLASSES)
+    size = 24 if preprocessing == "paper" else 32
+    return Task("cifar5", len(CIFAR5_CLASSES), (3, size, size), train_x, train_y, test_x, test_y, out_x, out_y,
+                preprocessing=preprocessing, pipeline=f"cifar-{preprocessing}")
+
+
+__all__ = ["Task", "available_tasks", "load_task"]
