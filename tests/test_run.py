@@ -195,3 +195,13 @@ def test_two_process_data_parallel_training_equals_one_process(tmp_path):
     for name, value in single.method.state_dict().items():
         torch.testing.assert_close(ddp[name], value, rtol=1e-5, atol=1e-6, msg=name)
     assert json.loads((tmp_path / "ddp" / "status.json").read_text())["status"] == "finished"
+
+
+def test_deterministic_mode_is_switched_on(tmp_path):
+    config = fake_config("mc-dropout", epochs=1, sites=["net.1"])
+    config["train"]["deterministic"] = True
+    try:
+        Run(config, tmp_path / "run", task=FakeTask(), progress=False).train()
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
