@@ -24,6 +24,7 @@ class FakeTask:
         noise = 20 * torch.randn(n, 4, generator=g)
         self.train_x = (centres[self.train_y] + noise).clamp(0, 255).to(torch.uint8).view(n, 1, 2, 2)
         self.test_x, self.test_y = self.train_x[:48], self.train_y[:48]
+        self.outlier_x = torch.randint(0, 256, (40, 1, 2, 2), generator=g, dtype=torch.uint8)
         self.calls = 0
         self.nan_from_call: int | None = None
         self.interrupt_at_call: int | None = None

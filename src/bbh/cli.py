@@ -5,6 +5,8 @@
     bbh train --config mnist-bbh [--set train.epochs=1 ...] [--data-dir DIR] [--run-dir DIR]
     bbh train --task mnist --method map [--epochs 1] [--lr 1e-3] [--seed 0] ...
     bbh train --resume RUN_DIR
+    bbh evaluate RUN_DIR [--all] [--samples N] [--adv-gradient authors|expectation] [--pgd]
+    bbh compare RUN_DIR ... [--out DIR]
 """
 
 from __future__ import annotations
@@ -66,7 +68,51 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="the run directory (default: runs/NAME-YYYYmmdd-HHMMSS)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+
+    ev = sub.add_parser("evaluate", help="evaluate finished runs: metrics, OOD, FGSM, figures, report.md",
+                        description="Write RUN_DIR/eval/{results.json, report.md, *.png} for a finished run.")
+    ev.add_argument("run_dir", help="a run directory (or, with --all, a directory of runs)")
+    ev.add_argument("--all", action="store_true", help="evaluate every finished run below RUN_DIR")
+    ev.add_argument("--data-dir", help="where the data lives")
+    ev.add_argument("--samples", type=_positive, help="posterior samples (default: the run's eval.samples)")
+    ev.add_argument("--adv-images", type=_positive, default=100, help="test images attacked (authors: 100)")
+    ev.add_argument("--adv-gradient", choices=["authors", "expectation"], default="authors")
+    ev.add_argument("--adv-samples", type=_positive, help="posterior samples per attack (default: --samples)")
+    ev.add_argument("--clamp", action="store_true", help="clip adversarial MNIST images to [0, 1]")
+    ev.add_argument("--pgd", action="store_true", help="also attack with PGD")
+    ev.add_argument("--no-adversarial", action="store_true")
+    ev.add_argument("--no-probes", action="store_true")
+    ev.add_argument("--no-posterior-plots", action="store_true")
+    ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+
+    cmp = sub.add_parser("compare", help="Tables 3/4-style comparison of evaluated runs",
+                         description="Write compare.md, compare.csv and adversarial.png into --out.")
+    cmp.add_argument("run_dirs", nargs="+")
+    cmp.add_argument("--out", default="runs/compare", help="output directory (default: runs/compare)")
     return parser
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluate import evaluate_run
+
+    root = Path(args.run_dir)
+    runs = sorted(p.parent for p in root.glob("*/model.pt")) if args.all else [root]
+    if not runs:
+        print(f"bbh evaluate: no finished runs (with model.pt) below {root}", file=sys.stderr)
+        return 2
+    for run in runs:
+        r = evaluate_run(run, args.data_dir, n_samples=args.samples, adversarial=not args.no_adversarial,
+                         adv_images=args.adv_images, adv_gradient=args.adv_gradient, adv_samples=args.adv_samples,
+                         clamp=args.clamp, pgd=args.pgd, probes=not args.no_probes,
+                         posterior_plots=not args.no_posterior_plots, progress=args.progress)
+        t = r["test"]
+        print(f"{run}: error {t['error_percent']:.2f} %, NLL {t['nll']:.4f}, ECE {t['ece']:.4f}, entropy AUC "
+              f"{t['entropy_auc']:.3f}" + (f", outlier AUC {r['outliers']['entropy_auc']:.3f}, OOD AUROC "
+                                           f"{r['ood']['entropy']['auroc']:.3f}" if "outliers" in r else "")
+              + f"; wrote {run / 'eval' / 'report.md'}")
+    return 0
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -150,6 +196,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args, parser)
         except (ValueError, FileNotFoundError) as err:
             print(f"bbh train: {err}", file=sys.stderr)
+            return 2
+    if args.command in ("evaluate", "compare"):
+        try:
+            if args.command == "evaluate":
+                return _evaluate(args)
+            from .evaluate import compare_runs
+
+            print(compare_runs(args.run_dirs, args.out), end="")
+            print(f"wrote {args.out}/compare.md, compare.csv and adversarial.png")
+            return 0
+        except (ValueError, FileNotFoundError) as err:
+            print(f"bbh {args.command}: {err}", file=sys.stderr)
             return 2
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2

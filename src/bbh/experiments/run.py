@@ -68,14 +68,12 @@ def build_schedule(spec: Any) -> Schedule | None:
 
 
 def predict_probs(method: Method, x: Tensor, transform, n_samples: int, batch_size: int = 500) -> Tensor:
-    """Mean predictive class probabilities ``[N, K]`` over ``n_samples`` posterior draws (batched)."""
-    out = []
+    """Mean predictive class probabilities ``[N, K]`` over ``n_samples`` posterior draws (streamed)."""
+    from ..predictive import predict_batches
+
     method.eval()
-    with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            xb = transform(x[start:start + batch_size])
-            out.append(method.sample_outputs(xb, n_samples).float().softmax(-1).mean(0))
-    return torch.cat(out)
+    batches = (x[i:i + batch_size] for i in range(0, x.shape[0], batch_size))
+    return predict_batches(method, batches, n_samples, transform=transform)["mean"]
 
 
 class _Interrupted(Exception):
@@ -283,7 +281,7 @@ class Run:
                    "train_seconds": sum(r["seconds"] for r in self.history)}
         if not all(math.isfinite(v) for v in summary.values() if isinstance(v, float)):
             raise FloatingPointError(f"non-finite test metrics: {summary}")
-        state = {"config": self.config, "method": self.method.state_dict()}
+        state = {"config": self.config, "method": self.method.state_dict(), "num_classes": self.task.num_classes}
         self._write("model.pt", lambda tmp: torch.save(state, tmp))
         if dist.is_main():
             write_json(self.run_dir / "final.json", summary)

@@ -83,6 +83,8 @@ class Method(nn.Module):
     """
 
     name: ClassVar[str] = "method"
+    fixed_samples: ClassVar[bool] = False
+    """True where ``sample_outputs`` returns a fixed set of draws (MAP: 1, ensembles: M members)."""
     default_lr: ClassVar[dict[str, float]] = {}
     """Learning rate per optimizer name used by the Trainer when none is given (falls back to
     :data:`bbh.optim.DEFAULT_LR`)."""
@@ -101,6 +103,13 @@ class Method(nn.Module):
 
     def sample_outputs(self, x: Tensor, n_samples: int) -> Tensor:
         raise NotImplementedError
+
+    def predict(self, x: Tensor, n_samples: int = 100, chunk_size: int | None = None):
+        """The posterior predictive on ``x``: a :class:`bbh.predictive.Predictive` (per-sample probabilities
+        ``[S, B, K]``, mean, entropy, expected entropy, mutual information)."""
+        from ..predictive import predict
+
+        return predict(self, x, n_samples, chunk_size)
 
     def post_step(self) -> dict[str, float]:
         """Hook run after each optimizer step (auxiliary updates); returns values to log."""

@@ -53,6 +53,8 @@ class MCDropout(MAP):
         params: parameters that get the penalty (default: Linear/Conv kernels).
     """
 
+    fixed_samples = False
+
     def __init__(self, model: nn.Module, likelihood: Likelihood | str = "categorical", rate: float = 0.5,
                  sites: Sequence[str] | None = None, prior_scale: float | None = 1.0,
                  params: ParamFilter = None) -> None:

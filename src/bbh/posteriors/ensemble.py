@@ -60,6 +60,7 @@ class DeepEnsemble(Method):
     """
 
     default_lr = {"adam": 1e-3, "rmsprop-tf": 1e-4}
+    fixed_samples = True
 
     def __init__(self, model: nn.Module, likelihood: Likelihood | str = "categorical", members: int = 10,
                  adversarial: bool = True, alpha: float = 0.5, epsilon: float = 0.01, member_batches: bool = False,

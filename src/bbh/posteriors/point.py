@@ -29,6 +29,8 @@ class MAP(Method):
         params: parameters that get the penalty (default: Linear/Conv kernels).
     """
 
+    fixed_samples = True
+
     def __init__(self, model: nn.Module, likelihood: Likelihood | str = "categorical",
                  prior_scale: float | None = 1.0, params: ParamFilter = None) -> None:
         super().__init__(model, likelihood, prior=1.0 if prior_scale is None else prior_scale)
