@@ -38,7 +38,8 @@ def test_method_predict_shapes_and_chunks(name, options, draws):
     pred = method.predict(x, n_samples=7, chunk_size=3)
     assert pred.sample_probs.shape == (draws, 5, 3)
     torch.testing.assert_close(pred.mean.sum(-1), torch.ones(5))
-    streamed = predict_batches(method, [x[:2], x[2:]], n_samples=7)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(5)), batch_size=2)
+    streamed = predict_batches(method, loader, n_samples=7)  # (x, y) batches stream; only summaries kept
     assert streamed["mean"].shape == (5, 3) and streamed["mutual_information"].shape == (5,)
     if draws == 1:
         assert torch.all(pred.mutual_information == 0)

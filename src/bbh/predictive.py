@@ -77,10 +77,13 @@ def predict(method, x: Tensor, n_samples: int = 100, chunk_size: int | None = No
 
 def predict_batches(method, batches: Iterable[Tensor], n_samples: int = 100, chunk_size: int | None = None,
                     transform: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
-    """Stream ``predict`` over batches of inputs and keep only the per-input summaries (never S x N x K):
-    ``mean [N, K]``, ``entropy``, ``expected_entropy``, ``mutual_information`` ``[N]``."""
+    """Stream ``predict`` over batches of inputs (tensors, or ``(x, y, ...)`` tuples as a DataLoader yields)
+    and keep only the per-input summaries (never S x N x K): ``mean [N, K]``, ``entropy``,
+    ``expected_entropy``, ``mutual_information`` ``[N]``."""
     out: dict[str, list[Tensor]] = {}
     for xb in batches:
+        if isinstance(xb, (tuple, list)):
+            xb = xb[0]
         if transform is not None:
             xb = transform(xb)
         for k, v in predict(method, xb, n_samples, chunk_size).summary().items():
