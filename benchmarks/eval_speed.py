@@ -46,7 +46,8 @@ def main() -> None:
     batches = [task.eval_transform(x[i:i + 500]) for i in range(0, x.shape[0], 500)]
     scale = 20_000 / x.shape[0]
     print(f"threads={torch.get_num_threads()} torch={torch.__version__}; {x.shape[0]} images, {args.samples} "
-          f"samples, {args.chunk or args.samples} per vectorised call; seconds extrapolated x{scale:g} to 10,000 MNIST + 10,000 notMNIST images")
+          f"samples, {args.chunk or args.samples} per vectorised call; seconds extrapolated x{scale:g} to "
+          f"10,000 MNIST + 10,000 notMNIST images")
     print(f"{'method':12s} {'vectorised s':>13s} {'sequential s':>13s} {'speed-up':>9s}")
     for name in args.methods.split(","):
         config = load_config(f"mnist-{name}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 
 @pytest.fixture(autouse=True)
@@ -23,3 +24,18 @@ def make_blobs(n: int = 256, classes: int = 4, dim: int = 2, seed: int = 0, spre
 @pytest.fixture
 def blobs():
     return make_blobs()
+
+
+class TinyConvNet(nn.Module):
+    """A small conv net with a declared dropout site, on 1 x 8 x 8 inputs."""
+
+    dropout_sites = ("drop",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.drop = nn.Identity()
+        self.fc = nn.Linear(4 * 8 * 8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.drop(torch.relu(self.conv(x))), 1))

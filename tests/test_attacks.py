@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_blobs
+from conftest import TinyConvNet, make_blobs
 from torch import nn
 
 import bbh
@@ -19,19 +19,6 @@ def blob_mlp(hidden: int = 16) -> nn.Module:
     return bbh.models.MLP(2, 4, hidden=(hidden,))
 
 
-class TinyConvNet(nn.Module):
-    """A small conv net with a declared dropout site, on 1 x 8 x 8 inputs."""
-
-    dropout_sites = ("drop",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.drop = nn.Identity()
-        self.fc = nn.Linear(4 * 8 * 8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.drop(torch.relu(self.conv(x))), 1))
 
 
 @pytest.fixture(scope="module")

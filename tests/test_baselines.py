@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_blobs
+from conftest import TinyConvNet, make_blobs
 from torch import nn
 
 import bbh
@@ -20,19 +20,6 @@ def blob_mlp() -> nn.Module:
     return bbh.models.MLP(2, 4, hidden=(32,))
 
 
-class TinyConvNet(nn.Module):
-    """A small conv net with a declared dropout site, on 1 x 8 x 8 inputs."""
-
-    dropout_sites = ("drop",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.drop = nn.Identity()
-        self.fc = nn.Linear(4 * 8 * 8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.drop(torch.relu(self.conv(x))), 1))
 
 
 def accuracy(method: bbh.Method, x: torch.Tensor, y: torch.Tensor, n: int = 20) -> float:

@@ -80,9 +80,9 @@ def _init_weight_layer(layer: nn.Conv2d | nn.Linear, scheme: str) -> None:
         nn.init.zeros_(layer.bias)
 
 
-class InitConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose ``reset_parameters`` uses the scheme chosen at construction (:data:`INITS`),
-    so that re-initialisations (e.g. of deep-ensemble members) keep it."""
+class _SchemeInit:
+    """Mixin for weight layers whose ``reset_parameters`` uses the scheme chosen at construction
+    (:data:`INITS`), so that re-initialisations (e.g. of deep-ensemble members) keep it."""
 
     def __init__(self, *args, init: str = "torch", **kwargs) -> None:
         self.init_scheme = _check(init, INITS, "init")
@@ -91,24 +91,17 @@ class InitConv2d(nn.Conv2d):
     def reset_parameters(self) -> None:
         scheme = getattr(self, "init_scheme", "torch")
         if scheme == "torch":
-            super().reset_parameters()
+            super().reset_parameters()  # type: ignore[misc]
         else:
-            _init_weight_layer(self, scheme)
+            _init_weight_layer(self, scheme)  # type: ignore[arg-type]
 
 
-class InitLinear(nn.Linear):
-    """``nn.Linear`` whose ``reset_parameters`` uses the scheme chosen at construction (:data:`INITS`)."""
+class InitConv2d(_SchemeInit, nn.Conv2d):
+    """``nn.Conv2d`` with a construction-time initialisation scheme (:class:`_SchemeInit`)."""
 
-    def __init__(self, *args, init: str = "torch", **kwargs) -> None:
-        self.init_scheme = _check(init, INITS, "init")
-        super().__init__(*args, **kwargs)
 
-    def reset_parameters(self) -> None:
-        scheme = getattr(self, "init_scheme", "torch")
-        if scheme == "torch":
-            super().reset_parameters()
-        else:
-            _init_weight_layer(self, scheme)
+class InitLinear(_SchemeInit, nn.Linear):
+    """``nn.Linear`` with a construction-time initialisation scheme (:class:`_SchemeInit`)."""
 
 
 class Shortcut(nn.Module):
