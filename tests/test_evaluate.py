@@ -78,7 +78,8 @@ def test_evaluate_writes_results_report_and_figures(finished_runs):
 
 def test_evaluate_map_has_no_weight_posterior_and_compare_builds_tables(finished_runs, tmp_path):
     r = evaluate_run(finished_runs / "map", task=FakeTask(), n_samples=10, adv_images=16, progress=False)
-    assert r["posterior_plots"].startswith("none")
+    assert r["posterior_plots"].startswith("none") and r["samples"] == 1  # MAP has one draw
+    assert "1 posterior draw per prediction" in (finished_runs / "map" / "eval" / "report.md").read_text()
     evaluate_run(finished_runs / "bbh", task=FakeTask(), n_samples=10, adversarial=False, progress=False,
                  posterior_plots=False)
     text = compare_runs([finished_runs / "map", finished_runs / "bbh"], tmp_path)

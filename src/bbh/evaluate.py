@@ -153,8 +153,12 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
     steps = ["test", "outliers"] + (["adversarial"] if adversarial else []) + \
         (["probes"] if probes and task_name == "mnist" else []) + (["posterior"] if posterior_plots else [])
     bar = tqdm(steps, disable=not progress, desc=f"evaluate {name}")
+    draws = n
+    if getattr(method, "fixed_samples", False):  # MAP: 1, ensembles: M members, whatever n is
+        with torch.no_grad():
+            draws = int(method.sample_outputs(task.eval_transform(task.test_x[:1]), n).shape[0])
     results: dict[str, Any] = {"run": name, "task": task_name, "method": config["experiment"]["method"],
-                               "samples": n}
+                               "samples": draws}
     final = run_dir / "final.json"
     if final.is_file():
         results["train_seconds"] = json.loads(final.read_text()).get("train_seconds")
@@ -229,7 +233,8 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 def _report(r: dict[str, Any]) -> str:
     t, o = r["test"], r.get("outliers", {})
-    lines = [f"# Evaluation of `{r['run']}` ({r['method']} on {r['task']}, {r['samples']} posterior samples)", "",
+    lines = [f"# Evaluation of `{r['run']}` ({r['method']} on {r['task']}, {r['samples']} posterior draw"
+             f"{'s' if r['samples'] != 1 else ''} per prediction)", "",
              "| set | error % | NLL | Brier | ECE | entropy AUC | mean entropy / log K | mean MI |",
              "|---|---|---|---|---|---|---|---|",
              f"| test | {_fmt(t['error_percent'], 2)} | {_fmt(t['nll'])} | {_fmt(t['brier'])} | {_fmt(t['ece'])} "
