@@ -15,6 +15,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+TRAIN_SHORTCUTS = {"--epochs": "train.epochs", "--lr": "train.lr", "--batch-size": "train.batch_size",
+                   "--optimizer": "train.optimizer", "--seed": "experiment.seed", "--device": "train.device",
+                   "--samples": "eval.samples"}
+"""``bbh train`` flags that stand for ``--set TABLE.KEY=VALUE``."""
+
 
 def _methods(value: str) -> tuple[str, ...]:
     from .experiments.toy import TOY_METHODS
@@ -58,9 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", help="with --task: the shipped experiment TASK-METHOD")
     train.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                        help="override a config value (repeatable), e.g. --set train.epochs=1")
-    for flag, key in (("--epochs", "train.epochs"), ("--lr", "train.lr"), ("--batch-size", "train.batch_size"),
-                      ("--optimizer", "train.optimizer"), ("--seed", "experiment.seed"),
-                      ("--device", "train.device"), ("--samples", "eval.samples")):
+    for flag, key in TRAIN_SHORTCUTS.items():
         train.add_argument(flag, dest=key, help=f"shortcut for --set {key}=...")
     train.add_argument("--amp", action="store_true", help="automatic mixed precision (--set train.amp=true)")
     train.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
@@ -137,8 +140,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 print(f"  {name}")
             return 0
         overrides = list(args.set)
-        for key in ("train.epochs", "train.lr", "train.batch_size", "train.optimizer", "experiment.seed",
-                    "train.device", "eval.samples"):
+        for key in TRAIN_SHORTCUTS.values():
             value = getattr(args, key)
             if value is not None:
                 overrides.append(f"{key}={value}" if key not in ("train.optimizer", "train.device")

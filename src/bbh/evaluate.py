@@ -31,7 +31,7 @@ from . import metrics
 from .experiments.run import build_model
 from .io import atomic_write, write_json
 from .posteriors import Method, create
-from .predictive import predict, predict_batches
+from .predictive import iter_batches, predict, predict_batches
 
 EPSILONS = tuple(round(0.05 * i, 2) for i in range(9))
 """The authors' FGSM grid, ``np.linspace(0, 0.4, 9)``."""
@@ -64,11 +64,6 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Method, dict[str
     method.load_state_dict(state["method"])
     method.to(device).eval()
     return method, config
-
-
-def _batches(x: torch.Tensor, size: int):
-    for i in range(0, x.shape[0], size):
-        yield x[i:i + size]
 
 
 def _set_metrics(summary: dict[str, torch.Tensor], y: torch.Tensor | None, num_classes: int) -> dict[str, Any]:
@@ -166,11 +161,11 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
     for step in bar:
         bar.set_postfix_str(step)
         if step == "test":
-            test = predict_batches(method, _batches(task.test_x, batch_size), n, transform=task.eval_transform)
+            test = predict_batches(method, iter_batches(task.test_x, batch_size), n, transform=task.eval_transform)
             results["test"] = _set_metrics(test, task.test_y, k)
             results["test"]["reliability"] = metrics.reliability(test["mean"], task.test_y, bins=15)
         elif step == "outliers":
-            outl = predict_batches(method, _batches(task.outlier_x, batch_size), n, transform=task.eval_transform)
+            outl = predict_batches(method, iter_batches(task.outlier_x, batch_size), n, transform=task.eval_transform)
             results["outliers"] = _set_metrics(outl, None, k)
             results["ood"] = _ood(test, outl)
             plot_entropy_cdf(out_dir / "entropy_cdf.png", {"test": test["entropy"], "outliers": outl["entropy"]},

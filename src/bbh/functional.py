@@ -13,7 +13,7 @@ updating the statistics in turn.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -56,4 +56,16 @@ def forward_samples(module: nn.Module, samples: Mapping[str, Tensor], x: Tensor,
 
     batched = vmap(one, in_dims=(0,), randomness="different")
     outs = [batched({k: v[i:i + chunk] for k, v in samples.items()}) for i in range(0, n, chunk)]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+
+def chunked_sample_outputs(module: nn.Module, sample: Callable[[int], Mapping[str, Tensor]], x: Tensor,
+                           n_samples: int, chunk_size: int | None = None) -> Tensor:
+    """``[S, *module(x).shape]`` outputs under ``n_samples`` weight draws ``sample(k)``, drawn and evaluated
+    ``chunk_size`` at a time (None: all at once) with :func:`forward_samples`."""
+    n = int(n_samples)
+    if n < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    chunk = n if chunk_size is None else max(1, int(chunk_size))
+    outs = [forward_samples(module, sample(min(chunk, n - i)), x) for i in range(0, n, chunk)]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)

@@ -116,10 +116,10 @@ class _PerWeightNNKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, p: Tensor, compiled: bool) -> Tensor:  # type: ignore[override]
-        fn = _compiled_value_and_grad() if compiled else None
+        fn = None
         if native.usable(q, p, min_elements=0):
             value, grad = native.nn_kl_per_weight(q, p, DISTANCE_EPS)
-        elif fn is not None:
+        elif compiled and (fn := _compiled_value_and_grad()) is not None:
             try:
                 value, grad = fn(q, p)
             except Exception as err:  # pragma: no cover - e.g. no C++ compiler at run time

@@ -75,6 +75,12 @@ def predict(method, x: Tensor, n_samples: int = 100, chunk_size: int | None = No
     return Predictive(torch.cat(parts))
 
 
+def iter_batches(x: Tensor, batch_size: int):
+    """``x`` in consecutive slices of ``batch_size`` along the first dimension."""
+    for i in range(0, x.shape[0], batch_size):
+        yield x[i:i + batch_size]
+
+
 def predict_batches(method, batches: Iterable[Tensor], n_samples: int = 100, chunk_size: int | None = None,
                     transform: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """Stream ``predict`` over batches of inputs (tensors, or ``(x, y, ...)`` tuples as a DataLoader yields)
@@ -93,4 +99,4 @@ def predict_batches(method, batches: Iterable[Tensor], n_samples: int = 100, chu
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-__all__ = ["Predictive", "predict", "predict_batches"]
+__all__ = ["Predictive", "iter_batches", "predict", "predict_batches"]

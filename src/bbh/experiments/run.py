@@ -69,11 +69,10 @@ def build_schedule(spec: Any) -> Schedule | None:
 
 def predict_probs(method: Method, x: Tensor, transform, n_samples: int, batch_size: int = 500) -> Tensor:
     """Mean predictive class probabilities ``[N, K]`` over ``n_samples`` posterior draws (streamed)."""
-    from ..predictive import predict_batches
+    from ..predictive import iter_batches, predict_batches
 
     method.eval()
-    batches = (x[i:i + batch_size] for i in range(0, x.shape[0], batch_size))
-    return predict_batches(method, batches, n_samples, transform=transform)["mean"]
+    return predict_batches(method, iter_batches(x, batch_size), n_samples, transform=transform)["mean"]
 
 
 class _Interrupted(Exception):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..elbo import LossTerms, elbo
-from ..functional import forward_samples, forward_with
+from ..functional import chunked_sample_outputs, forward_with
 from ..kl import KLEstimator, gaussian_kl, make_kl_estimator
 from ..likelihoods import Likelihood
 from ..priors import Prior
@@ -175,12 +175,7 @@ class BayesByBackprop(Method):
 
     def sample_outputs(self, x: Tensor, n_samples: int, chunk_size: int | None = None) -> Tensor:
         """Outputs under ``n_samples`` weight draws, ``[S, B, ...]`` (vectorised over samples)."""
-        n = int(n_samples)
-        if n < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        chunk = n if chunk_size is None else max(1, int(chunk_size))
-        outs = [forward_samples(self.model, self.sample(min(chunk, n - i)), x) for i in range(0, n, chunk)]
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+        return chunked_sample_outputs(self.model, self.sample, x, n_samples, chunk_size)
 
     def extra_repr(self) -> str:
         return f"params={len(self.param_names)} tensors, estimator={self.estimator!r}"

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from .. import native
 from ..elbo import LossTerms, elbo
-from ..functional import forward_samples, forward_with
+from ..functional import chunked_sample_outputs, forward_samples, forward_with
 from ..kl import KLEstimator, make_kl_estimator
 from ..likelihoods import Likelihood
 from ..optim import add_grad_factors, mark_factorable, wants_factored_grad
@@ -414,9 +414,4 @@ class BayesByHypernet(Method):
 
     def sample_outputs(self, x: Tensor, n_samples: int, chunk_size: int | None = None) -> Tensor:
         """Outputs under ``n_samples`` posterior draws: ``[S, B, ...]`` (vectorised over samples)."""
-        if int(n_samples) < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        chunk = int(n_samples) if chunk_size is None else max(1, int(chunk_size))
-        outs = [forward_samples(self.model, self.posterior.sample(min(chunk, n_samples - i)), x)
-                for i in range(0, int(n_samples), chunk)]
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+        return chunked_sample_outputs(self.model, self.posterior.sample, x, n_samples, chunk_size)
