@@ -18,8 +18,8 @@ import time
 import torch
 
 import bbh
-from bbh.config import load_config
 from bbh.data import load_task
+from bbh.experiments.config import load_config
 from bbh.experiments.run import build_model, build_schedule
 
 METHODS = ("map", "mc-dropout", "ensemble", "bbb", "mnf", "bbh")

@@ -4,7 +4,7 @@
 
 LeNet-5 with the shipped MNIST configuration of each method (untrained: speed does not depend on the
 weights), 100 posterior samples, on the first ``--images`` MNIST test images plus as many notMNIST
-images, in batches of 500. "vectorised" is :func:`bbh.predictive.predict_batches` (the method's
+images, in batches of 500. "vectorised" is :func:`bbh.evaluation.predictive.predict_batches` (the method's
 ``sample_outputs`` over all 100 samples at once: one batched hypernet call, vmap over weight samples);
 "sequential" is 100 calls of ``sample_outputs(x, 1)`` per batch, the way the authors' code ran 100
 separate forward passes. Both run in the same process, alternately; the seconds are extrapolated to the
@@ -19,10 +19,10 @@ import time
 import torch
 
 import bbh
-from bbh.config import load_config
 from bbh.data import load_task
+from bbh.evaluation.predictive import predict_batches
+from bbh.experiments.config import load_config
 from bbh.experiments.run import build_model
-from bbh.predictive import predict_batches
 
 
 def sequential(method: bbh.Method, batches: list[torch.Tensor], n: int) -> torch.Tensor:

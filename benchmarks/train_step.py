@@ -23,7 +23,7 @@ import bbh
 
 def make_step(method: bbh.Method, optimizer: str, device: str, native: bool = True):
     """A closure running one ``Trainer.loss_step`` on a fixed synthetic MNIST-shaped batch of 100
-    (``native=False``: with :mod:`bbh.native`'s CPU kernels switched off for the step)."""
+    (``native=False``: with :mod:`bbh.backends.native`'s CPU kernels switched off for the step)."""
     trainer = bbh.Trainer(method, optimizer=optimizer, device=device, progress=False)
     x = torch.rand(100, 1, 28, 28, device=trainer.device)
     y = torch.randint(0, 10, (100,), device=trainer.device)
@@ -31,13 +31,13 @@ def make_step(method: bbh.Method, optimizer: str, device: str, native: bool = Tr
     def step() -> float:
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
-        previous = bbh.native.set_enabled(native)
+        previous = bbh.backends.native.set_enabled(native)
         start = time.perf_counter()
         trainer.loss_step(x, y, num_data=55_000, steps_per_epoch=550)
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-        bbh.native.set_enabled(previous)
+        bbh.backends.native.set_enabled(previous)
         return elapsed
 
     return step
@@ -78,7 +78,7 @@ def main() -> None:
                         help="comma-separated methods to time besides MAP, or 'all' "
                              f"({','.join(METHOD_OPTIONS)})")
     parser.add_argument("--no-torch-only", action="store_true",
-                        help="skip the extra run of BbH with bbh.native's CPU kernels switched off")
+                        help="skip the extra run of BbH with bbh.backends.native's CPU kernels switched off")
     args = parser.parse_args()
     names = list(METHOD_OPTIONS) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
     unknown = [m for m in names if m not in METHOD_OPTIONS or m not in bbh.available_methods()]
@@ -92,7 +92,7 @@ def main() -> None:
 
     steps = {name: make_step(method(name), args.optimizer if name == "bbh" else "adam", args.device)
              for name in names}
-    native_used = args.device == "cpu" and bbh.native.kernels() is not None
+    native_used = args.device == "cpu" and bbh.backends.native.kernels() is not None
     if "bbh" in names and native_used and not args.no_torch_only:
         steps["bbh, PyTorch path only"] = make_step(method("bbh"), args.optimizer, args.device, native=False)
     medians = interleaved_medians(steps, args.repeats)

@@ -1,4 +1,4 @@
-"""Adversarial attacks (bbh.attacks): FGSM as the authors ran it (mean of per-sample sign gradients), FGSM on
+"""Adversarial attacks (bbh.evaluation.attacks): FGSM as the authors ran it (mean of per-sample sign gradients), FGSM on
 the expected loss, and PGD — checked against hand-computed gradients on tiny models."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from conftest import TinyConvNet, make_blobs
 from torch import nn
 
 import bbh
-from bbh.attacks import PAPER_EPSILONS, fgsm, per_sample_input_gradients, pgd
+from bbh.evaluation.attacks import PAPER_EPSILONS, fgsm, per_sample_input_gradients, pgd
 from bbh.functional import forward_samples, forward_with
-from bbh.posteriors.base import Method
+from bbh.posteriors.protocol import Method
 
 
 def blob_mlp(hidden: int = 16) -> nn.Module:

@@ -13,7 +13,7 @@ from torch import nn
 
 import bbh
 from bbh.data import MemberBatches
-from bbh.kl_adversarial import AdversarialKL
+from bbh.kl.adversarial import AdversarialKL
 
 
 def blob_mlp() -> nn.Module:

@@ -10,9 +10,9 @@ import torch
 from fake_task import FakeTask, fake_config
 
 import bbh
-from bbh.evaluate import compare_runs, evaluate_run
+from bbh.evaluation.predictive import Predictive, predict, predict_batches
 from bbh.experiments.run import Run
-from bbh.predictive import Predictive, predict, predict_batches
+from bbh.reports.runs import compare_runs, evaluate_run
 
 
 def test_predictive_decomposition_by_hand():

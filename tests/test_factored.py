@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import bbh
-from bbh.optim import Adam, RMSPropTF, add_grad_factors, enable_factored_grads, mark_factorable
+from bbh.training.optim import Adam, RMSPropTF, add_grad_factors, enable_factored_grads, mark_factorable
 
 
 def _pair(shape=(37, 6)):

@@ -1,4 +1,4 @@
-"""Hamiltonian Monte Carlo (bbh.hmc): correctness on Gaussians with known answers, determinism, the module
+"""Hamiltonian Monte Carlo (bbh.reference.hmc): correctness on Gaussians with known answers, determinism, the module
 posterior, and the cached toy reference.
 
 Tolerances are Monte Carlo ones: an estimate from a chain with effective sample size ESS has standard error
@@ -16,11 +16,12 @@ import pytest
 import torch
 from torch import nn
 
-import bbh.hmc as hmc_mod
+import bbh.reference.hmc as hmc_mod
+from bbh.experiments.toy_reference import check_step_sizes, toy_hmc
 from bbh.functional import forward_samples
-from bbh.hmc import HMCResult, effective_sample_size, hmc, posterior_hmc, sample_posterior, toy_hmc
 from bbh.likelihoods import Gaussian
 from bbh.models import MLP
+from bbh.reference.hmc import HMCResult, effective_sample_size, hmc, posterior_hmc, sample_posterior
 
 MEAN = torch.tensor([1.0, -2.0], dtype=torch.float64)
 COV = torch.tensor([[1.0, 0.8], [0.8, 1.0]], dtype=torch.float64)  # eigenvalues 1.8 and 0.2
@@ -267,7 +268,7 @@ def test_toy_cache_dir_from_environment(tmp_path, monkeypatch) -> None:
 
 
 def test_check_step_sizes_runs_both_and_compares(tmp_path) -> None:
-    out = hmc_mod.check_step_sizes(0, tmp_path, **TINY)
+    out = check_step_sizes(0, tmp_path, **TINY)
     assert out["half"]["step_size"] == pytest.approx(0.5 * out["full"]["step_size"])
     assert out["half"]["num_leapfrog"] == 2 * out["full"]["num_leapfrog"]  # same trajectory length
     assert set(out["relative_difference"]) == {"std_inside", "std_outside", "rmse"}

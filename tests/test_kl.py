@@ -582,7 +582,7 @@ def test_compiled_per_weight_estimator_matches_eager():
 
 def test_compiled_estimator_falls_back_to_eager_with_a_warning(monkeypatch):
     """Where torch.compile cannot run (no C++ compiler), the estimator warns once and computes eagerly."""
-    import bbh.kl as kl_module
+    import bbh.kl.nearest as kl_module
 
     def broken(q, p):
         raise RuntimeError("no compiler")

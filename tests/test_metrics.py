@@ -1,4 +1,4 @@
-"""Tests of :mod:`bbh.metrics`: hand-computed values, scikit-learn / independent numpy references, and the
+"""Tests of :mod:`bbh.evaluation.metrics`: hand-computed values, scikit-learn / independent numpy references, and the
 authors' ``calc_entropy`` / ``calc_ent_auc`` copied inline (paper-protocol 6.2)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bbh import metrics
-from bbh.metrics import (
+from bbh.evaluation import metrics
+from bbh.evaluation.metrics import (
     accuracy,
     brier_score,
     ece,

@@ -1,4 +1,4 @@
-"""Tests of :mod:`bbh.native`: the C kernels against their PyTorch definitions, the fallbacks, and a
+"""Tests of :mod:`bbh.backends.native`: the C kernels against their PyTorch definitions, the fallbacks, and a
 training run that must not depend on which path computed it."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import bbh
-from bbh import native
-from bbh.kl import DISTANCE_EPS, _per_weight_value_and_grad, nn_kl_per_weight_reference
-from bbh.optim import Adam, RMSPropTF, _rmsprop_tf, enable_factored_grads, mark_factorable
+from bbh.backends import native
+from bbh.kl.nearest import DISTANCE_EPS, _per_weight_value_and_grad, nn_kl_per_weight_reference
+from bbh.training.optim import Adam, RMSPropTF, _rmsprop_tf, enable_factored_grads, mark_factorable
 
 pytestmark = pytest.mark.skipif(native.kernels() is None, reason="no C compiler: the kernels cannot be built")
 
@@ -100,7 +100,7 @@ def test_nn_kl_per_weight_gradient_matches_autograd_reference():
     q = (torch.randn(5, 3000) * 0.3).requires_grad_()
     p = torch.randn(5, 3000)
     assert native.usable(q, p, min_elements=0)
-    bbh.kl.nn_kl_per_weight(q, p).backward()
+    bbh.kl.nearest.nn_kl_per_weight(q, p).backward()
     q_ref = q.detach().clone().requires_grad_()
     nn_kl_per_weight_reference(q_ref, p).backward()
     torch.testing.assert_close(q.grad, q_ref.grad, rtol=1e-4, atol=1e-5)

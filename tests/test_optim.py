@@ -1,4 +1,4 @@
-"""Tests of :mod:`bbh.optim`: RMSProp with TensorFlow 1 semantics and the optimizer factory."""
+"""Tests of :mod:`bbh.training.optim`: RMSProp with TensorFlow 1 semantics and the optimizer factory."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from bbh.optim import DEFAULT_LR, RMSPropTF, make_optimizer
 from bbh.options import OptimizerName
+from bbh.training.optim import DEFAULT_LR, RMSPropTF, make_optimizer
 
 F64 = torch.float64
 

@@ -1,4 +1,4 @@
-"""MNIST probes (bbh.probes: rotations, mixup) and posterior weight plots (bbh.posterior_plots)."""
+"""MNIST probes (bbh.evaluation.probes: rotations, mixup) and posterior weight plots (bbh.reports.posterior_plots)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,7 @@ import torch
 from torch import nn
 
 import bbh
-from bbh.posterior_plots import (
-    gaussian_kde,
-    plot_weight_correlation,
-    plot_weight_marginals,
-    plot_weight_std,
-    weight_correlation,
-    weight_samples,
-    weight_std,
-)
-from bbh.probes import (
+from bbh.evaluation.probes import (
     ANGLES_90,
     ANGLES_180,
     ANGLES_NEG_90,
@@ -30,6 +21,15 @@ from bbh.probes import (
     probe_records,
     rotate_images,
     rotation_probe,
+)
+from bbh.reports.posterior_plots import (
+    gaussian_kde,
+    plot_weight_correlation,
+    plot_weight_marginals,
+    plot_weight_std,
+    weight_correlation,
+    weight_samples,
+    weight_std,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,7 @@ from torch import nn
 import bbh
 from bbh.models import ResNet32
 from bbh.models.resnet import InitConv2d, Shortcut
-from bbh.posteriors.base import select_parameters
+from bbh.posteriors.protocol import select_parameters
 
 NORM_TYPES = (nn.BatchNorm2d, nn.InstanceNorm2d)
 

@@ -13,9 +13,9 @@ import torch
 from fake_task import FakeTask, fake_config
 
 from bbh.cli import main
-from bbh.config import apply_override, available_experiments, dumps, load_config, parse_value, validate
+from bbh.experiments.config import apply_override, available_experiments, dumps, load_config, parse_value, validate
 from bbh.experiments.run import Run
-from bbh.train import NonFiniteLossError
+from bbh.training.trainer import NonFiniteLossError
 
 METHODS = {"map": {}, "mc-dropout": {"sites": ["net.1"]}, "bbh": {"hidden": [8, 16]}}
 
@@ -168,7 +168,7 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 from fake_task import FakeTask, fake_config
 from bbh.experiments.run import Run
-from bbh import distributed as dist
+from bbh.training import distributed as dist
 run = Run(fake_config("map", epochs=2), {run_dir!r}, task=FakeTask(noise=False), progress=False)
 assert run.world == 2 and not run.trainer.grad_hook is None
 run.train()

@@ -17,12 +17,18 @@ import os
 # THP_MEM_ALLOC_ENABLE=0 before importing bbh to opt out.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from . import kl, likelihoods, models, native, priors  # noqa: E402
+from . import (  # noqa: E402
+    kl,  # noqa: E402
+    likelihoods,
+    models,
+    priors,
+)
+from .backends import native  # noqa: E402
 from .elbo import ConstantWeight, LinearAnneal, LossTerms, ToyAnneal, elbo  # noqa: E402
 from .options import Init, Layout, LikelihoodSamples, Noise, OptimizerName  # noqa: E402
 from .posteriors import MAP, BayesByHypernet, HypernetPosterior, Method, available_methods, create  # noqa: E402
 from .priors import NormalPrior  # noqa: E402
-from .train import NonFiniteLossError, Trainer  # noqa: E402
+from .training.trainer import NonFiniteLossError, Trainer  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .evaluate import evaluate_run
+    from .reports.runs import evaluate_run
 
     root = Path(args.run_dir)
     runs = sorted(p.parent for p in root.glob("*/model.pt")) if args.all else [root]
@@ -122,9 +122,9 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import time
     from pathlib import Path
 
-    from .config import available_experiments, load_config
+    from .experiments.config import available_experiments, load_config
     from .experiments.run import Run
-    from .train import NonFiniteLossError
+    from .training.trainer import NonFiniteLossError
 
     if args.resume:
         run = Run.resume(args.resume, data_dir=args.data_dir, progress=args.progress)
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.command == "evaluate":
                 return _evaluate(args)
-            from .evaluate import compare_runs
+            from .reports.runs import compare_runs
 
             print(compare_runs(args.run_dirs, args.out), end="")
             print(f"wrote {args.out}/compare.md, compare.csv and adversarial.png")

@@ -37,3 +37,16 @@ def write_json(path: str | Path, obj: Any) -> Path:
             f.write("\n")
 
     return atomic_write(path, write)
+
+
+def cache_dir(*parts: str) -> Path:
+    """bbh's cache folder (nothing is created): ``$BBH_CACHE_DIR``, else ``$XDG_CACHE_HOME/bbh``, else
+    ``~/.cache/bbh``; ``parts`` name a sub-folder. The one place every cache (native build, toy HMC,
+    default data directory) is resolved."""
+    env = os.environ.get("BBH_CACHE_DIR")
+    if env:
+        root = Path(env).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "bbh"
+    return root.joinpath(*parts)

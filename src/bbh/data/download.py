@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from ..io import atomic_write
+from ..io import atomic_write, cache_dir
 from .cifar import BATCHES_DIR, CIFAR_FILES
 from .mnist import MNIST_FILES, NOTMNIST_FILES, DataFormatError
 
@@ -120,16 +120,14 @@ class MissingDataError(FileNotFoundError):
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
-    """The data directory: ``data_dir``, else ``$BBH_DATA_DIR``, else ``$XDG_CACHE_HOME/bbh/data``
-    (``~/.cache/bbh/data`` when ``XDG_CACHE_HOME`` is unset). Nothing is created."""
+    """The data directory: ``data_dir``, else ``$BBH_DATA_DIR``, else ``data`` in bbh's cache folder
+    (:func:`bbh.io.cache_dir`: ``$BBH_CACHE_DIR``, ``$XDG_CACHE_HOME/bbh`` or ``~/.cache/bbh``). Nothing is created."""
     if data_dir is not None and str(data_dir) != "":
         return Path(data_dir).expanduser()
     env = os.environ.get(ENV_DATA_DIR)
     if env:
         return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME")
-    base = Path(cache).expanduser() if cache else Path.home() / ".cache"
-    return base / "bbh" / "data"
+    return cache_dir("data")
 
 
 def urls_for(resource: Resource) -> list[str]:

@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import distributed as dist
-from ..config import dumps, validate
 from ..elbo import ConstantWeight, LinearAnneal, Schedule
 from ..io import atomic_write, write_json
 from ..posteriors import Method, create
-from ..train import NonFiniteLossError, Trainer, resolve_device
+from ..training import distributed as dist
+from ..training.trainer import NonFiniteLossError, Trainer, resolve_device
+from .config import dumps, validate
 
 CHECKPOINT_VERSION = 1
 
@@ -69,7 +69,7 @@ def build_schedule(spec: Any) -> Schedule | None:
 
 def predict_probs(method: Method, x: Tensor, transform, n_samples: int, batch_size: int = 500) -> Tensor:
     """Mean predictive class probabilities ``[N, K]`` over ``n_samples`` posterior draws (streamed)."""
-    from ..predictive import iter_batches, predict_batches
+    from ..evaluation.predictive import iter_batches, predict_batches
 
     method.eval()
     return predict_batches(method, iter_batches(x, batch_size), n_samples, transform=transform)["mean"]

@@ -40,13 +40,14 @@ from typing import Any
 
 import torch
 
-from ..data.toy import TOY_NOISE, make_toy_data, toy_function, toy_grid
+from ..data.toy import TOY_NOISE, make_toy_data, toy_grid
 from ..elbo import ConstantWeight, Schedule, ToyAnneal
 from ..io import write_json
 from ..likelihoods import Gaussian
 from ..models import MLP
 from ..posteriors import create
-from ..train import Trainer
+from ..training.trainer import Trainer
+from .toy_reference import predictive_summary, toy_hmc
 
 TOY_METHODS = ("bbh", "map", "mc-dropout", "ensemble", "bbb", "mnf")
 
@@ -107,26 +108,6 @@ def toy_settings(faithful: bool = False) -> dict[str, ToySetting]:
     }
 
 
-def predictive_summary(samples: torch.Tensor, grid: torch.Tensor) -> dict[str, float]:
-    """RMSE of the predictive mean against x^3 and mean predictive std inside and outside the data.
-
-    Args:
-        samples: function values [S, G, 1] on the grid.
-        grid: [G, 1].
-    """
-    mean, std = samples.mean(0).squeeze(-1), samples.std(0, unbiased=samples.shape[0] > 1).squeeze(-1)
-    if samples.shape[0] == 1:
-        std = torch.zeros_like(mean)
-    x = grid.squeeze(-1)
-    inside = x.abs() <= 4
-    outside = (x.abs() >= 5) & (x.abs() <= 6)
-    return {
-        "rmse": float(((mean - toy_function(x)) ** 2).mean().sqrt()),
-        "std_inside": float(std[inside].mean()),
-        "std_outside": float(std[outside].mean()),
-    }
-
-
 def train_toy_method(name: str, setting: ToySetting, seed: int, n_samples: int = 100,
                      progress: bool = False) -> dict[str, Any]:
     """Train one method on the toy data and summarise its predictive distribution on the grid."""
@@ -158,7 +139,7 @@ def run_toy(out_dir: str | Path, methods: tuple[str, ...] = TOY_METHODS, seed: i
     panel, and every method's summary gains ``std_ratio_inside`` / ``std_ratio_outside``: its mean
     predictive std divided by HMC's, on |x| <= 4 and on 5 <= |x| <= 6.
     """
-    from ..plots import plot_toy  # matplotlib only when plotting
+    from ..reports.plots import plot_toy  # matplotlib only when plotting
 
     settings = toy_settings(faithful)
     unknown = [m for m in methods if m not in settings]
@@ -172,7 +153,6 @@ def run_toy(out_dir: str | Path, methods: tuple[str, ...] = TOY_METHODS, seed: i
                               "methods": {m: r["summary"] for m, r in results.items()}}
     panels = {m: r["samples"] for m, r in results.items()}
     if hmc:
-        from ..hmc import toy_hmc  # imports this module's predictive_summary
 
         reference = toy_hmc(seed=0, cache_dir=hmc_cache_dir)
         ref = reference["summary"]

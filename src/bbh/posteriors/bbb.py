@@ -13,7 +13,7 @@ from ..functional import chunked_sample_outputs, forward_with
 from ..kl import KLEstimator, gaussian_kl, make_kl_estimator
 from ..likelihoods import Likelihood
 from ..priors import Prior
-from .base import Method, ParamFilter, check_finite, register, select_parameters
+from .protocol import Method, ParamFilter, check_finite, register, select_parameters
 
 ESTIMATORS = ("shared", "local")
 LOCAL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..likelihoods import Likelihood
-from .base import ParamFilter, register
 from .point import MAP
+from .protocol import ParamFilter, register
 
 
 def _resolve_sites(model: nn.Module, sites: Sequence[str] | None) -> list[str]:

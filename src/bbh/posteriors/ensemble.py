@@ -11,7 +11,7 @@ from torch.func import functional_call, vmap
 
 from ..elbo import LossTerms
 from ..likelihoods import Likelihood
-from .base import Method, check_finite, register
+from .protocol import Method, check_finite, register
 
 
 def _reinitialise(module: nn.Module, generator_seed: int) -> None:

@@ -38,15 +38,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import native
+from ..backends import native
 from ..elbo import LossTerms, elbo
 from ..functional import chunked_sample_outputs, forward_samples, forward_with
 from ..kl import KLEstimator, make_kl_estimator
 from ..likelihoods import Likelihood
-from ..optim import add_grad_factors, mark_factorable, wants_factored_grad
 from ..options import Init, Layout, LikelihoodSamples, Noise, parse_option
 from ..priors import Prior
-from .base import Method, ParamFilter, check_finite, register, select_parameters
+from ..training.optim import add_grad_factors, mark_factorable, wants_factored_grad
+from .protocol import Method, ParamFilter, check_finite, register, select_parameters
 
 
 class _HeadLinear(torch.autograd.Function):

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from ..elbo import LossTerms, elbo
 from ..likelihoods import Likelihood
-from .base import WEIGHT_LAYERS, Method, check_finite, register
+from .protocol import WEIGHT_LAYERS, Method, check_finite, register
 
 _LOG_2PI = math.log(2 * math.pi)
 _VAR_FLOOR = 1e-16

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from ..elbo import LossTerms, elbo
 from ..likelihoods import Likelihood
-from .base import WEIGHT_LAYERS, Method, ParamFilter, register, select_parameters
+from .protocol import WEIGHT_LAYERS, Method, ParamFilter, register, select_parameters
 
 
 def _kernels(model: nn.Module) -> list[str]:

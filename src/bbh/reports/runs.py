@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from . import metrics
-from .experiments.run import build_model
-from .io import atomic_write, write_json
-from .posteriors import Method, create
-from .predictive import iter_batches, predict, predict_batches
+from ..evaluation import metrics
+from ..evaluation.predictive import iter_batches, predict, predict_batches
+from ..experiments.run import build_model
+from ..io import atomic_write, write_json
+from ..posteriors import Method, create
 
 EPSILONS = tuple(round(0.05 * i, 2) for i in range(9))
 """The authors' FGSM grid, ``np.linspace(0, 0.4, 9)``."""
@@ -96,7 +96,7 @@ def adversarial_curve(method: Method, x: torch.Tensor, y: torch.Tensor, num_clas
                       gradient: str = "authors", clamp: tuple[float, float] | None = None,
                       attack: str = "fgsm") -> list[dict[str, float]]:
     """Per epsilon: accuracy, mean entropy / log K, entropy AUC on adversarial versions of ``x``."""
-    from . import attacks
+    from ..evaluation import attacks
 
     rows = []
     for eps in epsilons:
@@ -133,7 +133,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
     """
     from tqdm.auto import tqdm
 
-    from .data import load_task
+    from ..data import load_task
     from .plots import plot_adversarial, plot_entropy_cdf, plot_reliability
 
     run_dir = Path(run_dir)
@@ -196,7 +196,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
 def _probes(method: Method, task: Any, n: int) -> dict[str, Any]:
     """The authors' MNIST rotation and mixup probes (paper-protocol 6.6): per angle / lambda, the predicted
     class and the predictive entropy (nats)."""
-    from . import probes
+    from ..evaluation import probes
 
     out: dict[str, Any] = {}
     for name, r in probes.author_probes(method, task.eval_transform(task.test_x), n_samples=n).items():

@@ -55,14 +55,14 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
 
-from .functional import _updates_running_stats
-from .posteriors.base import Method
-from .posteriors.bbb import BayesByBackprop
-from .posteriors.dropout import MCDropout
-from .posteriors.ensemble import DeepEnsemble
-from .posteriors.hypernet import BayesByHypernet
-from .posteriors.mnf import MNF
-from .posteriors.point import MAP
+from ..functional import _updates_running_stats
+from ..posteriors.bbb import BayesByBackprop
+from ..posteriors.dropout import MCDropout
+from ..posteriors.ensemble import DeepEnsemble
+from ..posteriors.hypernet import BayesByHypernet
+from ..posteriors.mnf import MNF
+from ..posteriors.point import MAP
+from ..posteriors.protocol import Method
 
 GRADIENTS = ("authors", "expectation")
 PAPER_EPSILONS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(9))

@@ -34,14 +34,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from .io import atomic_write  # noqa: E402
-from .posteriors.base import Method, select_parameters  # noqa: E402
-from .posteriors.bbb import BayesByBackprop  # noqa: E402
-from .posteriors.dropout import MCDropout  # noqa: E402
-from .posteriors.ensemble import DeepEnsemble  # noqa: E402
-from .posteriors.hypernet import BayesByHypernet  # noqa: E402
-from .posteriors.mnf import MNF  # noqa: E402
-from .posteriors.point import MAP  # noqa: E402
+from ..io import atomic_write  # noqa: E402
+from ..posteriors.bbb import BayesByBackprop  # noqa: E402
+from ..posteriors.dropout import MCDropout  # noqa: E402
+from ..posteriors.ensemble import DeepEnsemble  # noqa: E402
+from ..posteriors.hypernet import BayesByHypernet  # noqa: E402
+from ..posteriors.mnf import MNF  # noqa: E402
+from ..posteriors.point import MAP  # noqa: E402
+from ..posteriors.protocol import Method, select_parameters  # noqa: E402
 
 LAYOUTS = ("torch", "tf")
 PAPER_NUM_SAMPLES = 1000

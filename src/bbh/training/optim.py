@@ -24,8 +24,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from . import native
-from .options import OptimizerName, parse_option
+from ..backends import native
+from ..options import OptimizerName, parse_option
 
 DEFAULT_LR = {OptimizerName.ADAM: 1e-3, OptimizerName.RMSPROP_TF: 1e-4}
 """Learning rates of the authors' runs: Adam 1e-3 for the baselines, RMSProp-TF 1e-4 for BbH."""

@@ -44,7 +44,7 @@ FREE_TABLES = ("model", "method")
 
 def available_experiments() -> list[str]:
     """Names of the configurations shipped with bbh (``mnist-bbh``, ``cifar5-map``, ...)."""
-    folder = resources.files("bbh") / "configs"
+    folder = resources.files("bbh.experiments") / "configs"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
@@ -55,7 +55,7 @@ def _read(source: str | Path) -> tuple[dict[str, Any], str]:
         if str(source) not in names:
             raise ValueError(f"unknown experiment {str(source)!r}; shipped experiments: {', '.join(names)} "
                              f"(or pass a path to a .toml file)")
-        text = (resources.files("bbh") / "configs" / f"{source}.toml").read_text()
+        text = (resources.files("bbh.experiments") / "configs" / f"{source}.toml").read_text()
         return tomllib.loads(text), f"bbh/configs/{source}.toml"
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")

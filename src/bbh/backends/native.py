@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..io import cache_dir
+
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAG_SETS = (["-O3", "-march=native", "-fno-math-errno"], ["-O3", "-fno-math-errno"])
 """Compiler flags, tried in order (``-march=native`` lets the loops use AVX2/AVX-512 where present)."""
@@ -52,9 +54,7 @@ _SIGNATURES = {
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("BBH_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "bbh")
-    return Path(root)
+    return cache_dir()
 
 
 def _cpu_signature() -> str:

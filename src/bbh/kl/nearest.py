@@ -1,8 +1,7 @@
 """KL divergence estimators KL(q || p) between a weight posterior q and a prior p.
 
-Three families:
+The sample-based estimators:
 
-* :func:`gaussian_kl` — the closed form for factorised Gaussians (Bayes by Backprop, paper Eq. 1).
 * :func:`nn_kl_per_weight` / :func:`nn_kl_full` — the sample-based nearest-neighbour estimator of
   paper Eq. 2 (Pérez-Cruz 2008; Jiang 2018), which only needs samples of q and of p:
 
@@ -25,28 +24,15 @@ import math
 import warnings
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from . import native
-from .priors import Prior
+from ..backends import native
+from ..priors import Prior
+from .base import KLEstimator, flatten_samples
 
 DISTANCE_EPS = 1e-8
 """Added to squared distances before the square root: distances are floored smoothly at 1e-4, so the
 log-ratio of Eq. 2 stays finite when two samples coincide (the authors' guard, paper-protocol 3.2)."""
-
-
-def gaussian_kl(mu: Tensor, sigma: Tensor, prior_scale: float = 1.0) -> Tensor:
-    """Closed-form KL( N(mu, sigma^2) || N(0, s^2) ), summed over all elements.
-
-    KL = Σ [ log(s / sigma) + (sigma^2 + mu^2) / (2 s^2) - 1/2 ]   (paper-protocol 3.3)
-
-    Args:
-        mu: posterior means.
-        sigma: posterior standard deviations (> 0), broadcastable to ``mu``.
-        prior_scale: the prior standard deviation s.
-    """
-    s2 = prior_scale**2
-    return (math.log(prior_scale) - torch.log(sigma) + (sigma**2 + mu**2) / (2 * s2) - 0.5).sum()
 
 
 def _distance(a: Tensor, b: Tensor, dim: int | None = None) -> Tensor:
@@ -202,32 +188,6 @@ def nn_kl_full(q: Tensor, p: Tensor) -> Tensor:
     return d * (torch.log(rho) - torch.log(nu)).mean() + math.log(m / (n - 1))
 
 
-def flatten_samples(samples: dict[str, Tensor]) -> Tensor:
-    """Concatenate ``dict[name, Tensor[n, *shape]]`` into one ``Tensor[n, D]`` (dict order)."""
-    if not samples:
-        raise ValueError("no weight samples to estimate a KL from")
-    return torch.cat([s.reshape(s.shape[0], -1) for s in samples.values()], dim=1)
-
-
-class KLEstimator(nn.Module):
-    """Base class of KL(q || p) estimators working from weight samples.
-
-    ``forward(samples, prior)`` returns the scalar KL estimate (differentiable with respect to the
-    samples). Trainable estimators hold their own parameters and optimizer and take their own step in
-    :meth:`update`, which the method's ``post_step`` calls after each main optimizer step with detached
-    samples; their parameters are never part of the main optimizer.
-    """
-
-    trainable: bool = False
-
-    def forward(self, samples: dict[str, Tensor], prior: Prior) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def update(self, samples: dict[str, Tensor], prior: Prior) -> dict[str, float]:
-        """Take the estimator's own training step(s); returns values to log. No-op by default."""
-        return {}
-
-
 class NearestNeighbourKL(KLEstimator):
     """Eq. 2 estimator with fresh prior samples at every call.
 
@@ -260,27 +220,5 @@ class NearestNeighbourKL(KLEstimator):
         return f"full={self.full}, num_prior_samples={self.num_prior_samples}"
 
 
-KL_ESTIMATORS = ("nn-per-weight", "nn-full", "adversarial")
 
-
-def make_kl_estimator(kl: str | KLEstimator, num_prior_samples: int = 5) -> KLEstimator:
-    """Build a sample-based estimator by name (``"nn-per-weight"``, ``"nn-full"``, ``"adversarial"`` — the
-    :class:`~bbh.kl_adversarial.AdversarialKL` with its defaults) or pass one through."""
-    if isinstance(kl, KLEstimator):
-        return kl
-    if kl == "nn-per-weight":
-        return NearestNeighbourKL(full=False, num_prior_samples=num_prior_samples)
-    if kl == "nn-full":
-        return NearestNeighbourKL(full=True, num_prior_samples=num_prior_samples)
-    if kl == "adversarial":
-        from .kl_adversarial import AdversarialKL  # the estimator module imports this one
-
-        return AdversarialKL()
-    valid = ", ".join(repr(k) for k in KL_ESTIMATORS)
-    raise ValueError(f"unknown kl {kl!r}; expected one of {valid} or a KLEstimator instance")
-
-
-__all__ = [
-    "DISTANCE_EPS", "KLEstimator", "KL_ESTIMATORS", "NearestNeighbourKL", "flatten_samples",
-    "gaussian_kl", "make_kl_estimator", "nn_kl_full", "nn_kl_per_weight", "nn_kl_per_weight_reference",
-]
+__all__ = ["DISTANCE_EPS", "NearestNeighbourKL", "nn_kl_full", "nn_kl_per_weight", "nn_kl_per_weight_reference"]

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .elbo import Schedule, as_schedule
+from ..elbo import Schedule, as_schedule
+from ..options import OptimizerName, parse_option
+from ..posteriors.protocol import Method
 from .optim import make_optimizer
-from .options import OptimizerName, parse_option
-from .posteriors.base import Method
 
 
 class NonFiniteLossError(FloatingPointError):

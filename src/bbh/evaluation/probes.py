@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .posteriors.base import Method
+from ..posteriors.protocol import Method
 
 ANGLES_90: tuple[int, ...] = tuple(range(0, 91, 10))
 """0, 10, ..., 90 (the authors' ``rot_*`` sets of images 270 and 202)."""

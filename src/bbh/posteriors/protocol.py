@@ -107,7 +107,7 @@ class Method(nn.Module):
     def predict(self, x: Tensor, n_samples: int = 100, chunk_size: int | None = None):
         """The posterior predictive on ``x``: a :class:`bbh.predictive.Predictive` (per-sample probabilities
         ``[S, B, K]``, mean, entropy, expected entropy, mutual information)."""
-        from ..predictive import predict
+        from ..evaluation.predictive import predict
 
         return predict(self, x, n_samples, chunk_size)
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .kl import KLEstimator, flatten_samples
-from .priors import Prior
+from ..priors import Prior
+from .base import KLEstimator, flatten_samples
 
 
 class AdversarialKL(KLEstimator):
