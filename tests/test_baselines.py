@@ -242,8 +242,37 @@ def test_bbb_recovers_the_exact_posterior_of_bayesian_linear_regression():
     assert torch.all((sd / std - 1).abs() < 0.15), (sd, std)
 
 
-@pytest.mark.parametrize("kl, lr, mean_tol, widest", [("nn-full", 3e-3, 1.0, 1.5), ("nn-per-weight", 1e-3, 2.5, 3.5)])
-def test_bbh_recovers_the_posterior_of_bayesian_linear_regression(kl, lr, mean_tol, widest):
+def test_the_per_weight_nn_kl_recovers_the_exact_posterior_where_the_optimiser_converges():
+    """Paper Eq. 2 per weight (n = m = 5) is unbiased enough to find the exact posterior: a Gaussian q (BbB) whose
+    KL is that estimator reaches the exact stds within 20 % after 20,000 Adam steps at lr 1e-3.
+
+    Measured (seeds 0-3, plain torch Adam): stds 0.97-1.05x the exact ones, means within 0.26 posterior std; a
+    posterior stuck at the prior (8x too wide), a collapsed one or an estimator off by a factor fails.
+    """
+    x, y, mean, std = orthogonal_regression()
+    torch.manual_seed(0)
+    bbb = bbh.create("bbb", nn.Linear(4, 1, bias=False), likelihood=bbh.likelihoods.Gaussian(1.0),
+                     init_log_var=-4.0, kl="nn-per-weight")
+    opt = torch.optim.Adam(bbb.trainable_parameters(), lr=1e-3)
+    for _ in range(20_000):
+        opt.zero_grad(set_to_none=True)
+        bbb.loss(x, y, num_data=64).total.backward()
+        opt.step()
+    mu, sd = bbb.mu[0].detach().flatten(), bbb.std()[0].detach().flatten()
+    assert torch.all((mu - mean).abs() < 0.5 * std), ((mu - mean) / std)
+    assert torch.all((sd / std - 1).abs() < 0.2), sd / std
+
+
+@pytest.mark.parametrize("kl, lr, mean_tol, lowest, widest", [("nn-full", 3e-3, 1.0, 0.7, 1.5),
+                                                              ("nn-per-weight", 1e-3, 2.5, 0.7, 3.5)])
+def test_bbh_recovers_the_posterior_of_bayesian_linear_regression(kl, lr, mean_tol, lowest, widest):
+    """BbH on the same problem, 3,000 steps. Measured over seeds 0-3: the last iterate's means wander by up to
+    0.54 posterior std with either estimator. With the full-vector NN-KL (d = 4) the stds are 0.79-1.35x the
+    exact ones: a test of the posterior. With the per-weight NN-KL the hypernet's stds come out 1.2-3.1x too
+    wide and its means wander up to 1.86 std (2 threads): the estimator itself is not the cause (the test
+    above recovers the exact stds with it), but its 1/distance gradient spikes under Adam move the hypernet's
+    shared weights coherently. That case only checks that the posterior neither collapses (std -> 0) nor
+    stays at the prior (8x too wide); closing the gap is the UCI/HMC issue's work."""
     x, y, mean, std = orthogonal_regression()
     torch.manual_seed(0)
     method = bbh.create("bbh", nn.Linear(4, 1, bias=False), likelihood=bbh.likelihoods.Gaussian(1.0),
@@ -251,15 +280,9 @@ def test_bbh_recovers_the_posterior_of_bayesian_linear_regression(kl, lr, mean_t
     bbh.Trainer(method, lr=lr, steps=3000, progress=False, seed=0).fit((x, y))
     with torch.no_grad():
         w = method.sample(4000)["weight"].flatten(1)
-    # Measured over seeds 0-3 (3000 steps): the last iterate's means wander by up to 0.54 posterior std
-    # with either estimator. With the full-vector nearest-neighbour KL (d = 4) the stds are 0.79-1.35x the
-    # exact ones; the per-weight estimator with n = m = 5 samples is biased towards too wide posteriors
-    # here (1.2-3.1x) and its last iterate's means wander further: up to 1.86 posterior std with 2 threads
-    # instead of 1 (seed 0; float summation order changes the trajectory). A collapsed posterior (std -> 0)
-    # or one stuck at the prior (8x too wide) fails either bound.
     assert torch.all((w.mean(0) - mean).abs() < mean_tol * std), (w.mean(0), mean)
     ratio = w.std(0) / std
-    assert torch.all((ratio > 0.7) & (ratio < widest)), ratio
+    assert torch.all((ratio > lowest) & (ratio < widest)), ratio
 
 
 # ---- adversarial KL ---------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from fake_task import FakeTask, fake_config
 import bbh
 from bbh.evaluation.predictive import Predictive, predict, predict_batches
 from bbh.experiments.run import Run
-from bbh.reports.runs import compare_runs, evaluate_run
+from bbh.reports.runs import compare_runs, evaluate_run, load_run
 
 
 def test_predictive_decomposition_by_hand():
@@ -88,8 +88,46 @@ def test_evaluate_map_has_no_weight_posterior_and_compare_builds_tables(finished
     assert (tmp_path / "adversarial.png").exists()
 
 
+def _strict_json(text: str):
+    def reject(token: str):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def test_evaluate_again_leaves_no_stale_figures_and_writes_strict_json(finished_runs):
+    run = finished_runs / "bbh"
+    evaluate_run(run, task=FakeTask(), n_samples=4, adv_images=8, progress=False)
+    out = run / "eval"
+    assert (out / "adversarial.png").exists() and (out / "weights.png").exists()
+    (out / "stray.txt").write_text("left by hand")
+    before = torch.get_rng_state()
+    r = evaluate_run(run, task=FakeTask(), n_samples=4, adversarial=False, posterior_plots=False, progress=False)
+    assert torch.equal(torch.get_rng_state(), before)  # no global reseeding
+    assert sorted(p.name for p in out.iterdir()) == ["entropy_cdf.png", "reliability.png", "report.md",
+                                                     "results.json"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".eval")]  # no temporary folder left
+    saved = _strict_json((out / "results.json").read_text())
+    assert saved == r and "adversarial" not in saved and saved["num_classes"] == 3
+    conf = saved["test"]["reliability"]["confidence"]
+    assert None in conf and all(c is None or 0 <= c <= 1 for c in conf)  # empty bins: null, not NaN
+    # the same seed gives the same numbers
+    again = evaluate_run(run, task=FakeTask(), n_samples=4, adversarial=False, posterior_plots=False,
+                         progress=False)
+    assert again == r
+
+
+def test_load_run_reads_weights_only(finished_runs):
+    method, config = load_run(finished_runs / "bbh")
+    assert config["experiment"]["method"] == "bbh" and not method.training
+    assert method.predict(FakeTask().eval_transform(FakeTask().test_x[:5]), 3).sample_probs.shape == (3, 5, 3)
+
+
 def test_evaluate_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="has not finished"):
         evaluate_run(tmp_path, task=FakeTask())
     with pytest.raises(FileNotFoundError, match="bbh evaluate"):
         compare_runs([tmp_path], tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_run(tmp_path)

@@ -157,13 +157,23 @@ def test_likelihood_sample_modes(mode, blobs):
     assert all(p.grad is not None for p in method.posterior.parameters())
 
 
-def test_mixture_likelihood_is_below_the_average_nll(blobs):
+def test_mixture_likelihood_is_the_log_mean_exp_and_below_the_average_nll(blobs):
+    """loss(likelihood_samples="mixture") is -mean_b log (1/S) Σ_s p(y_b | x_b, w_s) of the step's S samples, and
+    by Jensen at most the "average" NLL of the same samples."""
     x, y = blobs
-    method = bbh.create("bbh", tiny_mlp(), hidden=(8,), noise_dim=4)
-    samples = method.sample(5)
+    method = bbh.create("bbh", tiny_mlp(), hidden=(8,), noise_dim=4, likelihood_samples="mixture")
+    torch.manual_seed(3)
+    mixture = method.loss(x, y, num_data=256).nll
+    torch.manual_seed(3)
+    samples = method.sample(5)  # the same draws the loss made
     loglik = method.likelihood.log_prob(bbh.functional.forward_samples(method.model, samples, x), y)
-    mixture = -(torch.logsumexp(loglik, 0) - math.log(5)).mean()
-    assert mixture <= -loglik.mean() + 1e-6  # Jensen
+    expected = -(torch.logsumexp(loglik, 0) - math.log(5)).mean()
+    assert torch.allclose(mixture, expected, atol=1e-6), (mixture, expected)
+    method.likelihood_samples = bbh.LikelihoodSamples.AVERAGE
+    torch.manual_seed(3)
+    average = method.loss(x, y, num_data=256).nll
+    assert torch.allclose(average, -loglik.mean(), atol=1e-6)
+    assert mixture < average  # Jensen, strict for samples that disagree
 
 
 def test_predictions_differ_between_calls_for_bbh_not_for_map(blobs):

@@ -174,6 +174,31 @@ def test_entropy_matches_the_authors_calc_entropy():
     assert (probs < 1e-5).any()                          # the clamp is exercised
 
 
+def test_entropy_is_the_one_entropy_over_any_leading_shape_and_predictive_uses_it():
+    from bbh.evaluation.predictive import Predictive
+
+    samples = _random_probs(30, 4, seed=7, temperature=6.0, shape=(5,))           # [S, N, K]
+    samples[0, 0] = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=F64)                  # an exact zero: 0 log 0 = 0
+    per_slice = torch.stack([entropy(s, clamp=0) for s in samples])
+    torch.testing.assert_close(entropy(samples, clamp=0), per_slice, rtol=0, atol=0)
+    assert entropy(samples, clamp=0)[0, 0] == 0.0
+    assert entropy(samples)[0, 0] == 0.0                  # -1 log 1; the zeros contribute -0 log 1e-5 = 0
+    pred = Predictive(samples)
+    torch.testing.assert_close(pred.entropy, entropy(samples.mean(0), clamp=0), rtol=0, atol=0)
+    torch.testing.assert_close(pred.expected_entropy, entropy(samples, clamp=0).mean(0), rtol=0, atol=0)
+    torch.testing.assert_close(pred.entropy, predictive_entropy(samples), rtol=0, atol=0)
+    torch.testing.assert_close(pred.mutual_information, mutual_information(samples), rtol=0, atol=0)
+    assert pred.summary()["entropy"].equal(pred.entropy)
+    # the authors' clamp differs from the exact entropy exactly where probabilities fall below 1e-5
+    small = ((samples > 0) & (samples < 1e-5)).any(-1)
+    assert small.any() and bool((entropy(samples) < entropy(samples, clamp=0))[small].all())
+    assert bool((entropy(samples) == entropy(samples, clamp=0))[~small].all())
+    with pytest.raises(ValueError, match="sum to 1"):
+        entropy(torch.rand(2, 3, 4, dtype=F64))
+    with pytest.raises(ValueError, match="clamp"):
+        entropy(samples, clamp=-1.0)
+
+
 def test_max_entropy_is_the_authors_value():
     for k in (2, 3, 5, 10):
         u = np.ones(k) / k

@@ -284,3 +284,82 @@ def test_rmsprop_tf_on_cuda_matches_reference():
         adam.step()
         ref.step()
     torch.testing.assert_close(adam_params[0].detach(), ref_params[0].detach())
+
+
+# ------------------------------------------------------------------------- factored backward and clipping
+def test_make_optimizer_factored_flag_controls_factored_backward():
+    from bbh.backends import factored
+
+    for name in ("adam", "rmsprop-tf"):
+        on, off = make_optimizer(name, _params()), make_optimizer(name, _params(), factored=False)
+        assert on.factored and not off.factored
+        with on.factored_backward():
+            assert factored.active() is on.collector
+        with off.factored_backward():
+            assert factored.active() is None
+        assert factored.active() is None
+
+
+def test_factored_backward_helper_is_a_no_op_for_torch_optimizers():
+    from bbh.backends import factored
+    from bbh.training.optim import factored_backward
+
+    opt = torch.optim.SGD(_params(), lr=0.1)
+    with factored_backward(opt):
+        assert factored.active() is None
+    bbh_opt = make_optimizer("adam", _params())
+    with factored_backward(bbh_opt):
+        assert factored.active() is bbh_opt.collector
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "rmsprop-tf"])
+def test_clip_grad_norm_without_factors_is_torchs(kind):
+    from bbh.training.optim import clip_grad_norm_, grad_norm
+
+    ours, ref = _params(), _params()
+    for seed, (p, r) in enumerate(zip(ours, ref)):
+        p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 10
+        r.grad = p.grad.clone()
+    opt = torch.optim.SGD(ours, lr=0.1) if kind == "sgd" else make_optimizer(kind, ours)
+    torch.testing.assert_close(grad_norm(opt), torch.linalg.vector_norm(torch.stack([r.grad.norm() for r in ref])))
+    expected = torch.nn.utils.clip_grad_norm_(ref, 1.0)
+    assert torch.equal(clip_grad_norm_(opt, 1.0), expected)
+    for p, r in zip(ours, ref):
+        assert torch.equal(p.grad, r.grad)
+
+
+def test_zero_grad_drops_collected_factors():
+    from bbh.training.optim import has_factors
+
+    w = nn.Parameter(torch.randn(6, 4))
+    opt = make_optimizer("adam", [w])
+    opt.collector.add(w, torch.randn(6, 2), torch.randn(2, 4))
+    assert has_factors(opt)
+    opt.zero_grad(set_to_none=False)
+    assert not has_factors(opt)
+    before = w.detach().clone()
+    opt.step()
+    assert torch.equal(w.detach(), before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["adam", "rmsprop-tf"])
+def test_factored_backward_on_cuda_matches_dense(name):
+    # CUDA backward runs on autograd's device threads: they must see the collector of the calling thread
+    import bbh
+
+    def run(use_factors: bool):
+        torch.manual_seed(0)
+        method = bbh.create("bbh", bbh.models.MLP(3, 3, hidden=(8,)), hidden=(8, 16)).cuda()
+        opt = make_optimizer(name, method.trainable_parameters(), lr=1e-3, factored=use_factors)
+        x, y = torch.randn(32, 3, device="cuda"), torch.randint(0, 3, (32,), device="cuda")
+        torch.manual_seed(1)
+        with opt.factored_backward():
+            method.loss(x, y, num_data=32).total.backward()
+        heads = [h.weight for h in method.posterior.heads]
+        assert all((w.grad is None) == use_factors for w in heads)
+        assert len(opt.collector) == (len(heads) if use_factors else 0)
+        opt.step()
+        return torch.cat([p.detach().flatten() for p in method.trainable_parameters()])
+
+    torch.testing.assert_close(run(True), run(False), rtol=0, atol=1e-6)

@@ -4,6 +4,8 @@ prediction of every bbh method on the authors' network."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -319,4 +321,10 @@ def test_mnf_replaces_every_weight_layer_of_the_resnet():
 def test_bbh_average_likelihood_with_running_batchnorm():
     method = bbh.create("bbh", ResNet32(norm="running"), hidden=(8, 16), likelihood_samples="average")
     x, y = torch.randn(4, 3, 24, 24), torch.randint(0, 5, (4,))
-    bbh.Trainer(method, steps=1, progress=False, device="cpu").fit((x, y))
+    bn = next(m for m in method.model.modules() if isinstance(m, nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    history = bbh.Trainer(method, steps=1, progress=False, device="cpu").fit((x, y))
+    assert math.isfinite(history[-1]["nll"]) and math.isfinite(history[-1]["loss"])
+    # the S = 5 samples ran one after another, each updating the running statistics once
+    assert int(bn.num_batches_tracked) == method.num_samples
+    assert not torch.equal(bn.running_mean, before)

@@ -9,14 +9,6 @@ Pawlowski, Brock, Lee, Rajchl, Glocker, "Implicit Weight Uncertainty in Neural N
 
 from __future__ import annotations
 
-import os
-
-# Large CPU tensors (the hypernet output layers' gradients hold hundreds of MB) are re-allocated at every
-# step; backing them with transparent huge pages makes each allocation ~4x cheaper (measured: a 800 MB
-# gradient 0.43 s -> 0.14 s). PyTorch reads this variable at its first large allocation; set
-# THP_MEM_ALLOC_ENABLE=0 before importing bbh to opt out.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 from . import (  # noqa: E402
     kl,  # noqa: E402
     likelihoods,
@@ -25,6 +17,7 @@ from . import (  # noqa: E402
 )
 from .backends import native  # noqa: E402
 from .elbo import ConstantWeight, LinearAnneal, LossTerms, ToyAnneal, elbo  # noqa: E402
+from .evaluation.api import evaluate  # noqa: E402
 from .options import Init, Layout, LikelihoodSamples, Noise, OptimizerName  # noqa: E402
 from .posteriors import MAP, BayesByHypernet, HypernetPosterior, Method, available_methods, create  # noqa: E402
 from .priors import NormalPrior  # noqa: E402
@@ -35,6 +28,6 @@ __version__ = "0.1.0"
 __all__ = [
     "MAP", "BayesByHypernet", "ConstantWeight", "HypernetPosterior", "Init", "Layout", "LikelihoodSamples",
     "LinearAnneal", "LossTerms", "Method", "Noise", "NonFiniteLossError", "NormalPrior", "OptimizerName",
-    "ToyAnneal", "Trainer", "available_methods", "create", "elbo", "kl", "likelihoods", "models", "native",
+    "ToyAnneal", "Trainer", "available_methods", "create", "elbo", "evaluate", "kl", "likelihoods", "models", "native",
     "priors",
 ]

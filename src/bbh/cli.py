@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -170,6 +171,12 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # An application may tune its process, a library may not: bbh sets no environment variable when imported.
+    # Large CPU tensors (hypernet heads, their optimizer state) are allocated at every step; transparent huge
+    # pages make each allocation several times cheaper (an 800 MB gradient 0.43 s -> 0.14 s). PyTorch reads
+    # this once, at its first CPU tensor allocation; importing bbh allocates none, so this line comes first.
+    # THP_MEM_ALLOC_ENABLE=0 opts out.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -31,6 +31,9 @@ class LossTerms:
         kl_weight: the annealing factor used.
         total: nll + kl_weight * kl / num_data, the quantity to minimise.
         extras: further values to log (floats).
+        outputs: the detached per-example outputs the NLL was computed from, ``[B, ...]`` (a classifier's
+            logits or log-probabilities), so that a training loop can report e.g. the training accuracy
+            without reaching into the method; None where there is no single per-example output.
     """
 
     nll: Tensor
@@ -38,6 +41,7 @@ class LossTerms:
     kl_weight: float
     total: Tensor
     extras: dict[str, float] = field(default_factory=dict)
+    outputs: Tensor | None = None
 
     def as_floats(self) -> dict[str, float]:
         """Detached Python floats of every term, for logs and progress bars."""
@@ -47,7 +51,8 @@ class LossTerms:
         return out
 
 
-def elbo(nll: Tensor, kl: Tensor | float, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
+def elbo(nll: Tensor, kl: Tensor | float, *, num_data: int, kl_weight: float = 1.0,
+         outputs: Tensor | None = None) -> LossTerms:
     """Combine a mean minibatch NLL and a KL into the per-datum negative ELBO.
 
     total = nll + kl_weight * kl / num_data   (module docstring; paper Eq. 1 divided by N)
@@ -57,6 +62,7 @@ def elbo(nll: Tensor, kl: Tensor | float, *, num_data: int, kl_weight: float = 1
         kl: KL(q || p) of the whole weight posterior (scalar), or 0 for methods without one.
         num_data: N, the number of training examples (> 0).
         kl_weight: annealing factor in [0, inf).
+        outputs: the per-example outputs behind ``nll`` (stored detached in :attr:`LossTerms.outputs`).
     """
     if not isinstance(num_data, int) or isinstance(num_data, bool) or num_data <= 0:
         raise ValueError(f"num_data must be a positive int (the training-set size N), got {num_data!r}")
@@ -64,7 +70,8 @@ def elbo(nll: Tensor, kl: Tensor | float, *, num_data: int, kl_weight: float = 1
         raise ValueError(f"kl_weight must be finite and >= 0, got {kl_weight!r}")
     kl_t = kl if isinstance(kl, Tensor) else torch.as_tensor(float(kl), dtype=nll.dtype, device=nll.device)
     total = nll + kl_weight * kl_t / num_data
-    return LossTerms(nll=nll, kl=kl_t, kl_weight=float(kl_weight), total=total)
+    return LossTerms(nll=nll, kl=kl_t, kl_weight=float(kl_weight), total=total,
+                     outputs=None if outputs is None else outputs.detach())
 
 
 class Schedule(Protocol):

@@ -20,6 +20,23 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 
+def chunk_sizes(total: int, chunk_size: int | None = None) -> list[int]:
+    """Split ``total`` draws into consecutive chunks of at most ``chunk_size`` (None: one chunk).
+
+    The one chunking rule of bbh: sampling, prediction and attacks all bound their memory with it.
+
+    Raises:
+        ValueError: ``total`` < 1, or a ``chunk_size`` < 1.
+    """
+    if isinstance(total, bool) or int(total) < 1:
+        raise ValueError(f"n_samples must be >= 1, got {total!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
+        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size!r}")
+    n = int(total)
+    step = n if chunk_size is None else int(chunk_size)
+    return [min(step, n - i) for i in range(0, n, step)]
+
+
 def forward_with(module: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
     """Evaluate ``module(x)`` with the given (unbatched) parameters replacing the module's own."""
     return functional_call(module, dict(params), (x,))
@@ -46,7 +63,6 @@ def forward_samples(module: nn.Module, samples: Mapping[str, Tensor], x: Tensor,
     n = next(iter(sizes.values()))
     if any(s != n for s in sizes.values()):
         raise ValueError(f"all weight samples need the same leading sample dimension, got {sizes}")
-    chunk = n if chunk_size is None else max(1, int(chunk_size))
 
     def one(params: dict[str, Tensor]) -> Tensor:
         return functional_call(module, params, (x,))
@@ -55,17 +71,33 @@ def forward_samples(module: nn.Module, samples: Mapping[str, Tensor], x: Tensor,
         return torch.stack([one({k: v[i] for k, v in samples.items()}) for i in range(n)])
 
     batched = vmap(one, in_dims=(0,), randomness="different")
-    outs = [batched({k: v[i:i + chunk] for k, v in samples.items()}) for i in range(0, n, chunk)]
+    outs, start = [], 0
+    for k in chunk_sizes(n, chunk_size):
+        outs.append(batched({name: v[start:start + k] for name, v in samples.items()}))
+        start += k
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+
+def forward_samples_per_input(module: nn.Module, samples: Mapping[str, Tensor], xs: Tensor) -> Tensor:
+    """``module`` under weight sample s on its own input ``xs[s]``: ``[S, B, ...]`` from ``xs [S, B, ...]``.
+
+    The per-copy evaluation adversarial attacks need (sample s sees only ``xs[s]``, so one backward pass
+    gives every sample's own input gradient); vectorised with ``vmap`` over (weights, inputs) except where
+    BatchNorm updates running statistics (then a loop, as :func:`forward_samples`).
+    """
+    if _updates_running_stats(module):
+        return torch.stack([functional_call(module, {k: v[s] for k, v in samples.items()}, (xs[s],))
+                            for s in range(xs.shape[0])])
+
+    def one(params: dict[str, Tensor], xi: Tensor) -> Tensor:
+        return functional_call(module, params, (xi,))
+
+    return vmap(one, in_dims=(0, 0), randomness="different")(dict(samples), xs)
 
 
 def chunked_sample_outputs(module: nn.Module, sample: Callable[[int], Mapping[str, Tensor]], x: Tensor,
                            n_samples: int, chunk_size: int | None = None) -> Tensor:
     """``[S, *module(x).shape]`` outputs under ``n_samples`` weight draws ``sample(k)``, drawn and evaluated
     ``chunk_size`` at a time (None: all at once) with :func:`forward_samples`."""
-    n = int(n_samples)
-    if n < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    chunk = n if chunk_size is None else max(1, int(chunk_size))
-    outs = [forward_samples(module, sample(min(chunk, n - i)), x) for i in range(0, n, chunk)]
+    outs = [forward_samples(module, sample(k), x) for k in chunk_sizes(n_samples, chunk_size)]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)

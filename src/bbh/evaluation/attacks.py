@@ -24,8 +24,8 @@ Per-sample input gradients (``gradient="authors"``)
 ``method.sample_outputs(x, S)`` evaluates S posterior draws on **one** input, so one backward pass of
 Σ_s CE_s gives only Σ_s g_s, never the separate g_s whose signs are averaged. Each sample therefore gets its own
 copy of the input: ``xs = x.expand(S, *x.shape)`` (a leaf of shape ``[S, B, ...]``), sample s is evaluated on
-``xs[s]`` only, and one backward pass of Σ_s CE_s(xs[s]) yields ``∂/∂xs[s] = g_s`` for all s at once. How sample
-s is tied to ``xs[s]`` depends on the method (the result is the same S independent posterior draws in each case):
+``xs[s]`` only, and one backward pass of Σ_s CE_s(xs[s]) yields ``∂/∂xs[s] = g_s`` for all s at once. The method
+declares how (its ``per_copy_outputs(xs)`` capability; the result is S independent posterior draws in each case):
 
 * BbH / BbB (methods with ``sample(n)``): S weight sets are drawn once (without autograd: only input gradients
   are needed) and the network runs as ``vmap(functional_call)`` over (weights, input copies): cost of one
@@ -34,8 +34,8 @@ s is tied to ``xs[s]`` depends on the method (the result is the same S independe
   reparameterisation noise): the S copies are stacked into one batch of S·B examples and run through the
   network once, which is exactly what MC-Dropout's own ``sample_outputs`` does; same cost.
 * Deep ensembles: member k on copy k (S = M); MAP: one sample.
-* Any other :class:`~bbh.posteriors.base.Method`: a loop of S calls ``sample_outputs(xs[s], 1)``, which relies on
-  each call drawing a fresh sample; S forward/backward passes of B examples (same arithmetic, no vectorisation).
+* Any other method (the protocol's default): a loop of S calls ``sample_outputs(xs[s], 1)``, which relies
+  on each call drawing a fresh sample; S forward/backward passes of B examples (no vectorisation).
 
 Memory is that of a forward/backward pass on S·B examples plus the ``[S, B, ...]`` input gradient;
 ``chunk_size`` processes the samples in chunks of that many (fresh draws per chunk, the result is the same
@@ -53,15 +53,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import functional_call, vmap
 
-from ..functional import _updates_running_stats
-from ..posteriors.bbb import BayesByBackprop
-from ..posteriors.dropout import MCDropout
-from ..posteriors.ensemble import DeepEnsemble
-from ..posteriors.hypernet import BayesByHypernet
-from ..posteriors.mnf import MNF
-from ..posteriors.point import MAP
+from ..functional import chunk_sizes
 from ..posteriors.protocol import Method
 
 GRADIENTS = ("authors", "expectation")
@@ -94,59 +87,17 @@ def _apply_clamp(x: Tensor, clamp: tuple[float, float] | None) -> Tensor:
     return x if clamp is None else x.clamp(float(clamp[0]), float(clamp[1]))
 
 
-def fixed_sample_count(method: Method) -> int | None:
-    """The number of posterior samples a method always returns, whatever is asked: 1 for MAP, M for a deep
-    ensemble; None for methods that draw as many as asked."""
-    if isinstance(method, DeepEnsemble):
-        return method.num_members
-    if isinstance(method, MAP) and not isinstance(method, MCDropout):
-        return 1
-    return None
-
-
-def _chunks(total: int, chunk_size: int | None) -> list[int]:
-    step = total if chunk_size is None else max(1, int(chunk_size))
-    return [min(step, total - i) for i in range(0, total, step)]
-
-
 def _nll(method: Method, outputs: Tensor, y: Tensor) -> Tensor:
     """Per-sample mean NLL ``[S]`` of outputs ``[S, B, ...]``."""
     return -method.likelihood.log_prob(outputs, y).mean(dim=1)
 
 
-def _per_copy_outputs(method: Method) -> Callable[[Tensor], Tensor]:
-    """A function ``xs [S, B, ...] -> outputs [S, B, ...]`` whose sample s is a fresh posterior draw that sees
-    only ``xs[s]`` (see the module docstring for the strategy per method)."""
-    if isinstance(method, DeepEnsemble):
-        def ensemble(xs: Tensor) -> Tensor:
-            return torch.stack([member(xs[k]) for k, member in enumerate(method.members)])
-        return ensemble
-    if isinstance(method, MAP) and not isinstance(method, MCDropout):
-        return lambda xs: method.sample_outputs(xs[0], 1)
-    if isinstance(method, (BayesByHypernet, BayesByBackprop)):
-        model = method.model
-
-        def weights(xs: Tensor) -> Tensor:
-            with torch.no_grad():
-                samples = method.sample(xs.shape[0])
-            if _updates_running_stats(model):  # BatchNorm in training mode cannot run under vmap
-                return torch.stack([functional_call(model, {k: v[s] for k, v in samples.items()}, (xs[s],))
-                                    for s in range(xs.shape[0])])
-
-            def one(params: dict[str, Tensor], xi: Tensor) -> Tensor:
-                return functional_call(model, params, (xi,))
-
-            return vmap(one, in_dims=(0, 0), randomness="different")(samples, xs)
-        return weights
-    if isinstance(method, (MCDropout, MNF)):
-        def per_example(xs: Tensor) -> Tensor:
-            out = method.model(xs.reshape(xs.shape[0] * xs.shape[1], *xs.shape[2:]))
-            return out.view(xs.shape[0], xs.shape[1], *out.shape[1:])
-        return per_example
-
-    def loop(xs: Tensor) -> Tensor:
-        return torch.stack([method.sample_outputs(xs[s], 1)[0] for s in range(xs.shape[0])])
-    return loop
+def _draw_chunks(method: Method, n_samples: int, chunk_size: int | None) -> list[int]:
+    """The draws per chunk: the method's fixed draws in one chunk (MAP 1, ensemble M), else ``n_samples``
+    in chunks of ``chunk_size``."""
+    if method.fixed_draws is not None:
+        return [int(method.fixed_draws)]
+    return chunk_sizes(n_samples, chunk_size)
 
 
 def per_sample_input_gradients(method: Method, x: Tensor, y: Tensor, n_samples: int = 100, *,
@@ -154,20 +105,17 @@ def per_sample_input_gradients(method: Method, x: Tensor, y: Tensor, n_samples: 
                                reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """g_s = ∇_x mean_b NLL(f_s(x_b), y_b) for S fresh posterior draws: ``[S, *x.shape]``.
 
-    S is ``n_samples``, except for MAP (1) and deep ensembles (M, one per member). With ``reduce`` (e.g.
+    S is ``n_samples``, or the method's ``fixed_draws`` (MAP 1, deep ensembles M, one per member). With ``reduce`` (e.g.
     ``torch.sign``) the gradients are reduced chunk by chunk and only ``Σ_s reduce(g_s)`` (``[*x.shape]``)
     is returned, so that memory stays bounded by ``chunk_size``.
     """
-    fixed = fixed_sample_count(method)
-    total = fixed if fixed is not None else int(n_samples)
-    sizes = [total] if fixed is not None else _chunks(total, chunk_size)
-    run = _per_copy_outputs(method)
+    sizes = _draw_chunks(method, n_samples, chunk_size)
     parts: list[Tensor] = []
     acc: Tensor | None = None
     with torch.enable_grad():
         for size in sizes:
             xs = x.detach().unsqueeze(0).expand(size, *x.shape).clone().requires_grad_(True)
-            loss = _nll(method, run(xs), y).sum()
+            loss = _nll(method, method.per_copy_outputs(xs), y).sum()
             (grad,) = torch.autograd.grad(loss, xs)
             if reduce is None:
                 parts.append(grad)
@@ -175,8 +123,7 @@ def per_sample_input_gradients(method: Method, x: Tensor, y: Tensor, n_samples: 
                 part = reduce(grad).sum(0)
                 acc = part if acc is None else acc + part
     if reduce is not None:
-        assert acc is not None
-        return acc
+        return acc  # type: ignore[return-value]  # at least one chunk ran
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
@@ -184,8 +131,7 @@ def expected_loss_gradient(method: Method, x: Tensor, y: Tensor, n_samples: int 
                            chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
     """(∇_x L, L) with L = (1/S) Σ_s mean_b NLL(f_s(x_b), y_b), the Monte Carlo expected loss over S fresh
     posterior draws (``method.sample_outputs``; S = 1 for MAP, M for ensembles), in chunks of ``chunk_size``."""
-    fixed = fixed_sample_count(method)
-    sizes = [fixed] if fixed is not None else _chunks(int(n_samples), chunk_size)
+    sizes = _draw_chunks(method, n_samples, chunk_size)
     total = sum(sizes)
     grad = torch.zeros_like(x)
     value = x.new_zeros(())
@@ -193,7 +139,7 @@ def expected_loss_gradient(method: Method, x: Tensor, y: Tensor, n_samples: int 
         for size in sizes:
             leaf = x.detach().clone().requires_grad_(True)
             outputs = method.sample_outputs(leaf, size)
-            loss = _nll(method, outputs, y).sum() / (outputs.shape[0] if fixed is not None else total)
+            loss = _nll(method, outputs, y).sum() / total
             (g,) = torch.autograd.grad(loss, leaf)
             grad = grad + g
             value = value + loss.detach()
@@ -225,8 +171,7 @@ def fgsm(method: Method, x: Tensor, y: Tensor, epsilon: float, *, n_samples: int
     if float(epsilon) == 0.0:
         return _apply_clamp(x.clone(), clamp)
     if gradient == "authors":
-        fixed = fixed_sample_count(method)
-        total = fixed if fixed is not None else int(n_samples)
+        total = sum(_draw_chunks(method, n_samples, chunk_size))
         direction = per_sample_input_gradients(method, x, y, n_samples, chunk_size=chunk_size,
                                                reduce=torch.sign) / total
     else:
@@ -274,4 +219,4 @@ def pgd(method: Method, x: Tensor, y: Tensor, epsilon: float, *, steps: int = 10
 
 
 __all__ = ["GRADIENTS", "PAPER_EPSILONS", "PAPER_NUM_IMAGES", "expected_loss_gradient", "fgsm",
-           "fixed_sample_count", "per_sample_input_gradients", "pgd"]
+           "per_sample_input_gradients", "pgd"]

@@ -6,9 +6,10 @@ e.g. the mean of the posterior samples' softmax outputs), integer labels ``y [N]
 
 * accuracy and errors: :func:`accuracy`, :func:`error_rate`, :func:`nll`, :func:`brier_score`;
 * calibration: :func:`reliability` (top-label, equal-width bins) and :func:`ece`;
-* the paper's uncertainty number: :func:`entropy` with the authors' clamp and :func:`entropy_auc`, the area
-  under the CDF of the entropy divided by the maximum entropy (paper-protocol 6.2), bit-faithful to the
-  authors' ``calc_ent_auc``;
+* entropy: :func:`entropy`, the one entropy function of bbh, with its clamp as an explicit argument (the
+  authors' 1e-5 by default, 0 for the exact entropy), and the paper's uncertainty number :func:`entropy_auc`,
+  the area under the CDF of the entropy divided by the maximum entropy (paper-protocol 6.2), bit-faithful to
+  the authors' ``calc_ent_auc``;
 * the posterior decomposition :func:`predictive_entropy` = :func:`expected_entropy` (aleatoric) +
   :func:`mutual_information` (epistemic);
 * out-of-distribution detection: :func:`ood_score` and :func:`ood_metrics` (AUROC, AUPR in/out, FPR at 95 % TPR).
@@ -38,11 +39,13 @@ OOD_SCORES = ("entropy", "mutual_information", "max_prob")
 
 
 # ----------------------------------------------------------------------------------------- validation
-def _check_probs(probs: Tensor, name: str = "probs", ndim: int = 2) -> None:
-    layout = "[N, K]" if ndim == 2 else "[S, N, K]"
+def _check_probs(probs: Tensor, name: str = "probs", ndim: int | None = 2) -> None:
+    """Probabilities over the last axis: floating, finite, >= 0, rows summing to 1; ``ndim`` dimensions
+    (None: any number >= 1, the last one the classes)."""
+    layout = {2: "[N, K]", 3: "[S, N, K]", None: "[..., K]"}.get(ndim, f"{ndim}-d")
     if not isinstance(probs, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(probs).__name__}")
-    if probs.dim() != ndim:
+    if (probs.dim() < 1) if ndim is None else (probs.dim() != ndim):
         raise ValueError(f"{name} must have shape {layout}, got {tuple(probs.shape)}")
     if not probs.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor of probabilities, got dtype {probs.dtype}")
@@ -182,21 +185,36 @@ def ece(probs: Tensor, y: Tensor, bins: int = 15) -> float:
 
 # ----------------------------------------------------------------------------------------- entropy
 def _entropy(p: Tensor, clamp: float) -> Tensor:
-    """-Σ_k p_k log max(p_k, clamp) over the last axis; xlogy makes 0 · log 0 = 0 when clamp = 0."""
+    """The kernel of :func:`entropy`, unchecked: -Σ_k p_k log max(p_k, clamp) over the last axis (xlogy makes
+    0 · log 0 = 0 when clamp = 0)."""
     return -torch.xlogy(p, p.clamp_min(clamp)).sum(-1)
 
 
 def entropy(probs: Tensor, clamp: float = ENTROPY_CLAMP) -> Tensor:
-    """Shannon entropy (natural log) of each row, with the authors' clamp (paper-protocol 6.2).
+    """Shannon entropy (natural log) over the last axis — bbh's one entropy function.
 
-    H_n = -Σ_k p_nk log max(p_nk, clamp)
+    H = -Σ_k p_k log max(p_k, clamp)
 
-    With the default clamp 1e-5 this is the authors' ``calc_entropy`` (every class below 1e-5 contributes
-    -p log 1e-5 instead of -p log p, so it is slightly below the exact entropy); ``clamp=0`` gives the exact
-    entropy with 0 log 0 = 0. Returns a tensor [N] in the dtype of ``probs`` (pass float64 probabilities
-    to match the authors' float64 numpy arithmetic).
+    ``clamp`` is explicit because two conventions are in use:
+
+    * ``clamp=ENTROPY_CLAMP`` (1e-5, the default) is the authors' ``calc_entropy`` (paper-protocol 6.2): every
+      class below 1e-5 contributes -p log 1e-5 instead of -p log p, so the value is slightly below the exact
+      entropy. The paper's entropy AUC (:func:`entropy_auc`) and the FGSM entropy curves use it, which keeps
+      those numbers bit-identical to the authors' code.
+    * ``clamp=0`` is the exact entropy with 0 log 0 = 0; the uncertainty decomposition
+      (:func:`predictive_entropy`, :func:`expected_entropy`, :func:`mutual_information`,
+      :class:`bbh.evaluation.predictive.Predictive`) and the OOD scores use it.
+
+    Args:
+        probs: probabilities ``[..., K]`` (e.g. a predictive ``[N, K]`` or posterior samples ``[S, N, K]``);
+            each row over the last axis sums to 1.
+        clamp: the lower bound applied inside the logarithm, >= 0.
+
+    Returns:
+        ``[...]`` (the leading shape of ``probs``) in the dtype of ``probs`` (pass float64 probabilities to
+        match the authors' float64 numpy arithmetic).
     """
-    _check_probs(probs)
+    _check_probs(probs, ndim=None)
     if not clamp >= 0:
         raise ValueError(f"clamp must be >= 0, got {clamp!r}")
     return _entropy(probs, clamp)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..posteriors.protocol import Method
+from .metrics import entropy
 
 ANGLES_90: tuple[int, ...] = tuple(range(0, 91, 10))
 """0, 10, ..., 90 (the authors' ``rot_*`` sets of images 270 and 202)."""
@@ -104,11 +105,6 @@ def rotate_images(x: Tensor, angles_deg: Sequence[float] | Tensor | float) -> Te
     return out.view(a, n, c, h, w).to(x.dtype)
 
 
-def _entropy(probs: Tensor) -> Tensor:
-    """Entropy in nats over the last axis (0 log 0 = 0)."""
-    return -(probs * torch.log(probs.clamp(min=1e-30))).sum(-1)
-
-
 def _as_image(image: Tensor, name: str) -> Tensor:
     if not isinstance(image, Tensor) or not image.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor")
@@ -123,10 +119,11 @@ def _as_image(image: Tensor, name: str) -> Tensor:
 def predict_probs(method: Method, images: Tensor, n_samples: int = 100) -> dict[str, Tensor]:
     """Per-sample softmax of ``images [A, ...]``: ``probs [A, S, K]``, ``mean_probs [A, K]`` (the predictive
     distribution), ``entropy [A]`` of the predictive in nats, ``predicted [A]`` (its argmax)."""
-    outputs = method.sample_outputs(images, int(n_samples))  # [S, A, K]
+    with method.evaluating():
+        outputs = method.sample_outputs(images, int(n_samples))  # [S, A, K]
     probs = outputs.float().softmax(-1).transpose(0, 1).contiguous()
     mean = probs.mean(1)
-    return {"probs": probs, "mean_probs": mean, "entropy": _entropy(mean), "predicted": mean.argmax(-1)}
+    return {"probs": probs, "mean_probs": mean, "entropy": entropy(mean, clamp=0.0), "predicted": mean.argmax(-1)}
 
 
 def rotation_probe(method: Method, image: Tensor, angles: Sequence[float] | Tensor = ANGLES_90,

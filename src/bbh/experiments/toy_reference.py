@@ -9,6 +9,7 @@ and caches the predictive on the grid; :func:`check_step_sizes` compares two ste
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import math
 import time
@@ -55,10 +56,15 @@ TOY_HMC_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("bbh")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "source"
+
+
 def _code_version() -> str:
     """bbh and torch versions, :data:`CACHE_VERSION` and a hash of the sources the toy result depends on."""
-    from .. import __version__
-
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
     for rel in ("reference/hmc.py", "experiments/toy_reference.py", "data/toy.py", "models/mlp.py",
@@ -67,7 +73,7 @@ def _code_version() -> str:
             h.update((root / rel).read_bytes())
         except OSError:
             h.update(rel.encode())
-    return f"bbh-{__version__}/torch-{torch.__version__}/v{CACHE_VERSION}/{h.hexdigest()[:16]}"
+    return f"bbh-{_version()}/torch-{torch.__version__}/v{CACHE_VERSION}/{h.hexdigest()[:16]}"
 
 
 def _toy_key(settings: dict[str, Any]) -> str:

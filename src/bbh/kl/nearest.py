@@ -26,7 +26,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..backends import native
+from ..backends import ops
 from ..priors import Prior
 from .base import KLEstimator, flatten_samples
 
@@ -102,19 +102,17 @@ class _PerWeightNNKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, p: Tensor, compiled: bool) -> Tensor:  # type: ignore[override]
-        fn = None
-        if native.usable(q, p, min_elements=0):
-            value, grad = native.nn_kl_per_weight(q, p, DISTANCE_EPS)
-        elif compiled and (fn := _compiled_value_and_grad()) is not None:
-            try:
-                value, grad = fn(q, p)
-            except Exception as err:  # pragma: no cover - e.g. no C++ compiler at run time
-                warnings.warn(f"compiled KL estimator failed ({type(err).__name__}: {err}); "
-                              f"falling back to eager mode", stacklevel=2)
-                _compiled["fn"] = None
-                value, grad = _per_weight_value_and_grad(q, p)
-        else:
-            value, grad = _per_weight_value_and_grad(q, p)
+        def torch_path(q: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+            if compiled and (fn := _compiled_value_and_grad()) is not None:
+                try:
+                    return fn(q, p)
+                except Exception as err:  # pragma: no cover - e.g. no C++ compiler at run time
+                    warnings.warn(f"compiled KL estimator failed ({type(err).__name__}: {err}); "
+                                  f"falling back to eager mode", stacklevel=2)
+                    _compiled["fn"] = None
+            return _per_weight_value_and_grad(q, p)
+
+        value, grad = ops.nn_kl_per_weight(q, p, DISTANCE_EPS, torch_path)  # native kernel where it applies
         ctx.save_for_backward(grad)
         return value
 

@@ -1,12 +1,14 @@
-"""Variational families and point estimates, all behind the :class:`~bbh.posteriors.base.Method` protocol."""
+"""The methods, all behind the one door: :class:`~bbh.posteriors.protocol.Method` (the protocol and its
+declared capabilities) and :func:`~bbh.posteriors.factory.create` (build any method by name)."""
 
 from .bbb import BayesByBackprop
 from .dropout import MCDropout
 from .ensemble import DeepEnsemble
+from .factory import available_methods, create, register
 from .hypernet import BayesByHypernet, HypernetPosterior
 from .mnf import MNF
 from .point import MAP
-from .protocol import Method, available_methods, create, register, select_parameters
+from .protocol import Method, select_parameters
 
 __all__ = ["MAP", "MNF", "BayesByBackprop", "BayesByHypernet", "DeepEnsemble", "HypernetPosterior", "MCDropout",
            "Method", "available_methods", "create", "register", "select_parameters"]

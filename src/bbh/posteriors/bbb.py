@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..elbo import LossTerms, elbo
-from ..functional import chunked_sample_outputs, forward_with
+from ..functional import chunked_sample_outputs, forward_samples_per_input, forward_with
 from ..kl import KLEstimator, gaussian_kl, make_kl_estimator
 from ..likelihoods import Likelihood
 from ..priors import Prior
-from .protocol import Method, ParamFilter, check_finite, register, select_parameters
+from .factory import register
+from .protocol import Method, ParamFilter, check_finite, select_parameters
 
 ESTIMATORS = ("shared", "local")
 LOCAL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -162,7 +163,7 @@ class BayesByBackprop(Method):
             if self.kl_estimator.trainable:
                 self._last_samples = {k: v.detach() for k, v in samples.items()}
         check_finite("the KL", kl.detach())
-        return elbo(nll, kl, num_data=num_data, kl_weight=kl_weight)
+        return elbo(nll, kl, num_data=num_data, kl_weight=kl_weight, outputs=out)
 
     def post_step(self) -> dict[str, float]:
         if self.kl_estimator is not None and self.kl_estimator.trainable and self._last_samples is not None:
@@ -173,9 +174,19 @@ class BayesByBackprop(Method):
         aux = {id(p) for p in self.kl_estimator.parameters()} if self.kl_estimator is not None else set()
         return [p for p in self.parameters() if p.requires_grad and id(p) not in aux]
 
-    def sample_outputs(self, x: Tensor, n_samples: int, chunk_size: int | None = None) -> Tensor:
+    def sample_outputs(self, x: Tensor, n_samples: int, *, chunk_size: int | None = None) -> Tensor:
         """Outputs under ``n_samples`` weight draws, ``[S, B, ...]`` (vectorised over samples)."""
         return chunked_sample_outputs(self.model, self.sample, x, n_samples, chunk_size)
+
+    def weight_samples(self, n: int) -> dict[str, Tensor]:
+        """n draws of the mean-field posterior ``{name: Tensor[n, *shape]}`` (:meth:`sample`)."""
+        return self.sample(n)
+
+    def per_copy_outputs(self, xs: Tensor) -> Tensor:
+        """S weight draws (without autograd: attacks need input gradients only), draw s on ``xs[s]``."""
+        with torch.no_grad():
+            samples = self.sample(xs.shape[0])
+        return forward_samples_per_input(self.model, samples, xs)
 
     def extra_repr(self) -> str:
         return f"params={len(self.param_names)} tensors, estimator={self.estimator!r}"

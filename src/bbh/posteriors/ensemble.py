@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from ..elbo import LossTerms
+from ..elbo import LossTerms, elbo
 from ..likelihoods import Likelihood
-from .protocol import Method, check_finite, register
+from .factory import register
+from .protocol import Method, check_finite, select_parameters
 
 
 def _reinitialise(module: nn.Module, generator_seed: int) -> None:
@@ -60,7 +62,6 @@ class DeepEnsemble(Method):
     """
 
     default_lr = {"adam": 1e-3, "rmsprop-tf": 1e-4}
-    fixed_samples = True
 
     def __init__(self, model: nn.Module, likelihood: Likelihood | str = "categorical", members: int = 10,
                  adversarial: bool = True, alpha: float = 0.5, epsilon: float = 0.01, member_batches: bool = False,
@@ -75,6 +76,7 @@ class DeepEnsemble(Method):
         if vectorize not in ("auto", True, False):
             raise ValueError(f"vectorize must be 'auto', True or False, got {vectorize!r}")
         self.num_members = int(members)
+        self.fixed_draws = self.num_members
         self.adversarial, self.alpha, self.epsilon = bool(adversarial), float(alpha), float(epsilon)
         self.member_batches = bool(member_batches)
         base_seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
@@ -117,11 +119,8 @@ class DeepEnsemble(Method):
                 self.vectorizable = False
         return torch.stack([m(x[k] if per_member else x) for k, m in enumerate(self.members)])
 
-    def _member_nll(self, outputs: Tensor, y: Tensor, per_member: bool, record: bool = False) -> Tensor:
-        """Mean NLL of each member, ``[M]``; ``record`` keeps the ensemble's log-predictive (for the
-        training accuracy a loop may report)."""
-        if record:
-            self._last_outputs = None if per_member else outputs.detach().float().softmax(-1).mean(0).log()
+    def _member_nll(self, outputs: Tensor, y: Tensor, per_member: bool) -> Tensor:
+        """Mean NLL of each member, ``[M]``."""
         if per_member:
             return torch.stack([self.mean_nll(outputs[k], y[k]) for k in range(self.num_members)])
         return -self.likelihood.log_prob(outputs, y).mean(dim=1)
@@ -134,23 +133,48 @@ class DeepEnsemble(Method):
         if self.adversarial:  # FGSM (Goodfellow et al. 2015) on each member's own input gradient
             xs = (x if per_member else x.unsqueeze(0).expand(self.num_members, *x.shape)).detach()
             xs.requires_grad_(True)
-            clean = self._member_nll(self._forward(xs, True), y, per_member, record=True)
+            outputs = self._forward(xs, True)
+            clean = self._member_nll(outputs, y, per_member)
             (grad,) = torch.autograd.grad(clean.sum(), xs, retain_graph=True)
             x_adv = xs.detach() + self.epsilon * grad.sign()
             adv = self._member_nll(self._forward(x_adv, True), y, per_member)
             per = self.alpha * clean + (1 - self.alpha) * adv
         else:
-            clean = per = self._member_nll(self._forward(x, per_member), y, per_member, record=True)
-        total = per.sum()
-        check_finite("the ensemble loss", total.detach())
-        zero = total.new_zeros(())
-        extras = {"nll_adv": float(adv.detach().mean())} if self.adversarial else {}
-        return LossTerms(nll=clean.mean(), kl=zero, kl_weight=kl_weight, total=total, extras=extras)
+            outputs = self._forward(x, per_member)
+            clean = per = self._member_nll(outputs, y, per_member)
+        check_finite("the ensemble loss", per.detach())
+        # Σ_k loss_k, so that each member gets exactly the gradient of its own loss; no KL (no prior).
+        terms = elbo(per.sum(), 0.0, num_data=num_data, kl_weight=kl_weight,
+                     outputs=None if per_member else self._log_predictive(outputs))
+        terms.nll = clean.mean()  # logged: the members' mean clean NLL
+        if self.adversarial:
+            terms.extras["nll_adv"] = float(adv.detach().mean())
+        return terms
 
-    def sample_outputs(self, x: Tensor, n_samples: int | None = None) -> Tensor:
-        """The M members' outputs ``[M, B, ...]`` (an ensemble has exactly M samples: ``n_samples`` is
+    @staticmethod
+    def _log_predictive(outputs: Tensor) -> Tensor:
+        """log of the members' mean softmax, ``[B, K]`` (what the ensemble predicts; detached)."""
+        out = outputs.detach().float()
+        return torch.logsumexp(out.log_softmax(-1), dim=0) - math.log(out.shape[0])
+
+    def sample_outputs(self, x: Tensor, n_samples: int | None = None, *, chunk_size: int | None = None) -> Tensor:
+        """The M members' outputs ``[M, B, ...]`` (an ensemble has exactly M draws: ``n_samples`` is
         ignored)."""
         return self._forward(x, False)
+
+    def per_copy_outputs(self, xs: Tensor) -> Tensor:
+        """Member k on copy k: ``xs [M, B, ...] -> [M, B, ...]``."""
+        if xs.shape[0] != self.num_members:
+            raise ValueError(f"an ensemble of {self.num_members} members needs {self.num_members} input copies, "
+                             f"got {xs.shape[0]}")
+        return self._forward(xs, True)
+
+    def weight_samples(self, n: int | None = None) -> dict[str, Tensor]:
+        """The M members' parameters ``{name: Tensor[M, *shape]}`` (the Linear/Conv weights and biases, the
+        other methods' default random parameters), whatever ``n`` is."""
+        names = select_parameters(self.model)
+        own = [dict(m.named_parameters()) for m in self.members]
+        return {k: torch.stack([p[k] for p in own]) for k in names}
 
     def extra_repr(self) -> str:
         return (f"members={self.num_members}, adversarial={self.adversarial}, alpha={self.alpha}, "

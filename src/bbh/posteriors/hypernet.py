@@ -38,25 +38,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backends import native
+from ..backends import ops
+from ..backends.factored import offer_factors
 from ..elbo import LossTerms, elbo
-from ..functional import chunked_sample_outputs, forward_samples, forward_with
+from ..functional import chunked_sample_outputs, forward_samples, forward_samples_per_input, forward_with
 from ..kl import KLEstimator, make_kl_estimator
 from ..likelihoods import Likelihood
 from ..options import Init, Layout, LikelihoodSamples, Noise, parse_option
 from ..priors import Prior
-from ..training.optim import add_grad_factors, mark_factorable, wants_factored_grad
-from .protocol import Method, ParamFilter, check_finite, register, select_parameters
+from .factory import register
+from .protocol import Method, ParamFilter, check_finite, select_parameters
 
 
 class _HeadLinear(torch.autograd.Function):
     """y = h W^T + b for few rows h [M, H] and a very wide W [P, H].
 
     ``F.linear`` is several times slower here on CPU, and autograd's default backward of ``W @ h^T``
-    computes dh as the pathological ``W^T @ dy^T``; this Function fixes the layouts:
-    forward ``(W @ h^T)^T``, backward ``dh = dy @ W``, ``dW = dy^T @ h`` (dy^T made contiguous first).
-    When the optimizer takes factored gradients (:mod:`bbh.optim`), dW is handed over as its rank-M
-    factors ``(dy^T, h)`` and never materialised.
+    computes dh as the pathological ``W^T @ dy^T``; this Function fixes the layouts (through
+    :mod:`bbh.backends.ops`, native kernels where they apply): forward ``(W @ h^T)^T``, backward
+    ``dh = dy @ W``, ``db = Σ_m dy_m`` and the rank-M weight gradient
+
+        dW = dy^T h = L R,   L = dy^T [P, M],  R = h [M, H].
+
+    By default dW is returned dense (``dy^T`` made contiguous first), so ``.grad`` is filled as PyTorch
+    expects. Only inside an optimizer's own ``factored_backward()`` context that updates W
+    (:func:`bbh.backends.factored.offer_factors`) is dW handed over as its factors (L, R) and never
+    materialised.
     """
 
     @staticmethod
@@ -64,9 +71,7 @@ class _HeadLinear(torch.autograd.Function):
         ctx.h_dtype = h.dtype
         h = h.to(weight.dtype)  # under autocast the trunk may hand over bfloat16/float16; the head stays fp32
         ctx.save_for_backward(h, weight)
-        if native.usable(weight, h, bias):
-            return native.head_forward(weight, h, bias)
-        return torch.addmm(bias.unsqueeze(1), weight, h.t()).t().contiguous()
+        return ops.head_forward(weight, h, bias)
 
     @staticmethod
     def backward(ctx, dy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
@@ -75,49 +80,34 @@ class _HeadLinear(torch.autograd.Function):
         dy = dy.to(weight.dtype)
         if ctx.needs_input_grad[0]:
             dh = _few_rows_times_tall(dy, weight).to(ctx.h_dtype)
-        if ctx.needs_input_grad[1]:
-            if wants_factored_grad(weight):  # the optimizer forms dW = dy^T h block by block
-                add_grad_factors(weight, dy.t(), h)
-            else:
-                dw = dy.t().contiguous() @ h
+        if ctx.needs_input_grad[1] and not offer_factors(weight, dy.t(), h):
+            dw = dy.t().contiguous() @ h
         if ctx.needs_input_grad[2]:
             db = dy.sum(0)
         return dh, dw, db
 
 
-SPLIT_ROWS = 1 << 16
-"""From this many output rows on, the head's input gradient is a batched matmul over 16 row blocks."""
-
-
-def _few_rows_times_tall(dy: Tensor, weight: Tensor, splits: int = 16) -> Tensor:
-    """dy @ W for dy [M, P] with few rows M and W [P, H] with very many rows P.
-
-    On the CPU a single [M, P] @ [P, H] product with M = 5 runs on one thread (measured: the same time with
-    1 and 2 threads); splitting the reduction over P into ``splits`` blocks as one ``bmm`` and summing the
-    partial products uses every core (~1.7x faster on 2 cores for the LeNet fc1 head).
-    """
-    if native.usable(weight, dy):
-        return native.head_input_grad(dy, weight)
-    rows = weight.shape[0]
-    if dy.device.type != "cpu" or rows < SPLIT_ROWS:
-        return dy @ weight
-    block = rows // splits
-    main = block * splits
-    out = torch.bmm(dy[:, :main].reshape(dy.shape[0], splits, block).transpose(0, 1),
-                    weight[:main].view(splits, block, weight.shape[1])).sum(0)
-    if main < rows:
-        out = out.addmm_(dy[:, main:], weight[main:])
-    return out
+def _few_rows_times_tall(dy: Tensor, weight: Tensor) -> Tensor:
+    """dh = dy @ W for dy [M, P] with few rows M and W [P, H] with very many rows P
+    (:func:`bbh.backends.ops.head_input_grad`: native kernel, or a batched matmul over row blocks)."""
+    return ops.head_input_grad(dy, weight)
 
 
 class HypernetHead(nn.Module):
-    """The linear output layer of a hypernet: [M, H] -> [M, P]."""
+    """The linear output layer of a hypernet: [M, H] -> [M, P], y = h W^T + b (:class:`_HeadLinear`).
+
+    Its weight gradient is rank M (dW = dy^T h): bbh's optimizers can take it as factors during their own
+    backward pass (``with optimizer.factored_backward(): loss.backward()``); any other backward fills
+    ``weight.grad`` densely. On the CPU the large heads run through native kernels where available
+    (:mod:`bbh.backends.native`); library users may also ``export THP_MEM_ALLOC_ENABLE=1`` before starting
+    Python so that PyTorch backs these large tensors with transparent huge pages (bbh sets no environment
+    variable at import; the ``bbh`` command line does this for its own process).
+    """
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features))
-        mark_factorable(self.weight)
 
     def forward(self, h: Tensor) -> Tensor:
         return _HeadLinear.apply(h, self.weight, self.bias)
@@ -390,18 +380,21 @@ class BayesByHypernet(Method):
         """Per-datum negative ELBO: mean NLL + kl_weight * KL / N (:func:`bbh.elbo.elbo`)."""
         samples = self.posterior.sample(self.num_samples)
         if self.likelihood_samples == LikelihoodSamples.ONE:
-            nll = self.mean_nll(forward_with(self.model, {k: v[0] for k, v in samples.items()}, x), y)
+            outputs = forward_with(self.model, {k: v[0] for k, v in samples.items()}, x)
+            nll = self.mean_nll(outputs, y)
         else:
-            loglik = self.likelihood.log_prob(forward_samples(self.model, samples, x), y)  # [S, B]
+            per_sample = forward_samples(self.model, samples, x)
+            loglik = self.likelihood.log_prob(per_sample, y)  # [S, B]
             if self.likelihood_samples == LikelihoodSamples.AVERAGE:
                 nll = -loglik.mean()
             else:
                 nll = -(torch.logsumexp(loglik, dim=0) - math.log(loglik.shape[0])).mean()
+            outputs = per_sample[0]
         kl = self.kl_estimator(samples, self.prior)
         check_finite("the KL estimate", kl.detach())
         if self.kl_estimator.trainable:
             self._last_samples = {k: v.detach() for k, v in samples.items()}
-        return elbo(nll, kl, num_data=num_data, kl_weight=kl_weight)
+        return elbo(nll, kl, num_data=num_data, kl_weight=kl_weight, outputs=outputs)
 
     def post_step(self) -> dict[str, float]:
         if self.kl_estimator.trainable and self._last_samples is not None:
@@ -412,6 +405,16 @@ class BayesByHypernet(Method):
         kl_params = {id(p) for p in self.kl_estimator.parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in kl_params]
 
-    def sample_outputs(self, x: Tensor, n_samples: int, chunk_size: int | None = None) -> Tensor:
+    def sample_outputs(self, x: Tensor, n_samples: int, *, chunk_size: int | None = None) -> Tensor:
         """Outputs under ``n_samples`` posterior draws: ``[S, B, ...]`` (vectorised over samples)."""
         return chunked_sample_outputs(self.model, self.posterior.sample, x, n_samples, chunk_size)
+
+    def weight_samples(self, n: int) -> dict[str, Tensor]:
+        """n draws of the implicit posterior ``{name: Tensor[n, *shape]}`` (:meth:`sample`)."""
+        return self.sample(n)
+
+    def per_copy_outputs(self, xs: Tensor) -> Tensor:
+        """S weight draws (without autograd: attacks need input gradients only), draw s on ``xs[s]``."""
+        with torch.no_grad():
+            samples = self.sample(xs.shape[0])
+        return forward_samples_per_input(self.model, samples, xs)

@@ -51,8 +51,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..elbo import LossTerms, elbo
+from ..functional import chunk_sizes
 from ..likelihoods import Likelihood
-from .protocol import WEIGHT_LAYERS, Method, check_finite, register
+from .factory import register
+from .protocol import WEIGHT_LAYERS, Method, check_finite
 
 _LOG_2PI = math.log(2 * math.pi)
 _VAR_FLOOR = 1e-16
@@ -472,16 +474,31 @@ class MNF(Method):
 
     def loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
         """Per-datum negative ELBO: mean NLL of one stochastic pass + kl_weight · KL / N."""
-        nll = self.mean_nll(self.model(x), y)
+        outputs = self.model(x)
         kl = self.kl()
         check_finite("the MNF KL", kl.detach())
-        return elbo(nll, kl, num_data=num_data, kl_weight=kl_weight)
+        return elbo(self.mean_nll(outputs, y), kl, num_data=num_data, kl_weight=kl_weight, outputs=outputs)
 
-    def sample_outputs(self, x: Tensor, n_samples: int) -> Tensor:
-        """Outputs of ``n_samples`` stochastic passes, ``[S, B, ...]`` (a loop over passes)."""
-        if int(n_samples) < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        return torch.stack([self.model(x) for _ in range(int(n_samples))])
+    def sample_outputs(self, x: Tensor, n_samples: int, *, chunk_size: int | None = None) -> Tensor:
+        """Outputs of ``n_samples`` stochastic passes, ``[S, B, ...]``: the batch repeated ``chunk_size`` times
+        (default all S) and run as one forward. Exact, because every MNF layer draws its z and its local
+        reparameterisation noise per example: S copies of an input are S independent passes."""
+        outs = [self.per_copy_outputs(x.unsqueeze(0).expand(k, *x.shape)) for k in chunk_sizes(n_samples, chunk_size)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+    def per_copy_outputs(self, xs: Tensor) -> Tensor:
+        """Copies ``xs [S, B, ...]`` stacked into one batch of S·B examples (noise is drawn per example)."""
+        out = self.model(xs.reshape(xs.shape[0] * xs.shape[1], *xs.shape[2:]))
+        return out.view(xs.shape[0], xs.shape[1], *out.shape[1:])
+
+    def weight_samples(self, n: int) -> dict[str, Tensor]:
+        """``{"<layer>.weight": Tensor[n, *shape]}``: per draw one ``sample_weight()`` of every MNF layer (a
+        fresh z and ε per layer, ``W = μ ⊙ z + clip(σ) ε``). As the authors' ``get_weight``, kernels only:
+        biases and the flow / r-model parameters are not included, and the layers' z draws are independent
+        (as in the forward pass)."""
+        k = chunk_sizes(n)[0]
+        return {f"{name}.weight": torch.stack([layer.sample_weight() for _ in range(k)])
+                for name, layer in self.mnf_layers().items()}
 
 
 __all__ = ["MNF", "MNFConv2d", "MNFLayer", "MNFLinear", "MaskedRealNVP", "PlanarFlow"]

@@ -6,21 +6,44 @@ from torch import Tensor, nn
 
 from ..elbo import LossTerms, elbo
 from ..likelihoods import Likelihood
-from .protocol import WEIGHT_LAYERS, Method, ParamFilter, register, select_parameters
+from .factory import register
+from .protocol import WEIGHT_LAYERS, Method, ParamFilter, select_parameters
 
 
-def _kernels(model: nn.Module) -> list[str]:
+def kernel_names(model: nn.Module) -> list[str]:
     """Weights (not biases) of Linear and Conv layers: what the authors' L2 term covers."""
     return [f"{m}.weight" if m else "weight" for m, mod in model.named_modules() if isinstance(mod, WEIGHT_LAYERS)]
+
+
+class GaussianPenalty:
+    """-log N(w; 0, s^2) up to a constant over named parameters: Σ_k w_k^2 / (2 s^2) (paper-protocol 4.1).
+
+    The authors' ``l2_regularizer`` for MAP and MC-Dropout; by default over the kernels only (biases and
+    normalisation parameters are not penalised). ``scale=None`` gives no penalty (plain maximum likelihood).
+    Holds no parameters or state of its own (nothing enters a ``state_dict``).
+    """
+
+    def __init__(self, model: nn.Module, scale: float | None = 1.0, params: ParamFilter = None) -> None:
+        if scale is not None and not float(scale) > 0:
+            raise ValueError(f"prior_scale must be > 0 or None, got {scale!r}")
+        self.scale = None if scale is None else float(scale)
+        self.names = kernel_names(model) if params is None else select_parameters(model, params)
+
+    def __call__(self, model: nn.Module) -> Tensor:
+        named = dict(model.named_parameters())
+        ref = next(iter(named.values()))
+        if self.scale is None:
+            return ref.new_zeros(())
+        return sum((named[n] ** 2).sum() for n in self.names) / (2 * self.scale**2)
 
 
 @register("map")
 class MAP(Method):
     """MAP estimate: loss = mean NLL + (1/N) Σ_k w_k^2 / (2 s^2) (paper-protocol 4.1).
 
-    The penalty is -log N(w; 0, s^2) up to a constant, over the kernels only (the authors' ``l2_regularizer``;
-    biases and normalisation parameters are not penalised), scaled by 1/N like the KL of the variational
-    methods, and reported in the ``kl`` slot of :class:`~bbh.elbo.LossTerms`.
+    The penalty (:class:`GaussianPenalty`) is -log N(w; 0, s^2) up to a constant, over the kernels only,
+    scaled by 1/N like the KL of the variational methods, and reported in the ``kl`` slot of
+    :class:`~bbh.elbo.LossTerms`. One deterministic draw: :attr:`fixed_draws` is 1.
 
     Args:
         model: the network.
@@ -29,30 +52,32 @@ class MAP(Method):
         params: parameters that get the penalty (default: Linear/Conv kernels).
     """
 
-    fixed_samples = True
+    fixed_draws = 1
 
     def __init__(self, model: nn.Module, likelihood: Likelihood | str = "categorical",
                  prior_scale: float | None = 1.0, params: ParamFilter = None) -> None:
         super().__init__(model, likelihood, prior=1.0 if prior_scale is None else prior_scale)
-        self.prior_scale = None if prior_scale is None else float(prior_scale)
-        names = _kernels(model) if params is None else select_parameters(model, params)
-        self.penalised = names
+        self.l2 = GaussianPenalty(model, prior_scale, params)
+
+    @property
+    def prior_scale(self) -> float | None:
+        return self.l2.scale
 
     def penalty(self) -> Tensor:
         """Σ_k w_k^2 / (2 s^2) over the penalised parameters (0 without a prior)."""
-        named = dict(self.model.named_parameters())
-        ref = next(iter(named.values()))
-        if self.prior_scale is None:
-            return ref.new_zeros(())
-        return sum((named[n] ** 2).sum() for n in self.penalised) / (2 * self.prior_scale**2)
+        return self.l2(self.model)
 
     def loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
-        nll = self.mean_nll(self.model(x), y)
-        return elbo(nll, self.penalty(), num_data=num_data, kl_weight=kl_weight)
+        outputs = self.model(x)
+        return elbo(self.mean_nll(outputs, y), self.penalty(), num_data=num_data, kl_weight=kl_weight,
+                    outputs=outputs)
 
-    def sample_outputs(self, x: Tensor, n_samples: int = 1) -> Tensor:
+    def sample_outputs(self, x: Tensor, n_samples: int = 1, *, chunk_size: int | None = None) -> Tensor:
         """The single deterministic output, ``[1, B, ...]`` whatever ``n_samples`` is."""
         return self.model(x).unsqueeze(0)
 
+    def per_copy_outputs(self, xs: Tensor) -> Tensor:
+        return self.model(xs[0]).unsqueeze(0)
 
-__all__ = ["MAP"]
+
+__all__ = ["MAP", "GaussianPenalty", "kernel_names"]

@@ -1,22 +1,16 @@
-"""The method protocol shared by every posterior in bbh, parameter selection, and the factory.
+"""The method protocol shared by every posterior in bbh (:class:`Method`) and parameter selection.
 
 A *method* wraps a plain ``nn.Module`` (the main network) and owns a distribution over a chosen subset of
-its parameters. Every method answers the same three questions:
-
-* ``loss(x, y, num_data=N, kl_weight=a)`` -> :class:`~bbh.elbo.LossTerms` (NLL and KL kept apart),
-* ``sample_outputs(x, n_samples)`` -> ``Tensor[S, B, ...]``, network outputs under S posterior draws,
-* ``state_dict()`` / ``load_state_dict()`` — everything needed to rebuild the posterior.
-
-``post_step()`` is called by the trainer after every optimizer step; methods with auxiliary models
-(a trainable KL estimator) take their own update there, so the trainer never needs to know about them.
+its parameters (or, for MC-Dropout and MNF, stochastic layers). See :class:`Method` for the interface and
+the capabilities a method declares; :mod:`bbh.posteriors.factory` builds methods by name.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import inspect
-from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -75,19 +69,39 @@ def select_parameters(model: nn.Module, params: ParamFilter = None) -> list[str]
 
 
 class Method(nn.Module):
-    """Base class of every bbh method (BbH, MAP and the baselines).
+    """The one door: the base class of every bbh method (BbH, MAP and the baselines).
 
-    Subclasses set ``name`` and implement :meth:`loss` and :meth:`sample_outputs`. The main network is
-    registered as ``self.model``; parameters a method replaces by samples have ``requires_grad = False``
-    so that ``trainable_parameters()`` lists exactly what the optimizer updates.
+    Every consumer — the Trainer, evaluation, attacks, probes, posterior plots, reports — talks to a method
+    only through this interface and the capabilities it declares; none names a concrete method class.
+
+    What a subclass implements:
+
+    * :meth:`loss` ``(x, y, *, num_data, kl_weight) -> LossTerms`` — the per-datum negative ELBO with its
+      terms apart and the per-example ``outputs`` the NLL came from (:func:`bbh.elbo.elbo`).
+    * :meth:`sample_outputs` ``(x, n_samples, *, chunk_size=None) -> Tensor[S, B, ...]`` — network outputs
+      under S posterior draws, at most ``chunk_size`` draws evaluated at once.
+
+    What it may override (capabilities, with safe defaults):
+
+    * :attr:`fixed_draws` — ``None`` where ``sample_outputs`` draws as many samples as asked, else the fixed
+      number it always returns (MAP: 1, a deep ensemble: M members).
+    * :meth:`weight_samples` ``(n) -> dict[name, Tensor[n, *shape]] | None`` — samples of the weight
+      posterior, or None for methods without one (MAP, MC-Dropout).
+    * :meth:`per_copy_outputs` ``(xs [S, B, ...]) -> [S, B, ...]`` — S fresh draws where draw s sees only
+      ``xs[s]`` (per-sample input gradients for the authors' FGSM); the default loops over draws.
+    * :meth:`post_step` — an auxiliary update after each optimizer step (a trainable KL estimator).
+    * :meth:`trainable_parameters` — what the main optimizer updates.
+
+    The main network is ``self.model``; parameters a method replaces by samples have ``requires_grad =
+    False``. ``state_dict()`` holds tensors only and round-trips through ``torch.load(weights_only=True)``.
     """
 
     name: ClassVar[str] = "method"
-    fixed_samples: ClassVar[bool] = False
-    """True where ``sample_outputs`` returns a fixed set of draws (MAP: 1, ensembles: M members)."""
+    fixed_draws: int | None = None
+    """None: ``sample_outputs`` returns as many draws as asked; else the fixed number it always returns."""
     default_lr: ClassVar[dict[str, float]] = {}
     """Learning rate per optimizer name used by the Trainer when none is given (falls back to
-    :data:`bbh.optim.DEFAULT_LR`)."""
+    :data:`bbh.training.optim.DEFAULT_LR`)."""
 
     def __init__(self, model: nn.Module, likelihood: Likelihood | str = "categorical",
                  prior: Prior | float = 1.0) -> None:
@@ -98,18 +112,29 @@ class Method(nn.Module):
         self.likelihood = as_likelihood(likelihood)
         self.prior = as_prior(prior)
 
+    # ---- what every method implements -----------------------------------------------------------------
     def loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
-        raise NotImplementedError
+        """Per-datum negative ELBO on one minibatch: ``mean NLL + kl_weight * KL / num_data``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement loss()")
 
-    def sample_outputs(self, x: Tensor, n_samples: int) -> Tensor:
-        raise NotImplementedError
+    def sample_outputs(self, x: Tensor, n_samples: int, *, chunk_size: int | None = None) -> Tensor:
+        """Outputs under ``n_samples`` posterior draws, ``[S, B, ...]`` (S = :attr:`fixed_draws` if set)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement sample_outputs()")
 
-    def predict(self, x: Tensor, n_samples: int = 100, chunk_size: int | None = None):
-        """The posterior predictive on ``x``: a :class:`bbh.predictive.Predictive` (per-sample probabilities
-        ``[S, B, K]``, mean, entropy, expected entropy, mutual information)."""
-        from ..evaluation.predictive import predict
+    # ---- capabilities with defaults ---------------------------------------------------------------------
+    def weight_samples(self, n: int) -> dict[str, Tensor] | None:
+        """``{name: Tensor[n, *shape]}`` samples of the weight posterior; None: the method has none."""
+        return None
 
-        return predict(self, x, n_samples, chunk_size)
+    def per_copy_outputs(self, xs: Tensor) -> Tensor:
+        """``xs [S, B, ...] -> outputs [S, B, ...]``: S fresh posterior draws, draw s evaluated on ``xs[s]``
+        only (so that one backward pass yields each draw's own input gradient). Default: one
+        ``sample_outputs(xs[s], 1)`` call per draw; methods override it with a vectorised path."""
+        return torch.stack([self.sample_outputs(xs[s], 1)[0] for s in range(xs.shape[0])])
+
+    def draws(self, n_samples: int) -> int:
+        """How many draws ``sample_outputs(x, n_samples)`` returns: :attr:`fixed_draws` or ``n_samples``."""
+        return int(n_samples) if self.fixed_draws is None else int(self.fixed_draws)
 
     def post_step(self) -> dict[str, float]:
         """Hook run after each optimizer step (auxiliary updates); returns values to log."""
@@ -119,48 +144,36 @@ class Method(nn.Module):
         """The parameters the main optimizer updates (auxiliary models excluded)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    # ---- prediction ---------------------------------------------------------------------------------------
+    @contextmanager
+    def evaluating(self) -> Iterator[Method]:
+        """Evaluation mode for the duration of the block, then every submodule's own mode restored.
+
+        Deterministic layers (BatchNorm's running statistics, a model's own ``nn.Dropout`` outside
+        MC-Dropout) switch to eval mode; the method's own stochasticity (weight samples, MC-Dropout masks,
+        MNF noise) stays on, because it does not depend on the mode.
+        """
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            yield self
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
+    def predict(self, x: Tensor, n_samples: int = 100, *, chunk_size: int | None = None):
+        """The posterior predictive on ``x``: a :class:`bbh.evaluation.predictive.Predictive` (per-sample
+        probabilities ``[S, B, K]``, mean, entropy, expected entropy, mutual information). Runs in
+        :meth:`evaluating` mode without gradients; the caller's modes are restored."""
+        from ..evaluation.predictive import predict
+
+        with self.evaluating():
+            return predict(self, x, n_samples, chunk_size=chunk_size)
+
+    # ---- helpers for subclasses ---------------------------------------------------------------------------
     def mean_nll(self, outputs: Tensor, y: Tensor) -> Tensor:
-        """Mean over the minibatch of -log p(y | outputs); keeps ``outputs`` (detached) as
-        ``_last_outputs`` so that a training loop can report the training accuracy."""
-        self._last_outputs = outputs.detach()
+        """Mean over the minibatch of -log p(y | outputs)."""
         return -self.likelihood.log_prob(outputs, y).mean()
-
-
-_REGISTRY: dict[str, type[Method]] = {}
-
-
-def register(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator adding a method to the :func:`create` factory under ``name``."""
-
-    def deco(cls: type[Method]) -> type[Method]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def available_methods() -> list[str]:
-    """Names accepted by :func:`create`."""
-    return sorted(_REGISTRY)
-
-
-def create(method: str, model: nn.Module, **options: Any) -> Method:
-    """Build a method by name: ``bbh.create("bbh", model, layout="layerwise", noise="independent")``.
-
-    Raises:
-        ValueError: unknown method name or unknown option (the message lists the valid ones).
-    """
-    if method not in _REGISTRY:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(map(repr, available_methods()))}")
-    cls = _REGISTRY[method]
-    sig = inspect.signature(cls.__init__)
-    valid = [p for p in sig.parameters if p not in ("self", "model")]
-    unknown = [k for k in options if k not in valid]
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method {method!r}; "
-                         f"valid options: {', '.join(valid)}")
-    return cls(model, **options)
 
 
 def check_finite(name: str, value: Tensor) -> None:

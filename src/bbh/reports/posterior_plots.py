@@ -34,14 +34,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from ..functional import chunk_sizes  # noqa: E402
 from ..io import atomic_write  # noqa: E402
-from ..posteriors.bbb import BayesByBackprop  # noqa: E402
-from ..posteriors.dropout import MCDropout  # noqa: E402
-from ..posteriors.ensemble import DeepEnsemble  # noqa: E402
-from ..posteriors.hypernet import BayesByHypernet  # noqa: E402
-from ..posteriors.mnf import MNF  # noqa: E402
-from ..posteriors.point import MAP  # noqa: E402
-from ..posteriors.protocol import Method, select_parameters  # noqa: E402
+from ..posteriors.protocol import Method  # noqa: E402
 
 LAYOUTS = ("torch", "tf")
 PAPER_NUM_SAMPLES = 1000
@@ -73,35 +68,16 @@ def _weight_chunks(method: Method, n: int, layout: str, chunk_size: int) -> Iter
     if isinstance(n, bool) or int(n) < 1:
         raise ValueError(f"number of samples must be >= 1, got {n}")
     n, chunk = int(n), max(1, int(chunk_size))
-    if isinstance(method, (MAP, MCDropout)):
-        kind = "with dropout noise on the activations" if isinstance(method, MCDropout) else "without noise"
-        raise TypeError(f"{type(method).__name__} ({method.name}) has no weight posterior to sample: it is a "
-                        f"point estimate ({kind}); weight samples exist for bbh, bbb, mnf and ensemble")
-    if not isinstance(method, (BayesByHypernet, BayesByBackprop, MNF, DeepEnsemble)):
-        raise TypeError(f"don't know how to draw weight samples from {type(method).__name__}; supported: "
-                        f"BayesByHypernet, BayesByBackprop, MNF, DeepEnsemble")
     # (no_grad around each draw, never around a yield: the grad mode is global and the caller runs between)
-    if isinstance(method, (BayesByHypernet, BayesByBackprop)):
-        names = list(method.param_names)
-        for start in range(0, n, chunk):
-            with torch.no_grad():
-                draw = method.sample(min(chunk, n - start))
-                flat = _flatten([draw[k].detach().float().cpu() for k in names], layout)
-            yield flat
-    elif isinstance(method, MNF):
-        layers = list(method.mnf_layers().values())
-        for start in range(0, n, chunk):
-            with torch.no_grad():
-                flat = torch.cat([_flatten([layer.sample_weight().detach().float().cpu().unsqueeze(0)
-                                            for layer in layers], layout) for _ in range(min(chunk, n - start))])
-            yield flat
-    else:
-        names = select_parameters(method.model)
-        rows = []
-        for member in method.members:
-            own = dict(member.named_parameters())
-            rows.append(_flatten([own[k].detach().float().cpu().unsqueeze(0) for k in names], layout))
-        yield torch.cat(rows, dim=0)
+    for k in chunk_sizes(n, chunk) if method.fixed_draws is None else [method.fixed_draws]:
+        with torch.no_grad():
+            draw = method.weight_samples(k)
+            if draw is None:
+                raise TypeError(f"{type(method).__name__} ({method.name}) has no weight posterior to sample "
+                                f"(its weight_samples() is None: a point estimate, or noise on the activations "
+                                f"rather than the weights)")
+            flat = _flatten([t.detach().float().cpu() for t in draw.values()], layout)
+        yield flat
 
 
 def weight_samples(method: Method, n: int = PAPER_NUM_SAMPLES, *, layout: str = "torch",
@@ -118,7 +94,7 @@ def weight_samples(method: Method, n: int = PAPER_NUM_SAMPLES, *, layout: str = 
     * Deep ensembles: the M member vectors, ``[M, D]`` whatever ``n`` is; D = the weights and biases of every
       Linear / Conv layer (the default random parameters of the other methods, so the first 500 scalars are
       again the LeNet conv1 kernel); normalisation parameters are left out.
-    * MAP, MC-Dropout (and any other method): ``TypeError`` — no weight posterior to sample.
+    * MAP, MC-Dropout (any method whose ``weight_samples`` is None): ``TypeError`` — no weight posterior.
 
     Memory: ``n x D`` floats (LeNet-5, 1 000 samples: 1.7 GB); ``first`` keeps only the first scalars of every
     chunk (all the marginal and correlation plots need) and :func:`weight_std` gives the per-weight stds

@@ -1,13 +1,14 @@
 """``bbh evaluate`` and ``bbh compare``: the paper's numbers and figures, and the modern metrics, for runs.
 
-``evaluate_run(run_dir)`` loads a finished run (``model.pt`` + ``config.toml``), and writes into
-``run_dir/eval/``:
+``evaluate_run(run_dir)`` is a layer above :func:`bbh.evaluate`: it loads a finished run (``model.pt`` +
+``config.toml``) and its task, evaluates it, and writes a fresh ``run_dir/eval/`` (the previous one is replaced
+as a whole, so no figure of an earlier evaluation survives):
 
-* ``results.json`` — on the test set: error, NLL, Brier, ECE, the paper's entropy AUC, mean entropy /
-  expected entropy / mutual information; on the outlier set: entropy AUC and OOD detection (AUROC, AUPR in
-  and out, FPR at 95 % TPR) for three scores (entropy, mutual information, max probability); per FGSM
-  epsilon: accuracy, mean entropy / log K, entropy AUC (paper Figs. 3/4, paper-protocol 6.5); MNIST probes
-  (rotations, mixup; 6.6);
+* ``results.json`` (strict JSON: NaN is ``null``) — on the test set: error, NLL, Brier, ECE and its reliability
+  bins, the paper's entropy AUC, mean entropy / expected entropy / mutual information; on the outlier set:
+  entropy AUC and OOD detection (AUROC, AUPR in and out, FPR at 95 % TPR) for three scores (entropy, mutual
+  information, max probability); per FGSM epsilon: accuracy, mean entropy / log K, entropy AUC (paper Figs.
+  3/4, paper-protocol 6.5); MNIST probes (rotations, mixup; 6.6);
 * figures: entropy CDFs in vs out, FGSM accuracy and entropy against epsilon, the reliability diagram, and
   for methods with a weight posterior its marginals, correlations and per-weight std (Figs. 5-9);
 * ``report.md`` with the tables and the figures.
@@ -18,23 +19,24 @@ their FGSM curves in one figure (Fig. 3).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..evaluation import metrics
-from ..evaluation.predictive import iter_batches, predict, predict_batches
-from ..experiments.run import build_model
-from ..io import atomic_write, write_json
+from ..evaluation.api import AttackSpec, EvaluationResults, evaluate, json_safe
+from ..io import atomic_write
+from ..models.registry import build_model
 from ..posteriors import Method, create
-
-EPSILONS = tuple(round(0.05 * i, 2) for i in range(9))
-"""The authors' FGSM grid, ``np.linspace(0, 0.4, 9)``."""
 
 PAPER_TABLES = {
     "mnist": {"map": (0.80, 0.99, 0.71, 710), "ensemble": (0.49, 0.99, 0.65, 2721), "bbb": (0.72, 0.97, 0.41, 2892),
@@ -47,150 +49,203 @@ PAPER_TABLES = {
 """Paper Tables 3 (MNIST) and 4 (CIFAR-5): Error %, in-distribution entropy AUC, outlier AUC, runtime s."""
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Method, dict[str, Any]]:
-    """The trained method of a run directory and its configuration."""
-    run_dir = Path(run_dir)
+def _read_state(run_dir: Path, device: str | torch.device) -> dict[str, Any]:
+    """The contents of ``run_dir/model.pt`` (tensors and plain values only: ``weights_only=True``)."""
     path = run_dir / "model.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no model.pt: the run has not finished (bbh train --resume {run_dir})")
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
         raise ValueError(f"cannot read {path}: {err}") from err
+    if not isinstance(state, dict) or "config" not in state or "method" not in state:
+        raise ValueError(f"{path} is not a bbh model file (expected a dict with 'config' and 'method')")
+    return state
+
+
+@contextlib.contextmanager
+def _rng(seed: int | None) -> Iterator[None]:
+    """A fork of the CPU random generator, seeded with ``seed`` (None: continued), restored on exit."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
+        yield
+
+
+def _build(state: dict[str, Any], num_classes: int, device: str | torch.device) -> Method:
     config = state["config"]
-    num_classes = state.get("num_classes") or (10 if config["experiment"]["task"] == "mnist" else 5)
-    torch.manual_seed(config["experiment"]["seed"])
-    method = create(config["experiment"]["method"], build_model(config["model"], num_classes), **config["method"])
+    # The initial values are overwritten by the state dict; the fork keeps the caller's RNG state as it was.
+    with _rng(int(config["experiment"].get("seed", 0))):
+        method = create(config["experiment"]["method"], build_model(config["model"], num_classes),
+                        **config.get("method", {}))
     method.load_state_dict(state["method"])
-    method.to(device).eval()
-    return method, config
+    return method.to(device).eval()
 
 
-def _set_metrics(summary: dict[str, torch.Tensor], y: torch.Tensor | None, num_classes: int) -> dict[str, Any]:
-    mean = summary["mean"]
-    h_authors = metrics.entropy(mean)  # the authors' clamp at 1e-5
-    out: dict[str, Any] = {
-        "entropy_auc": metrics.entropy_auc(h_authors, num_classes),
-        "mean_entropy": float(summary["entropy"].mean()) / math.log(num_classes),
-        "mean_expected_entropy": float(summary["expected_entropy"].mean()) / math.log(num_classes),
-        "mean_mutual_information": float(summary["mutual_information"].mean()),
-        "n": int(mean.shape[0]),
-    }
-    if y is not None:
-        out.update(error_percent=100 * metrics.error_rate(mean, y), nll=metrics.nll(mean, y),
-                   brier=metrics.brier_score(mean, y), ece=metrics.ece(mean, y, bins=15))
-    return out
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *,
+             num_classes: int | None = None) -> tuple[Method, dict[str, Any]]:
+    """The trained method of a run directory (in eval mode) and its configuration.
+
+    Args:
+        run_dir: a finished run (with ``model.pt``).
+        device: where the method is loaded to.
+        num_classes: K, needed only when ``model.pt`` does not record it (bbh's runs do).
+
+    Raises:
+        FileNotFoundError: no ``model.pt`` (the run has not finished).
+        ValueError: an unreadable ``model.pt``, or K unknown.
+    """
+    state = _read_state(Path(run_dir), device)
+    k = state.get("num_classes") or num_classes
+    if k is None:
+        raise ValueError(f"{Path(run_dir) / 'model.pt'} does not record num_classes; pass num_classes=")
+    return _build(state, int(k), device), state["config"]
 
 
-def _ood(summary_in: dict[str, torch.Tensor], summary_out: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
-    scores = {
-        "entropy": (summary_in["entropy"], summary_out["entropy"]),
-        "mutual_information": (summary_in["mutual_information"], summary_out["mutual_information"]),
-        "max_prob": (-summary_in["mean"].max(-1).values, -summary_out["mean"].max(-1).values),
-    }
-    return {name: metrics.ood_metrics(a, b) for name, (a, b) in scores.items()}
+class _Steps:
+    """A progress bar over the phases of an evaluation; ``__call__(name)`` starts the next one."""
 
+    def __init__(self, total: int, name: str, enabled: bool) -> None:
+        from tqdm.auto import tqdm
 
-def adversarial_curve(method: Method, x: torch.Tensor, y: torch.Tensor, num_classes: int, *,
-                      epsilons=EPSILONS, n_samples: int = 100, attack_samples: int = 100,
-                      gradient: str = "authors", clamp: tuple[float, float] | None = None,
-                      attack: str = "fgsm") -> list[dict[str, float]]:
-    """Per epsilon: accuracy, mean entropy / log K, entropy AUC on adversarial versions of ``x``."""
-    from ..evaluation import attacks
+        self.bar = tqdm(total=total, disable=not enabled, desc=f"evaluate {name}")
+        self.started = False
 
-    rows = []
-    for eps in epsilons:
-        if eps == 0:
-            x_adv = x
-        elif attack == "fgsm":
-            x_adv = attacks.fgsm(method, x, y, eps, n_samples=attack_samples, gradient=gradient, clamp=clamp)
-        elif attack == "pgd":
-            x_adv = attacks.pgd(method, x, y, eps, n_samples=min(attack_samples, 10), clamp=clamp)
-        else:
-            raise ValueError(f"unknown attack {attack!r}; expected 'fgsm' or 'pgd'")
-        mean = predict(method, x_adv, n_samples).mean
-        h = metrics.entropy(mean)
-        rows.append({"epsilon": float(eps), "accuracy": 1 - metrics.error_rate(mean, y),
-                     "entropy": float(h.mean()) / math.log(num_classes),
-                     "entropy_auc": metrics.entropy_auc(h, num_classes)})
-    return rows
+    def __call__(self, step: str) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_postfix_str(step)
+
+    def close(self) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.bar.close()
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_samples: int | None = None,
-                 batch_size: int = 500, adversarial: bool = True, adv_images: int = 100,
-                 adv_gradient: str = "authors", adv_samples: int | None = None, clamp: bool = False,
-                 pgd: bool = False, probes: bool = True, posterior_plots: bool = True, task: Any = None,
-                 progress: bool = True) -> dict[str, Any]:
-    """Evaluate one finished run; writes ``run_dir/eval/`` and returns the results (module docstring).
+                 batch_size: int = 500, chunk_size: int | None = None, adversarial: bool = True,
+                 adv_images: int = 100, adv_gradient: str = "authors", adv_samples: int | None = None,
+                 clamp: bool = False, pgd: bool = False, probes: bool = True, posterior_plots: bool = True,
+                 task: Any = None, seed: int | None = 0, progress: bool = True) -> dict[str, Any]:
+    """Evaluate one finished run with :func:`bbh.evaluate`; writes a fresh ``run_dir/eval/`` (module docstring)
+    and returns what ``results.json`` holds.
 
     Args:
+        run_dir: a finished run (``model.pt``).
+        data_dir: where the task's data lives (downloaded if missing); unused with ``task``.
         n_samples: posterior samples for every prediction (default: the run's ``eval.samples``, 100).
+        batch_size, chunk_size: examples per forward pass; posterior draws evaluated at once (None: all).
+        adversarial: run the FGSM curve.
         adv_images: the first this many test images are attacked (authors' code: 100; paper text: 1,000).
         adv_gradient: ``"authors"`` (average of per-sample FGSM images) or ``"expectation"``.
-        adv_samples: posterior samples per attack (default ``n_samples``).
+        adv_samples: posterior samples per attack (default ``n_samples``; PGD: at most 10 per step).
         clamp: clip adversarial images to the valid input range (MNIST [0, 1]; the authors did not).
         pgd: also run a PGD attack over the same epsilons.
+        probes: the MNIST rotation and mixup probes (MNIST runs only).
+        posterior_plots: the weight-posterior figures (methods with a weight posterior).
+        task: the task object (default: loaded by the run's task name).
+        seed: seed of every random draw (the caller's RNG state is left as it was either way).
+        progress: show a progress bar.
     """
-    from tqdm.auto import tqdm
-
     from ..data import load_task
-    from .plots import plot_adversarial, plot_entropy_cdf, plot_reliability
 
     run_dir = Path(run_dir)
-    out_dir = run_dir / "eval"
-    method, config = load_run(run_dir)
+    state = _read_state(run_dir, "cpu")
+    config = state["config"]
     name, task_name = config["experiment"]["name"], config["experiment"]["task"]
     if task is None:
         task = load_task(task_name, data_dir, validation=config["data"]["validation"],
                          preprocessing=config["data"]["preprocessing"], download=True)
-    k = task.num_classes
+    method = _build(state, int(state.get("num_classes") or task.num_classes), "cpu")
     n = int(n_samples or config["eval"]["samples"])
-    steps = ["test", "outliers"] + (["adversarial"] if adversarial else []) + \
-        (["probes"] if probes and task_name == "mnist" else []) + (["posterior"] if posterior_plots else [])
-    bar = tqdm(steps, disable=not progress, desc=f"evaluate {name}")
-    draws = n
-    if getattr(method, "fixed_samples", False):  # MAP: 1, ensembles: M members, whatever n is
-        with torch.no_grad():
-            draws = int(method.sample_outputs(task.eval_transform(task.test_x[:1]), n).shape[0])
+    specs: list[AttackSpec] = []
+    if adversarial:
+        bounds = (0.0, 1.0) if (clamp and task_name == "mnist") else None
+        specs.append(AttackSpec("fgsm", images=adv_images, gradient=adv_gradient, clamp=bounds,
+                                samples=adv_samples or n))
+        if pgd:
+            specs.append(AttackSpec("pgd", images=adv_images, clamp=bounds, samples=min(adv_samples or n, 10)))
+    outliers = getattr(task, "outlier_x", None)
+    run_probes = probes and task_name == "mnist"
+    steps = _Steps(1 + (outliers is not None) + len(specs) + run_probes + posterior_plots, name, progress)
+    try:
+        res = evaluate(method, (task.test_x, task.test_y), ood=None if outliers is None else {"outliers": outliers},
+                       attacks=specs, n_samples=n, chunk_size=chunk_size, batch_size=batch_size,
+                       transform=task.eval_transform, seed=seed, progress=steps)
+        results = _results(res, name, task_name, config, run_dir)
+        with _fresh_dir(run_dir / "eval") as out_dir:
+            _figures(res, results, out_dir, name)
+            if run_probes:
+                steps("probes")
+                with _rng(seed):
+                    results["probes"] = _probes(method, task, n)
+            if posterior_plots:
+                steps("posterior")
+                with _rng(seed):
+                    results["posterior_plots"] = _posterior_figures(method, out_dir)
+            results = json_safe(results)
+            text = json.dumps(results, indent=2, allow_nan=False) + "\n"
+            (out_dir / "results.json").write_text(text)
+            (out_dir / "report.md").write_text(_report(results))
+    finally:
+        steps.close()
+    return results
+
+
+def _results(res: EvaluationResults, name: str, task_name: str, config: dict[str, Any],
+             run_dir: Path) -> dict[str, Any]:
+    """The layout of ``results.json`` (as :func:`compare_runs` and older results read it)."""
     results: dict[str, Any] = {"run": name, "task": task_name, "method": config["experiment"]["method"],
-                               "samples": draws}
+                               "samples": res.samples, "num_classes": res.num_classes, "seed": res.seed}
     final = run_dir / "final.json"
     if final.is_file():
         results["train_seconds"] = json.loads(final.read_text()).get("train_seconds")
-    torch.manual_seed(0)
-    for step in bar:
-        bar.set_postfix_str(step)
-        if step == "test":
-            test = predict_batches(method, iter_batches(task.test_x, batch_size), n, transform=task.eval_transform)
-            results["test"] = _set_metrics(test, task.test_y, k)
-            results["test"]["reliability"] = metrics.reliability(test["mean"], task.test_y, bins=15)
-        elif step == "outliers":
-            outl = predict_batches(method, iter_batches(task.outlier_x, batch_size), n, transform=task.eval_transform)
-            results["outliers"] = _set_metrics(outl, None, k)
-            results["ood"] = _ood(test, outl)
-            plot_entropy_cdf(out_dir / "entropy_cdf.png", {"test": test["entropy"], "outliers": outl["entropy"]},
-                             math.log(k), title=name)
-            plot_reliability(out_dir / "reliability.png", results["test"]["reliability"], title=name)
-        elif step == "adversarial":
-            x = task.eval_transform(task.test_x[:adv_images])
-            y = task.test_y[:adv_images]
-            bounds = (0.0, 1.0) if (clamp and task_name == "mnist") else None
-            kw = dict(n_samples=n, attack_samples=adv_samples or n, gradient=adv_gradient, clamp=bounds)
-            results["adversarial"] = {"fgsm": adversarial_curve(method, x, y, k, **kw),
-                                      "settings": {"images": adv_images, "gradient": adv_gradient,
-                                                   "clamp": bounds, "attack_samples": adv_samples or n}}
-            curves = {"FGSM": results["adversarial"]["fgsm"]}
-            if pgd:
-                results["adversarial"]["pgd"] = adversarial_curve(method, x, y, k, attack="pgd", **kw)
-                curves["PGD"] = results["adversarial"]["pgd"]
-            plot_adversarial(out_dir / "adversarial.png", curves, title=name)
-        elif step == "probes":
-            results["probes"] = _probes(method, task, n)
-        elif step == "posterior":
-            results["posterior_plots"] = _posterior_figures(method, out_dir)
-    write_json(out_dir / "results.json", results)
-    atomic_write(out_dir / "report.md", lambda tmp: Path(tmp).write_text(_report(results)))
+    results["test"] = res.test.to_dict()
+    if "outliers" in res.ood:
+        results["outliers"] = {k: v for k, v in res.ood["outliers"].metrics.to_dict().items() if v is not None}
+        results["ood"] = json_safe(res.ood["outliers"].detection)
+    if res.adversarial:
+        fgsm = res.adversarial["fgsm"].spec
+        results["adversarial"] = {k: curve.rows() for k, curve in res.adversarial.items()}
+        results["adversarial"]["settings"] = {"images": min(fgsm.images, res.test.n), "gradient": fgsm.gradient,
+                                              "clamp": fgsm.clamp, "attack_samples": fgsm.samples}
     return results
+
+
+def _figures(res: EvaluationResults, results: dict[str, Any], out_dir: Path, name: str) -> None:
+    from .plots import plot_adversarial, plot_entropy_cdf, plot_reliability
+
+    if "outliers" in res.ood:
+        entropies = {"test": res.predictions["test"]["entropy"], "outliers": res.predictions["outliers"]["entropy"]}
+        plot_entropy_cdf(out_dir / "entropy_cdf.png", entropies, math.log(res.num_classes), title=name)
+        plot_reliability(out_dir / "reliability.png", results["test"]["reliability"], title=name)
+    if res.adversarial:
+        plot_adversarial(out_dir / "adversarial.png", {k.upper(): c.rows() for k, c in res.adversarial.items()},
+                         title=name)
+
+
+@contextlib.contextmanager
+def _fresh_dir(path: Path) -> Iterator[Path]:
+    """A new empty folder next to ``path`` to write into; on success it replaces ``path`` as a whole (the old
+    contents are deleted), on failure it is removed and ``path`` is left as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; give the folder the usual permissions
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+        path.rename(old / path.name)
+    tmp.rename(path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _probes(method: Method, task: Any, n: int) -> dict[str, Any]:
@@ -298,4 +353,4 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
     return text
 
 
-__all__ = ["EPSILONS", "PAPER_TABLES", "adversarial_curve", "compare_runs", "evaluate_run", "load_run"]
+__all__ = ["PAPER_TABLES", "compare_runs", "evaluate_run", "load_run"]

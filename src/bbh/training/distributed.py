@@ -5,8 +5,9 @@ noise (seed + rank), and after each backward pass the gradients are averaged ove
 (:func:`average_gradients`): for a loss that is a mean over the batch, averaging the per-rank gradients of
 equal shards is the gradient of the mean over the whole batch, so the update equals the single-process
 one with the same global batch (tested with 2 CPU processes). Explicit all-reduce rather than
-``DistributedDataParallel``: bbh's methods compute their loss outside ``forward``, and factored
-hypernet gradients are switched off under data parallelism (they are not ``.grad`` tensors).
+``DistributedDataParallel``: bbh's methods compute their loss outside ``forward``. The
+:class:`~bbh.training.trainer.Trainer` falls back to dense gradients under data parallelism (factored
+hypernet gradients are not ``.grad`` tensors, which is all :func:`average_gradients` sees).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def is_main() -> bool:
 
 
 def launched_with_torchrun() -> bool:
+    """Whether torchrun started this process as one of several (``WORLD_SIZE`` > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -79,6 +81,18 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
         dist.broadcast(t.data, src=0)
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one (collective; ``flag`` when not distributed).
+
+    The Trainer uses it to stop all ranks at the same step when one of them received a signal.
+    """
+    if world_size() == 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
 def gather_objects(obj: object) -> list[object]:
     """``obj`` of every rank, in rank order (``[obj]`` when not distributed)."""
     if world_size() == 1:
@@ -89,14 +103,16 @@ def gather_objects(obj: object) -> list[object]:
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
     if world_size() > 1:
         dist.barrier()
 
 
 def shutdown() -> None:
+    """Leave the process group (no-op when there is none)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
-__all__ = ["average_gradients", "barrier", "broadcast_parameters", "gather_objects", "init_from_env", "is_main",
-           "launched_with_torchrun", "local_device", "rank", "shutdown", "world_size"]
+__all__ = ["any_rank", "average_gradients", "barrier", "broadcast_parameters", "gather_objects", "init_from_env",
+           "is_main", "launched_with_torchrun", "local_device", "rank", "shutdown", "world_size"]

@@ -1,164 +1,129 @@
 """Optimizers: Adam and RMSProp with TensorFlow 1 semantics, both able to take low-rank gradients.
 
-Low-rank (factored) gradients
------------------------------
+PyTorch's contract holds everywhere: after ``loss.backward()`` every trainable parameter, hypernet output
+layers included, has its dense ``.grad``, and nothing is stored on a Parameter between steps. The optimizers
+here work with any such gradients (they are ordinary ``torch.optim.Optimizer`` subclasses).
+
+Low-rank (factored) gradients, opt-in
+-------------------------------------
 The output layer of a hypernet maps S hidden vectors h [S, H] to S weight samples: y = h W^T + b with W of
 shape [P, H] (P = 400,000 for the LeNet fc1 weight). Its weight gradient is the rank-S product
-dW = dy^T h. Materialising it writes P x H floats (800 MB) only for the optimizer to read them back. When
-a parameter is *factored* (:func:`enable_factored_grads`), the layer's backward stores the factors
-``(dy^T, h)`` instead (:func:`add_grad_factors`), and :class:`Adam` / :class:`RMSPropTF` form the gradient
-block by block of rows, in a cache-sized buffer, right before updating that block. The update is the same
-as with a materialised gradient (tested against ``torch.optim.Adam``); measured on 2 CPU cores, the
-gradient plus Adam step of the 512 x 400,000 layer goes from 393 ms to 161 ms. Where the native kernels of
-:mod:`bbh.native` are available (large CPU float32 parameters), one fused loop forms each gradient row and
-updates it, reading and writing the parameter and its state once (~90 ms for that layer).
 
-A factored parameter's ``.grad`` stays None: use these optimizers (the Trainer does), or call
-:func:`disable_factored_grads` before handing the parameters to another optimizer.
+    dW = dy^T h = L R,   L = dy^T [P, S],  R = h [S, H].
+
+Materialising it writes P x H floats (800 MB) only for the optimizer to read them back. :class:`Adam` and
+:class:`RMSPropTF` can instead take ``(L, R)`` for their *own* backward pass::
+
+    with optimizer.factored_backward():     # or factored_backward(optimizer) for any optimizer
+        loss.backward()
+    clip_grad_norm_(optimizer, max_norm)    # optional: counts the factored part too
+    optimizer.step()                        # forms each dW block by block, right before updating it
+    optimizer.zero_grad(set_to_none=True)   # also drops factors that were not consumed
+
+Inside the context the hypernet heads whose weights this optimizer updates hand their factors to the
+optimizer's :class:`~bbh.backends.factored.FactorCollector` instead of returning dW (their ``.grad`` stays
+None; heads of other optimizers and every other parameter get their ``.grad`` as usual). :meth:`step`
+forms g = Σ L_i R_i (+ ``.grad`` if present) block by block of rows in a cache-sized buffer, or row by row
+inside the fused native loop (:mod:`bbh.backends.ops`), and applies the same update as with a materialised
+gradient (tested against ``torch.optim.Adam``). Measured on 2 CPU cores, the gradient plus Adam step of the
+512 x 400,000 layer goes from 393 ms (materialised) to 161 ms (PyTorch blocks) and ~90 ms (native).
+
+Limits of the factored path: gradient hooks registered on a head weight do not see the factored part, and a
+``GradScaler`` does not unscale it (use a plain backward with a scaler); ``torch.autograd.grad`` and
+``backward(inputs=...)`` keep working inside the context (the heads then return what autograd asks for).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor, nn
 
-from ..backends import native
+from ..backends import ops
+from ..backends.factored import FactorCollector, Factors, collecting
 from ..options import OptimizerName, parse_option
 
 DEFAULT_LR = {OptimizerName.ADAM: 1e-3, OptimizerName.RMSPROP_TF: 1e-4}
 """Learning rates of the authors' runs: Adam 1e-3 for the baselines, RMSProp-TF 1e-4 for BbH."""
 
-_FACTORED = "_bbh_factored"
-_FACTORS = "_bbh_grad_factors"
-_CAN_FACTOR = "_bbh_can_factor"
-
-
-def mark_factorable(p: nn.Parameter) -> None:
-    """Declare that ``p``'s layer can deliver its gradient as factors (hypernet output layers do)."""
-    setattr(p, _CAN_FACTOR, True)
-
-
-def enable_factored_grads(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
-    """Switch the factorable parameters among ``params`` to factored gradients; returns them."""
-    chosen = [p for p in params if getattr(p, _CAN_FACTOR, False)]
-    for p in chosen:
-        setattr(p, _FACTORED, True)
-    return chosen
-
-
-def disable_factored_grads(params: Iterable[nn.Parameter]) -> None:
-    """Back to ordinary ``.grad`` gradients for ``params``."""
-    for p in params:
-        if getattr(p, _FACTORED, False):
-            setattr(p, _FACTORED, False)
-            setattr(p, _FACTORS, None)
-
-
-def wants_factored_grad(p: Tensor) -> bool:
-    """Whether the backward of ``p``'s layer should call :func:`add_grad_factors` instead of returning dW."""
-    return bool(getattr(p, _FACTORED, False))
-
-
-def add_grad_factors(p: Tensor, left: Tensor, right: Tensor) -> None:
-    """Accumulate dW += left @ right (left [P, S], right [S, H]) as factors on ``p``."""
-    factors = getattr(p, _FACTORS, None)
-    if factors is None:
-        factors = []
-        setattr(p, _FACTORS, factors)
-    factors.append((left, right))  # left may be a transposed view: mm reads it without a copy
-
-
-def _pop_factors(p: Tensor) -> list[tuple[Tensor, Tensor]]:
-    factors = getattr(p, _FACTORS, None) or []
-    setattr(p, _FACTORS, None)
-    return factors
-
-
-def _grad_blocks(p: Tensor, factors: list[tuple[Tensor, Tensor]], rows: int, buf: Tensor | None):
-    """Yield (row slice, gradient block) for the 2-d parameter ``p`` from its factors (+ its .grad)."""
-    n_rows, n_cols = p.shape
-    for start in range(0, n_rows, rows):
-        stop = min(start + rows, n_rows)
-        out = None if buf is None else buf[: (stop - start) * n_cols].view(stop - start, n_cols)
-        left, right = factors[0]
-        g = torch.mm(left[start:stop], right, out=out) if out is not None else left[start:stop] @ right
-        for left, right in factors[1:]:
-            g.addmm_(left[start:stop], right)
-        if p.grad is not None:
-            g.add_(p.grad[start:stop])
-        yield slice(start, stop), g
-
 
 class _FactoredOptimizer(torch.optim.Optimizer):
-    """Shared plumbing: factored parameters are updated block by block, the rest as usual."""
+    """Shared plumbing: parameters with collected factors are updated block by block, the rest as usual.
 
-    def __init__(self, params, defaults: dict, block_bytes: int) -> None:
+    Args:
+        params: parameters or parameter groups.
+        defaults: the optimizer's hyperparameters.
+        block_bytes: size of the gradient blocks formed at once on the CPU (PyTorch path).
+        factored: whether :meth:`factored_backward` collects factors (False: it is a no-op context).
+    """
+
+    def __init__(self, params, defaults: dict, block_bytes: int, factored: bool = True) -> None:
         super().__init__(params, defaults)
         self.block_bytes = int(block_bytes)
-        self._workspaces: dict[str, Tensor] = {}
+        self.factored = bool(factored)
+        self._collector = FactorCollector()
+        self._workspace = ops.Workspace()
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.update(block_bytes=self.block_bytes, factored=self.factored)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("block_bytes", ops.BLOCK_BYTES)
+        self.__dict__.setdefault("factored", True)
+        self._collector = FactorCollector()  # factors are not state: they never outlive a step
+        self._workspace = ops.Workspace()
+
+    @property
+    def collector(self) -> FactorCollector:
+        """The factors collected by :meth:`factored_backward` and not yet consumed by :meth:`step`."""
+        return self._collector
+
+    def _all_params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def factored_backward(self) -> AbstractContextManager:
+        """Context for this optimizer's own backward pass: inside it, the hypernet heads among this optimizer's
+        parameters deliver their weight gradients as factors to :attr:`collector` (consumed by :meth:`step`,
+        dropped by :meth:`zero_grad`) instead of ``.grad``. A no-op context when built with
+        ``factored=False``."""
+        if not self.factored:
+            return contextlib.nullcontext()
+        self._collector.want(p for p in self._all_params() if p.dim() == 2)
+        return collecting(self._collector)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """``torch.optim.Optimizer.zero_grad`` plus dropping any collected factors."""
         super().zero_grad(set_to_none=set_to_none)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if getattr(p, _FACTORS, None):
-                    setattr(p, _FACTORS, None)
-
-    def _workspace(self, slot: str, numel: int, dtype: torch.dtype) -> Tensor:
-        """A reusable CPU buffer of ``numel`` elements per ``slot`` (allocating 4 MB per block costs page
-        faults): ``"grad"`` holds a gradient block, ``"scratch"`` an elementwise temporary."""
-        buf = self._workspaces.get(slot)
-        if buf is None or buf.numel() < numel or buf.dtype != dtype:
-            buf = self._workspaces[slot] = torch.empty(numel, dtype=dtype)
-        return buf[:numel]
-
-    def _scratch(self, numel: int, dtype: torch.dtype) -> Tensor:
-        return self._workspace("scratch", numel, dtype)
-
-    @staticmethod
-    def _native(p: Tensor, factors: list[tuple[Tensor, Tensor]], *state: Tensor) -> bool:
-        """Whether :mod:`bbh.native` can fuse gradient formation and update for ``p`` (large 2-d CPU float32)."""
-        dense = [] if p.grad is None else [p.grad]
-        return (p.dim() == 2 and all(t.is_contiguous() for t in (p, *state))
-                and native.usable(p, *state, *dense, *(t for pair in factors for t in pair)))
-
-    def _blocks(self, p: Tensor, factors: list[tuple[Tensor, Tensor]]):
-        if p.dim() != 2:
-            raise RuntimeError(f"factored gradients need a 2-d parameter, got shape {tuple(p.shape)}")
-        if p.device.type != "cpu":  # one block: the point of blocking is the CPU cache
-            yield from _grad_blocks(p, factors, p.shape[0], None)
-            return
-        rows = max(1, self.block_bytes // (p.shape[1] * p.element_size()))
-        yield from _grad_blocks(p, factors, rows, self._workspace("grad", rows * p.shape[1], p.dtype))
+        self._collector.clear()
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
+        """One update of every parameter with a gradient: its ``.grad``, plus its collected factors (which
+        this consumes)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            plain, factored = self._split(group)
+            plain, factored = [], []
+            for p in group["params"]:
+                factors = self._collector.pop(p)
+                if p.grad is not None and p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                if factors:
+                    factored.append((p, factors))
+                elif p.grad is not None:
+                    plain.append(p)
             self._step_group(group, plain, factored)
         return loss
 
-    def _step_group(self, group: dict, plain: list[Tensor], factored: list[tuple[Tensor, list]]) -> None:
+    def _step_group(self, group: dict, plain: list[Tensor], factored: list[tuple[Tensor, Factors]]) -> None:
         raise NotImplementedError
-
-    def _split(self, group: dict) -> tuple[list[Tensor], list[tuple[Tensor, list]]]:
-        """(params with a plain .grad, [(param, factors)])."""
-        plain, factored = [], []
-        for p in group["params"]:
-            factors = _pop_factors(p)
-            if factors:
-                factored.append((p, factors))
-            elif p.grad is not None:
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                plain.append(p)
-        return plain, factored
 
 
 class Adam(_FactoredOptimizer):
@@ -168,13 +133,19 @@ class Adam(_FactoredOptimizer):
         w <- w - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
     The update is ``torch.optim.Adam``'s (its fused kernel ``aten::_fused_adam_`` where available).
+
+    Args:
+        params: parameters or parameter groups.
+        lr, betas, eps: Adam's hyperparameters.
+        block_bytes: size of the blocks of a factored gradient formed at once on the CPU.
+        factored: whether :meth:`factored_backward` collects factored gradients.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 block_bytes: int = 4 << 20) -> None:
+                 block_bytes: int = ops.BLOCK_BYTES, factored: bool = True) -> None:
         if lr <= 0 or eps < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"invalid Adam settings lr={lr}, betas={betas}, eps={eps}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps), block_bytes)
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps), block_bytes, factored)
 
     def _state(self, p: Tensor) -> dict:
         state = self.state[p]
@@ -184,23 +155,7 @@ class Adam(_FactoredOptimizer):
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
 
-    @staticmethod
-    def _update(ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], vs: list[Tensor], steps: list[Tensor],
-                lr: float, b1: float, b2: float, eps: float) -> None:
-        """One Adam update with already-incremented steps."""
-        fused_ok = hasattr(torch, "_fused_adam_") and all(p.device.type in ("cpu", "cuda") for p in ps)
-        if fused_ok:
-            torch._fused_adam_(ps, gs, ms, vs, [], steps, lr=lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps,
-                               amsgrad=False, maximize=False)
-            return
-        for p, g, m, v, t in zip(ps, gs, ms, vs, steps):  # pragma: no cover - builds without the fused kernel
-            step = float(t)
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v / (1 - b2**step)).sqrt_().add_(eps)
-            p.addcdiv_(m, denom, value=-lr / (1 - b1**step))
-
-    def _step_group(self, group: dict, plain: list[Tensor], factored: list[tuple[Tensor, list]]) -> None:
+    def _step_group(self, group: dict, plain: list[Tensor], factored: list[tuple[Tensor, Factors]]) -> None:
         lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
         if plain:
             states = [self._state(p) for p in plain]
@@ -210,21 +165,16 @@ class Adam(_FactoredOptimizer):
             for i, p in enumerate(plain):
                 by_device.setdefault(p.device, []).append(i)
             for idx in by_device.values():
-                self._update([plain[i] for i in idx], [plain[i].grad for i in idx],
-                             [states[i]["exp_avg"] for i in idx], [states[i]["exp_avg_sq"] for i in idx],
-                             [steps[i] if plain[i].device.type == "cpu" else steps[i].to(plain[i].device)
-                              for i in idx], lr, b1, b2, eps)
+                ops.adam_update_([plain[i] for i in idx], [plain[i].grad for i in idx],
+                                 [states[i]["exp_avg"] for i in idx], [states[i]["exp_avg_sq"] for i in idx],
+                                 [steps[i] if plain[i].device.type == "cpu" else steps[i].to(plain[i].device)
+                                  for i in idx], lr=lr, beta1=b1, beta2=b2, eps=eps)
         for p, factors in factored:
             state = self._state(p)
             state["step"].add_(1)
-            if self._native(p, factors, state["exp_avg"], state["exp_avg_sq"]):
-                native.factored_adam_(p, state["exp_avg"], state["exp_avg_sq"], factors, p.grad,
-                                      step=float(state["step"]), lr=lr, beta1=b1, beta2=b2, eps=eps)
-                continue
-            step = state["step"] if p.device.type == "cpu" else state["step"].to(p.device)
-            for rows, g in self._blocks(p, factors):
-                self._update([p[rows]], [g], [state["exp_avg"][rows]], [state["exp_avg_sq"][rows]], [step],
-                             lr, b1, b2, eps)
+            ops.factored_adam_(p, state["exp_avg"], state["exp_avg_sq"], factors, p.grad, step=state["step"],
+                               lr=lr, beta1=b1, beta2=b2, eps=eps, block_bytes=self.block_bytes,
+                               workspace=self._workspace)
 
 
 class RMSPropTF(_FactoredOptimizer):
@@ -244,15 +194,16 @@ class RMSPropTF(_FactoredOptimizer):
         eps: added inside the square root (authors: 1e-5).
         initial_accumulator: starting value of v (TF: 1.0).
         block_bytes: size of the blocks updated at once on the CPU.
+        factored: whether :meth:`factored_backward` collects factored gradients.
     """
 
     def __init__(self, params, lr: float = 1e-4, decay: float = 0.9, eps: float = 1e-5,
-                 initial_accumulator: float = 1.0, block_bytes: int = 4 << 20) -> None:
+                 initial_accumulator: float = 1.0, block_bytes: int = ops.BLOCK_BYTES, factored: bool = True) -> None:
         if lr <= 0 or not 0 <= decay < 1 or eps < 0 or initial_accumulator < 0:
             raise ValueError(f"invalid RMSPropTF settings lr={lr}, decay={decay}, eps={eps}, "
                              f"initial_accumulator={initial_accumulator}")
         super().__init__(params, dict(lr=lr, decay=decay, eps=eps, initial_accumulator=initial_accumulator),
-                         block_bytes)
+                         block_bytes, factored)
 
     def _accumulator(self, p: Tensor, group: dict) -> Tensor:
         state = self.state[p]
@@ -261,7 +212,7 @@ class RMSPropTF(_FactoredOptimizer):
                                                   memory_format=torch.preserve_format)
         return state["square_avg"]
 
-    def _step_group(self, group: dict, plain: list[Tensor], factored: list[tuple[Tensor, list]]) -> None:
+    def _step_group(self, group: dict, plain: list[Tensor], factored: list[tuple[Tensor, Factors]]) -> None:
         lr, decay, eps = group["lr"], group["decay"], group["eps"]
         for p in plain:
             v = self._accumulator(p, group)
@@ -269,26 +220,111 @@ class RMSPropTF(_FactoredOptimizer):
                 chunk = max(1, self.block_bytes // p.element_size())
                 pf, gf, vf = p.view(-1), p.grad.view(-1), v.view(-1)
                 for s in range(0, pf.numel(), chunk):
-                    _rmsprop_tf(pf[s:s + chunk], gf[s:s + chunk], vf[s:s + chunk], lr, decay, eps,
-                                self._scratch(min(chunk, pf.numel() - s), p.dtype))
+                    scratch = self._workspace.get("scratch", min(chunk, pf.numel() - s), p.dtype)
+                    ops.rmsprop_tf_update_(pf[s:s + chunk], gf[s:s + chunk], vf[s:s + chunk], lr=lr, decay=decay,
+                                           eps=eps, scratch=scratch)
             else:
-                _rmsprop_tf(p, p.grad, v, lr, decay, eps)
+                ops.rmsprop_tf_update_(p, p.grad, v, lr=lr, decay=decay, eps=eps)
         for p, factors in factored:
-            v = self._accumulator(p, group)
-            if self._native(p, factors, v):
-                native.factored_rmsprop_tf_(p, v, factors, p.grad, lr=lr, decay=decay, eps=eps)
-                continue
-            for rows, g in self._blocks(p, factors):
-                scratch = self._scratch(g.numel(), p.dtype).view_as(g) if p.device.type == "cpu" else None
-                _rmsprop_tf(p[rows], g, v[rows], lr, decay, eps, scratch)
+            ops.factored_rmsprop_tf_(p, self._accumulator(p, group), factors, p.grad, lr=lr, decay=decay, eps=eps,
+                                     block_bytes=self.block_bytes, workspace=self._workspace)
 
 
-def _rmsprop_tf(p: Tensor, g: Tensor, v: Tensor, lr: float, decay: float, eps: float,
-                scratch: Tensor | None = None) -> None:
-    """v <- decay v + (1 - decay) g^2;  p <- p - lr g / sqrt(v + eps)  (``scratch``: a reusable temporary)."""
-    v.mul_(decay).addcmul_(g, g, value=1 - decay)
-    inv_rms = torch.add(v, eps, out=scratch) if scratch is not None else v.add(eps)
-    p.addcmul_(g, inv_rms.rsqrt_(), value=-lr)
+# --------------------------------------------------------------------------------- helpers for any optimizer
+def factored_backward(optimizer: torch.optim.Optimizer) -> AbstractContextManager:
+    """``optimizer.factored_backward()`` for bbh's optimizers, a no-op context for any other optimizer."""
+    if isinstance(optimizer, _FactoredOptimizer):
+        return optimizer.factored_backward()
+    return contextlib.nullcontext()
+
+
+def _params_of(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _collector_of(optimizer: torch.optim.Optimizer) -> FactorCollector | None:
+    return optimizer.collector if isinstance(optimizer, _FactoredOptimizer) else None
+
+
+def has_factors(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` holds collected gradient factors not yet consumed by a step."""
+    collector = _collector_of(optimizer)
+    return collector is not None and any(collector.get(p) for p in _params_of(optimizer))
+
+
+def _factored_sq_norm(factors: Factors, dense: Tensor | None) -> Tensor:
+    """||Σ_i L_i R_i + G||_F^2 without forming the P x H matrix, in float64.
+
+    With L = [L_1 ... L_k] (columns concatenated) and R = [R_1; ...; R_k] (rows concatenated):
+    ||L R||_F^2 = tr(R^T L^T L R) = Σ_{ab} (L^T L)_{ab} (R R^T)_{ab}, and for a dense part G
+    ||L R + G||_F^2 = ||L R||_F^2 + 2 Σ_{pa} L_{pa} (G R^T)_{pa} + ||G||_F^2.
+    """
+    left = factors[0][0] if len(factors) == 1 else torch.cat([f[0] for f in factors], dim=1)
+    right = factors[0][1] if len(factors) == 1 else torch.cat([f[1] for f in factors], dim=0)
+    left64, right64 = left.double(), right.double()
+    sq = ((left64.t() @ left64) * (right64 @ right64.t())).sum()
+    if dense is not None:
+        cross = (dense @ right.t().to(dense.dtype)).double()
+        sq = sq + 2 * (left64 * cross).sum() + dense.double().pow(2).sum()
+    return sq
+
+
+def _norms(optimizer: torch.optim.Optimizer) -> tuple[list[Tensor], list[Tensor], FactorCollector | None]:
+    """(per-parameter 2-norms, the dense gradients, the collector) of ``optimizer``'s parameters."""
+    collector = _collector_of(optimizer)
+    norms, dense = [], []
+    for p in _params_of(optimizer):
+        factors = collector.get(p) if collector is not None else []
+        if p.grad is not None:
+            dense.append(p.grad)
+        if factors:
+            dtype = p.grad.dtype if p.grad is not None else factors[0][0].dtype
+            norms.append(_factored_sq_norm(factors, p.grad).sqrt().to(dtype))
+        elif p.grad is not None:
+            norms.append(torch.linalg.vector_norm(p.grad, 2.0))
+    return norms, dense, collector
+
+
+def _total(norms: list[Tensor]) -> Tensor:
+    """sqrt(Σ n_i^2) on the first norm's device, as ``torch.nn.utils.clip_grad_norm_`` combines them."""
+    if not norms:
+        return torch.tensor(0.0)
+    device = norms[0].device
+    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), 2.0)
+
+
+@torch.no_grad()
+def grad_norm(optimizer: torch.optim.Optimizer) -> Tensor:
+    """The 2-norm of the whole gradient of ``optimizer``'s parameters, dense ``.grad`` and collected factors:
+    sqrt(Σ_p ||g_p||^2) with g_p = .grad + Σ_i L_i R_i (see :func:`clip_grad_norm_`)."""
+    return _total(_norms(optimizer)[0])
+
+
+@torch.no_grad()
+def clip_grad_norm_(optimizer: torch.optim.Optimizer, max_norm: float) -> Tensor:
+    """Clip the gradient of ``optimizer``'s parameters to 2-norm ``max_norm``; returns the norm before clipping.
+
+    The norm is the true one over everything the next :meth:`step` will use: dense ``.grad`` and, for bbh's
+    optimizers, the factors collected by ``factored_backward`` (||Σ_i L_i R_i||_F^2 = Σ (L^T L) ∘ (R R^T),
+    computed from the S-column factors, never the P x H matrix). As ``torch.nn.utils.clip_grad_norm_``, every
+    gradient is multiplied by min(1, max_norm / (norm + 1e-6)); a factored gradient through its small factor
+    R. Without collected factors this *is* ``torch.nn.utils.clip_grad_norm_`` over the optimizer's
+    parameters, so it works with any optimizer.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer``.
+        max_norm: the largest 2-norm allowed.
+    """
+    if not has_factors(optimizer):
+        return torch.nn.utils.clip_grad_norm_(_params_of(optimizer), max_norm)
+    norms, dense, collector = _norms(optimizer)
+    total = _total(norms)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in dense:
+        g.mul_(coef.to(g.device))
+    if collector is not None:
+        collector.scale_(coef)
+    return total
 
 
 def make_optimizer(name: OptimizerName | str, params: list[nn.Parameter], lr: float | None = None,
@@ -300,16 +336,17 @@ def make_optimizer(name: OptimizerName | str, params: list[nn.Parameter], lr: fl
         params: parameters to update.
         lr: learning rate; default :data:`DEFAULT_LR`.
         eps: epsilon; default 1e-8 for Adam (torch's), the authors' 1e-5 for RMSProp-TF.
-        factored: let factorable parameters (hypernet output layers) pass low-rank gradient factors.
+        factored: let the optimizer's :meth:`~_FactoredOptimizer.factored_backward` collect the hypernet heads'
+            low-rank weight gradients as factors (False: it is a no-op context and every gradient is dense).
     """
     opt = parse_option(OptimizerName, name, "optimizer")
     if not params:
         raise ValueError("no trainable parameters to optimise")
     lr = DEFAULT_LR[opt] if lr is None else float(lr)
-    if factored:
-        enable_factored_grads(params)
-    else:
-        disable_factored_grads(params)
     if opt == OptimizerName.RMSPROP_TF:
-        return RMSPropTF(params, lr=lr, eps=1e-5 if eps is None else eps)
-    return Adam(params, lr=lr, eps=1e-8 if eps is None else eps)
+        return RMSPropTF(params, lr=lr, eps=1e-5 if eps is None else eps, factored=factored)
+    return Adam(params, lr=lr, eps=1e-8 if eps is None else eps, factored=factored)
+
+
+__all__ = ["DEFAULT_LR", "Adam", "RMSPropTF", "clip_grad_norm_", "factored_backward", "grad_norm", "has_factors",
+           "make_optimizer"]
