@@ -255,6 +255,24 @@ def test_mnist_task_split_and_outliers(tmp_path, monkeypatch):
     assert "train 7" in task.summary() and "validation 3" in task.summary()
 
 
+def test_mnist_task_for_training_needs_no_notmnist(tmp_path):
+    """first contact: training MNIST refused to start without notMNIST, which only evaluation needs."""
+    fake = make_fake_mnist(tmp_path, n_train=10)
+    for f in (tmp_path / "notmnist").iterdir():
+        f.unlink()
+    (tmp_path / "notmnist").rmdir()
+    task = load_task("mnist", tmp_path, download=False, validation=False, outliers=False)
+    assert task.outlier_x is None and task.outlier_y is None
+    assert np.array_equal(task.train_x[:, 0].numpy(), fake["train_x"])
+    assert "outliers not loaded" in task.summary()
+    assert task.to("cpu").outlier_x is None
+    with pytest.raises(MissingDataError, match="notmnist"):  # evaluation still needs (and names) it
+        load_task("mnist", tmp_path, download=False, validation=False)
+    fake_cifar = make_fake_cifar(tmp_path)
+    cifar = load_task("cifar5", tmp_path, download=False, outliers=False)
+    assert cifar.outlier_x is None and len(cifar.test_x) == int((fake_cifar["test_y"] < 5).sum())
+
+
 def test_real_mnist_split_sizes_are_55000_5000():
     x, y = torch.zeros(60_000, 1, 1, 1, dtype=torch.uint8), torch.zeros(60_000, dtype=torch.int64)
     tx, _, vx, _ = split_validation(x, y, tasks_mod.MNIST_VALIDATION)

@@ -124,7 +124,10 @@ def test_load_run_reads_weights_only(finished_runs):
 
 
 def test_evaluate_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="has not finished"):
+    with pytest.raises(FileNotFoundError, match="is not a bbh run directory"):
+        evaluate_run(tmp_path, task=FakeTask())
+    (tmp_path / "status.json").write_text('{"status": "interrupted", "epoch": 2}')
+    with pytest.raises(FileNotFoundError, match=f"has not finished .*bbh train --resume {tmp_path}"):
         evaluate_run(tmp_path, task=FakeTask())
     with pytest.raises(FileNotFoundError, match="bbh evaluate"):
         compare_runs([tmp_path], tmp_path)

@@ -215,7 +215,7 @@ def test_bad_options_fail_with_messages_that_list_the_valid_values():
         bbh.create("bayes", tiny_mlp())
     with pytest.raises(ValueError, match="'net.9.weight' does not exist.*net.0.weight"):
         bbh.create("bbh", tiny_mlp(), params=["net.9.weight"])
-    with pytest.raises(ValueError, match="num_samples must be >= 2"):
+    with pytest.raises(ValueError, match="num_samples must be an int >= 2, got 1"):
         bbh.create("bbh", tiny_mlp(), num_samples=1)
     with pytest.raises(ValueError, match="noise_dim"):
         bbh.create("bbh", tiny_mlp(), noise_dim=0)
@@ -227,7 +227,7 @@ def test_wrong_shapes_fail_with_clear_messages():
     method = bbh.create("bbh", bbh.models.LeNet5(), hidden=(8,))
     with pytest.raises(ValueError, match=r"LeNet5 expects images \[B, 1, 28, 28\] or \[B, 784\], got \(4, 3, 32, 32\)"):
         method.loss(torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long), num_data=10)
-    with pytest.raises(ValueError, match=r"class labels of shape \[4\], got \(5,\)"):
+    with pytest.raises(ValueError, match=r"same batch dimensions \[B\]: x is \[4, 784\], y is \[5\]"):
         method.loss(torch.rand(4, 784), torch.zeros(5, dtype=torch.long), num_data=10)
     with pytest.raises(ValueError, match="num_data must be a positive int"):
         method.loss(torch.rand(4, 784), torch.zeros(4, dtype=torch.long), num_data=0)

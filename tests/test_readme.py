@@ -1,4 +1,4 @@
-"""The README's Python example runs as written."""
+"""The README's Python examples run as written (in order, sharing one namespace)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,24 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_python_example_runs():
+def test_readme_python_examples_run(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "README has no python example"
+    assert len(blocks) == 4, "README's python examples changed: update this test"
+    monkeypatch.chdir(tmp_path)  # the checkpoint example writes runs/my-bbh
     namespace: dict = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)
     acc = float(namespace["probs"].mean(0).argmax(-1).eq(namespace["y"]).float().mean())
     assert acc > 0.8
+
+    exec("import torch\nfrom torch.utils.data import DataLoader, TensorDataset\n"
+         "loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)", namespace)
+    exec(compile(blocks[1], "README.md", "exec"), namespace)  # a plain torch loop
+    assert namespace["terms"].outputs.shape == (64, 4)
+
+    exec(compile(blocks[2], "README.md", "exec"), namespace)  # Trainer with checkpoints, then resume
+    assert (tmp_path / "runs" / "my-bbh" / "checkpoint.pt").is_file()
+
+    exec("x_test, y_test, x_ood = x[:64], y[:64], 5 + 3 * torch.randn(32, 2)", namespace)
+    exec(compile(blocks[3], "README.md", "exec"), namespace)  # bbh.evaluate
+    results = namespace["results"]
+    assert results.num_classes == 4 and results.test.error_percent < 20

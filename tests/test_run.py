@@ -240,3 +240,12 @@ def test_kl_annealing_follows_the_authors_schedule_per_task(name):
 
     spec = load_config(name)["train"]["kl_anneal"]
     assert spec == {"kind": "linear", "start": 5 if name.startswith("mnist") else 20, "length": 15, "unit": "epoch"}
+
+
+def test_gradient_clipping_is_a_config_key(tmp_path):
+    from bbh.experiments.config import load_config
+
+    assert load_config("mnist-map")["train"]["clip_grad_norm"] is None
+    assert load_config("mnist-map", ["train.clip_grad_norm=5.0"])["train"]["clip_grad_norm"] == 5.0
+    with pytest.raises(ValueError, match="clip_grad_norm must be a positive number"):
+        load_config("mnist-map", ["train.clip_grad_norm=-1"])

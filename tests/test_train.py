@@ -60,10 +60,28 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_parameters():
     before = [p.detach().clone() for p in method.trainable_parameters()]
     bad = x.clone()
     bad[3, 0] = float("nan")
-    with pytest.raises(bbh.NonFiniteLossError, match="non-finite loss at step 0: loss=nan, nll=nan"):
-        bbh.Trainer(method, steps=1, progress=False).fit((bad, y))
+    with pytest.raises(bbh.NonFiniteLossError, match="non-finite value at step 0: x holds 1 non-finite value"):
+        bbh.Trainer(method, steps=1, progress=False).fit((bad, y))  # bad data: refused before the forward
     after = list(method.trainable_parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_nan_loss_with_finite_data_blames_the_optimisation():
+    class Overflow(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 4)
+
+        def forward(self, x):
+            return self.lin(x) * float("inf")  # inf logits: a NaN loss from finite data
+
+    x, y = make_blobs(n=64)
+    method = bbh.create("map", Overflow())
+    before = [p.detach().clone() for p in method.trainable_parameters()]
+    with pytest.raises(bbh.NonFiniteLossError, match="non-finite loss at step 0: .*nll=nan.*finite data: lower the "
+                                                     "learning rate"):
+        bbh.Trainer(method, steps=1, progress=False).fit((x, y))
+    assert all(torch.equal(a, b) for a, b in zip(before, method.trainable_parameters()))
 
 
 def test_trainer_input_errors():
@@ -305,7 +323,7 @@ def test_nan_with_a_checkpoint_dir_keeps_the_last_good_checkpoint(tmp_path):
         return xb * float("nan") if poison.calls > 6 else xb  # 4 steps per epoch: NaN in epoch 1, step 2
 
     poison.calls = 0
-    with pytest.raises(bbh.NonFiniteLossError, match="non-finite loss at step 6"):
+    with pytest.raises(bbh.NonFiniteLossError, match="non-finite value at step 6: x holds"):
         bbh.Trainer(method, epochs=3, checkpoint_dir=tmp_path, progress=False).fit((x, y), batch_size=16,
                                                                                     transform=poison)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)

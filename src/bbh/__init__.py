@@ -9,25 +9,22 @@ Pawlowski, Brock, Lee, Rajchl, Glocker, "Implicit Weight Uncertainty in Neural N
 
 from __future__ import annotations
 
-from . import (  # noqa: E402
-    kl,  # noqa: E402
-    likelihoods,
-    models,
-    priors,
-)
-from .backends import native  # noqa: E402
-from .elbo import ConstantWeight, LinearAnneal, LossTerms, ToyAnneal, elbo  # noqa: E402
-from .evaluation.api import evaluate  # noqa: E402
-from .options import Init, Layout, LikelihoodSamples, Noise, OptimizerName  # noqa: E402
-from .posteriors import MAP, BayesByHypernet, HypernetPosterior, Method, available_methods, create  # noqa: E402
-from .priors import NormalPrior  # noqa: E402
-from .training.trainer import NonFiniteLossError, Trainer  # noqa: E402
+from . import kl, likelihoods, models, priors
+from .backends import native
+from .elbo import ConstantWeight, LinearAnneal, LossTerms, ToyAnneal, elbo
+from .evaluation.api import EvaluationResults, evaluate
+from .evaluation.predictive import Predictive
+from .options import Init, Layout, LikelihoodSamples, Noise, OptimizerName
+from .posteriors import MAP, BayesByHypernet, HypernetPosterior, Method, available_methods, create
+from .posteriors.protocol import NonFiniteInputError
+from .priors import NormalPrior
+from .training.trainer import NonFiniteLossError, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "MAP", "BayesByHypernet", "ConstantWeight", "HypernetPosterior", "Init", "Layout", "LikelihoodSamples",
-    "LinearAnneal", "LossTerms", "Method", "Noise", "NonFiniteLossError", "NormalPrior", "OptimizerName",
-    "ToyAnneal", "Trainer", "available_methods", "create", "elbo", "evaluate", "kl", "likelihoods", "models", "native",
-    "priors",
+    "MAP", "BayesByHypernet", "ConstantWeight", "EvaluationResults", "HypernetPosterior", "Init", "Layout",
+    "LikelihoodSamples", "LinearAnneal", "LossTerms", "Method", "Noise", "NonFiniteInputError",
+    "NonFiniteLossError", "NormalPrior", "OptimizerName", "Predictive", "ToyAnneal", "Trainer", "available_methods",
+    "create", "elbo", "evaluate", "kl", "likelihoods", "models", "native", "priors",
 ]

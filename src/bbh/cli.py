@@ -4,22 +4,36 @@
     bbh train                                   # lists the shipped experiments
     bbh train --config mnist-bbh [--set train.epochs=1 ...] [--data-dir DIR] [--run-dir DIR]
     bbh train --task mnist --method map [--epochs 1] [--lr 1e-3] [--seed 0] ...
-    bbh train --resume RUN_DIR
+    bbh train ... [--no-keep-checkpoint] [--model-dtype bfloat16]   # smaller finished run directories
+    bbh train --resume RUN_DIR [--set train.epochs=N] [--samples N]
     bbh evaluate RUN_DIR [--all] [--samples N] [--adv-gradient authors|expectation] [--pgd]
     bbh compare RUN_DIR ... [--out DIR]
+
+Every command checks that its output folder can be written to before it computes anything. Errors that are
+not about the command line (a missing or unwritable folder, a bad configuration, a run that cannot be
+resumed) are one line ``bbh: ...`` on stderr and exit status 2; wrong arguments print the usage. Progress
+bars are on when stderr is a terminal (``--progress`` / ``--no-progress`` force them on or off).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 TRAIN_SHORTCUTS = {"--epochs": "train.epochs", "--lr": "train.lr", "--batch-size": "train.batch_size",
                    "--optimizer": "train.optimizer", "--seed": "experiment.seed", "--device": "train.device",
-                   "--samples": "eval.samples"}
+                   "--samples": "eval.samples", "--model-dtype": "train.model_dtype"}
 """``bbh train`` flags that stand for ``--set TABLE.KEY=VALUE``."""
+
+STRING_KEYS = ("train.optimizer", "train.device", "train.model_dtype")
+"""Shortcut keys whose values are strings (quoted for TOML)."""
+
+WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+"""Errors of a write that fails mid-way (after the up-front check): reported in one line, exit status 1."""
 
 
 def _methods(value: str) -> tuple[str, ...]:
@@ -52,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--samples", type=_positive, default=100, help="posterior samples for the predictive")
     toy.add_argument("--faithful", action="store_true",
                      help="the authors' exact toy settings (their KL is switched off after 10 iterations)")
-    toy.add_argument("--progress", action="store_true", help="show training progress bars")
+    toy.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="training progress bars (default: when stderr is a terminal)")
     toy.add_argument("--no-hmc", action="store_true",
                      help="skip the HMC reference panel (computed once in ~15 s, then read from ~/.cache/bbh)")
 
@@ -65,13 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                        help="override a config value (repeatable), e.g. --set train.epochs=1")
     for flag, key in TRAIN_SHORTCUTS.items():
-        train.add_argument(flag, dest=key, help=f"shortcut for --set {key}=...")
+        choices = ("float32", "bfloat16") if key == "train.model_dtype" else None
+        train.add_argument(flag, dest=key, choices=choices, help=f"shortcut for --set {key}=...")
+    train.add_argument("--keep-checkpoint", dest="train.keep_checkpoint", action=argparse.BooleanOptionalAction,
+                       default=None, help="keep checkpoint.pt once the run has finished (default: yes; "
+                                          "--set train.keep_checkpoint=false)")
     train.add_argument("--amp", action="store_true", help="automatic mixed precision (--set train.amp=true)")
     train.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
     train.add_argument("--data-dir", help="where the data lives (default: $BBH_DATA_DIR, else ~/.cache/bbh/data)")
     train.add_argument("--run-dir", help="the run directory (default: runs/NAME-YYYYmmdd-HHMMSS)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
-    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its checkpoint (with its own data directory; --set "
+                            "may change only train.epochs, eval.samples, train.keep_checkpoint, train.model_dtype)")
+    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="progress bars (default: when stderr is a terminal)")
 
     ev = sub.add_parser("evaluate", help="evaluate finished runs: metrics, OOD, FGSM, figures, report.md",
                         description="Write RUN_DIR/eval/{results.json, report.md, *.png} for a finished run.")
@@ -87,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-adversarial", action="store_true")
     ev.add_argument("--no-probes", action="store_true")
     ev.add_argument("--no-posterior-plots", action="store_true")
-    ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bar (default: when stderr is a terminal)")
 
     cmp = sub.add_parser("compare", help="Tables 3/4-style comparison of evaluated runs",
                          description="Write compare.md, compare.csv and adversarial.png into --out.")
@@ -99,13 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .io import ensure_writable
     from .reports.runs import evaluate_run
 
     root = Path(args.run_dir)
     runs = sorted(p.parent for p in root.glob("*/model.pt")) if args.all else [root]
     if not runs:
-        print(f"bbh evaluate: no finished runs (with model.pt) below {root}", file=sys.stderr)
-        return 2
+        raise FileNotFoundError(f"no finished runs (with model.pt) below {root}")
+    if args.all:  # every output folder before the first evaluation (evaluate_run checks its own)
+        for run in runs:
+            ensure_writable(run)
     for run in runs:
         r = evaluate_run(run, args.data_dir, n_samples=args.samples, adversarial=not args.no_adversarial,
                          adv_images=args.adv_images, adv_gradient=args.adv_gradient, adv_samples=args.adv_samples,
@@ -119,16 +145,41 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` assignments plus those the shortcut flags stand for."""
+    overrides = list(args.set)
+    for key in TRAIN_SHORTCUTS.values():
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f'{key}="{value}"' if key in STRING_KEYS else f"{key}={value}")
+    keep = getattr(args, "train.keep_checkpoint")
+    if keep is not None:
+        overrides.append(f"train.keep_checkpoint={'true' if keep else 'false'}")
+    if args.amp:
+        overrides.append("train.amp=true")
+    if args.deterministic:
+        overrides.append("train.deterministic=true")
+    return overrides
+
+
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import time
     from pathlib import Path
 
     from .experiments.config import available_experiments, load_config
-    from .experiments.run import Run
-    from .training.trainer import NonFiniteLossError
+    from .experiments.run import CONFIG_NAME, MODEL_NAME, Run
+    from .training.trainer import CHECKPOINT_NAME, NonFiniteLossError
 
     if args.resume:
-        run = Run.resume(args.resume, data_dir=args.data_dir, progress=args.progress)
+        if args.config or args.task or args.method:
+            parser.error("--resume continues a run with its own configuration: no --config, --task or --method "
+                         "(--set may change train.epochs, eval.samples, train.keep_checkpoint, train.model_dtype)")
+        if args.run_dir:
+            parser.error("--resume RUN_DIR names the run directory: no --run-dir")
+        run = Run.resume(args.resume, data_dir=args.data_dir, progress=args.progress, overrides=_overrides(args))
+        if run.restarted:
+            print(f"bbh: {run.run_dir} has no checkpoint (it stopped before the end of its first epoch): "
+                  f"training it from the beginning", file=sys.stderr)
     else:
         if args.config and (args.task or args.method):
             parser.error("give either --config or --task/--method")
@@ -140,21 +191,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             for name in available_experiments():
                 print(f"  {name}")
             return 0
-        overrides = list(args.set)
-        for key in TRAIN_SHORTCUTS.values():
-            value = getattr(args, key)
-            if value is not None:
-                overrides.append(f"{key}={value}" if key not in ("train.optimizer", "train.device")
-                                 else f'{key}="{value}"')
-        if args.amp:
-            overrides.append("train.amp=true")
-        if args.deterministic:
-            overrides.append("train.deterministic=true")
-        config = load_config(source, overrides)
+        config = load_config(source, _overrides(args))
         run_dir = Path(args.run_dir or f"runs/{config['experiment']['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if (run_dir / "checkpoint.pt").exists():
-            parser.error(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                         f"or choose another --run-dir")
+        if any((run_dir / name).exists() for name in (CHECKPOINT_NAME, CONFIG_NAME, MODEL_NAME)):
+            raise ValueError(f"{run_dir} already holds a run; continue it with: bbh train --resume {run_dir} "
+                             f"(or choose another --run-dir)")
         run = Run(config, run_dir, data_dir=args.data_dir, progress=args.progress)
     try:
         summary = run.train()
@@ -170,7 +211,40 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _toy(args: argparse.Namespace) -> int:
+    from .experiments.toy import TOY_METHODS, run_toy
+
+    report = run_toy(args.out, methods=args.methods or TOY_METHODS, seed=args.seed, faithful=args.faithful,
+                     n_samples=args.samples, progress=args.progress, hmc=not args.no_hmc)
+    hmc = report.get("hmc")
+    print(f"{'method':11s} {'RMSE':>6s} {'std |x|<=4':>11s} {'std 5<=|x|<=6':>14s} {'train s':>8s}"
+          + ("   std / HMC (in, out)" if hmc else ""))
+    for name, s in report["methods"].items():
+        ratios = f"   {s['std_ratio_inside']:5.2f}, {s['std_ratio_outside']:5.2f}" if hmc else ""
+        print(f"{name:11s} {s['rmse']:6.1f} {s['std_inside']:11.2f} {s['std_outside']:14.2f} "
+              f"{s['train_seconds']:8.1f}" + ratios)
+    if hmc:
+        print(f"{'hmc':11s} {hmc['rmse']:6.1f} {hmc['std_inside']:11.2f} {hmc['std_outside']:14.2f} "
+              f"{hmc['seconds']:8.1f}   (reference{', cached' if hmc['cached'] else ''})")
+    print(f"wrote {args.out}/toy.png and {args.out}/toy.json")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .reports.runs import compare_runs
+
+    print(compare_runs(args.run_dirs, args.out), end="")
+    print(f"wrote {args.out}/compare.md, compare.csv and adversarial.png")
+    return 0
+
+
+def _error(message: Any) -> None:
+    print(f"bbh: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``bbh`` command line; returns the exit status (0 success, 1 training stopped by a NaN or a
+    write failing mid-way, 2 usage or runtime error, 130 interrupted)."""
     # An application may tune its process, a library may not: bbh sets no environment variable when imported.
     # Large CPU tensors (hypernet heads, their optimizer state) are allocated at every step; transparent huge
     # pages make each allocation several times cheaper (an 800 MB gradient 0.43 s -> 0.14 s). PyTorch reads
@@ -182,42 +256,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command == "toy":
-        from .experiments.toy import TOY_METHODS, run_toy
+    if getattr(args, "progress", None) is None and hasattr(args, "progress"):
+        args.progress = sys.stderr.isatty()  # bars for a person at a terminal, not in logs
+    from .io import OutputNotWritableError
 
-        report = run_toy(args.out, methods=args.methods or TOY_METHODS, seed=args.seed,
-                         faithful=args.faithful, n_samples=args.samples, progress=args.progress,
-                         hmc=not args.no_hmc)
-        hmc = report.get("hmc")
-        print(f"{'method':11s} {'RMSE':>6s} {'std |x|<=4':>11s} {'std 5<=|x|<=6':>14s} {'train s':>8s}"
-              + ("   std / HMC (in, out)" if hmc else ""))
-        for name, s in report["methods"].items():
-            ratios = f"   {s['std_ratio_inside']:5.2f}, {s['std_ratio_outside']:5.2f}" if hmc else ""
-            print(f"{name:11s} {s['rmse']:6.1f} {s['std_inside']:11.2f} {s['std_outside']:14.2f} "
-                  f"{s['train_seconds']:8.1f}" + ratios)
-        if hmc:
-            print(f"{'hmc':11s} {hmc['rmse']:6.1f} {hmc['std_inside']:11.2f} {hmc['std_outside']:14.2f} "
-                  f"{hmc['seconds']:8.1f}   (reference{', cached' if hmc['cached'] else ''})")
-        print(f"wrote {args.out}/toy.png and {args.out}/toy.json")
-        return 0
-    if args.command == "train":
-        try:
+    try:
+        if args.command == "toy":
+            return _toy(args)
+        if args.command == "train":
             return _train(args, parser)
-        except (ValueError, FileNotFoundError) as err:
-            print(f"bbh train: {err}", file=sys.stderr)
-            return 2
-    if args.command in ("evaluate", "compare"):
-        try:
-            if args.command == "evaluate":
-                return _evaluate(args)
-            from .reports.runs import compare_runs
-
-            print(compare_runs(args.run_dirs, args.out), end="")
-            print(f"wrote {args.out}/compare.md, compare.csv and adversarial.png")
-            return 0
-        except (ValueError, FileNotFoundError) as err:
-            print(f"bbh {args.command}: {err}", file=sys.stderr)
-            return 2
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "compare":
+            return _compare(args)
+    except OutputNotWritableError as err:
+        _error(err)
+        return 2
+    except (ValueError, FileNotFoundError) as err:
+        _error(err)
+        return 2
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        _error(f"cannot write to {err.filename}: {err.strerror}" if err.filename else err)
+        return 1
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2
 

@@ -17,20 +17,39 @@ class Likelihood(Protocol):
 
 
 class Categorical:
-    """p(y | logits) = softmax(logits)_y; outputs [..., B, K], integer targets [B]."""
+    """p(y | logits) = softmax(logits)_y; outputs [..., B, K], integer targets [B] in [0, K)."""
+
+    def check_targets(self, y: Tensor, batch: int | None = None) -> None:
+        """Raise ``ValueError`` unless ``y`` is a 1-d integer tensor of class labels (of ``batch`` entries).
+
+        Needs no logits, so a method runs it before its forward pass; the range [0, K) is checked by
+        :meth:`log_prob`, where K is known.
+        """
+        if not isinstance(y, Tensor):
+            raise TypeError(f"categorical likelihood expects class labels as a torch.Tensor, got {type(y).__name__}")
+        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+            raise ValueError(f"categorical likelihood expects integer class labels, got dtype {y.dtype}"
+                             + (" (convert with y.long())" if y.dtype.is_floating_point else ""))
+        if y.dim() != 1 or (batch is not None and y.shape[0] != batch):
+            expected = "B" if batch is None else str(batch)
+            raise ValueError(f"categorical likelihood expects class labels of shape [{expected}], got {tuple(y.shape)}")
 
     def log_prob(self, outputs: Tensor, y: Tensor) -> Tensor:
+        """log softmax(outputs)_y, ``[..., B]``.
+
+        Raises:
+            ValueError: outputs that are not logits ``[..., B, K]``, labels that are not integers of shape
+                ``[B]``, or labels outside [0, K) (the message gives the extreme values found).
+        """
         if outputs.dim() < 2:
             raise ValueError(f"categorical likelihood expects logits [..., B, K], got shape {tuple(outputs.shape)}")
-        if y.dim() != 1 or y.shape[0] != outputs.shape[-2]:
-            raise ValueError(
-                f"categorical likelihood expects class labels of shape [{outputs.shape[-2]}], "
-                f"got {tuple(y.shape)}"
-            )
-        if y.dtype.is_floating_point:
-            raise ValueError(f"categorical likelihood expects integer class labels, got dtype {y.dtype}")
-        if y.dtype == torch.bool:
-            raise ValueError("categorical likelihood expects integer class labels, got dtype torch.bool")
+        self.check_targets(y, outputs.shape[-2])
+        classes = outputs.shape[-1]
+        if y.numel():
+            low, high = torch.stack([y.min(), y.max()]).tolist()  # one device sync for both
+            if low < 0 or high >= classes:
+                found = " and ".join(str(v) for v, bad in ((low, low < 0), (high, high >= classes)) if bad)
+                raise ValueError(f"labels must be class indices in [0, {classes}); found {found}")
         y = y.long()  # uint8 / int16 labels (as read from MNIST files) are fine
         logp = F.log_softmax(outputs, dim=-1)
         index = y.expand(*outputs.shape[:-1]).unsqueeze(-1)

@@ -1,11 +1,16 @@
-"""String options of bbh as ``str`` Enums, and one helper that turns user input into them.
+"""Options of bbh: string options as ``str`` Enums with :func:`parse_option`, and the checks of numeric options.
 
-Every option of the library is either one of these enums or accepts its value as a plain string.
-Invalid values fail at construction with a message that lists the valid ones.
+Every string option of the library is either one of these enums or accepts its value as a plain string;
+invalid values fail at construction with a message that lists the valid ones. Integer, real and size-list
+options go through :func:`check_int`, :func:`check_float` and :func:`check_sizes`, which reject values of
+the wrong type (``"1"``, ``1.5``, ``True``) instead of converting them.
 """
 
 from __future__ import annotations
 
+import math
+import operator
+from collections.abc import Sequence
 from enum import Enum
 from typing import TypeVar
 
@@ -79,3 +84,84 @@ def parse_option(enum: type[E], value: E | str, name: str) -> E:
                 return member
     valid = ", ".join(repr(m.value) for m in enum)
     raise ValueError(f"unknown {name} {value!r}; expected one of {valid}")
+
+
+def check_int(name: str, value: object, minimum: int | None = None) -> int:
+    """Return ``value`` as an ``int`` if it is an integer (Python, NumPy or a 0-d integer tensor) >= ``minimum``.
+
+    Strings, floats (even ``2.0``) and bools are rejected rather than converted.
+
+    Args:
+        name: the option's name, for the error message.
+        value: what the user passed.
+        minimum: the smallest valid value (None: no bound).
+
+    Raises:
+        ValueError: ``value`` is not an integer or is below ``minimum``.
+    """
+    bound = "" if minimum is None else f" >= {minimum}"
+    integer = None
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        try:
+            integer = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            integer = None
+    if integer is None or (minimum is not None and integer < minimum):
+        raise ValueError(f"{name} must be an int{bound}, got {value!r}")
+    return integer
+
+
+def check_float(name: str, value: object, low: float = -math.inf, high: float = math.inf, *,
+                open_low: bool = False, open_high: bool = False) -> float:
+    """Return ``value`` as a ``float`` if it is a finite real number in the interval from ``low`` to ``high``.
+
+    Ints and floats (Python or NumPy) are accepted; strings, bools, NaN and infinities are rejected.
+
+    Args:
+        name: the option's name, for the error message.
+        value: what the user passed.
+        low, high: the bounds (infinite: none).
+        open_low, open_high: exclude the bound itself.
+
+    Raises:
+        ValueError: ``value`` is not a finite real number in the interval.
+    """
+    number = None
+    if not isinstance(value, (bool, str, bytes)) and type(value).__name__ != "bool_":
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = None
+    inside = number is not None and math.isfinite(number) and \
+        (number > low if open_low else number >= low) and (number < high if open_high else number <= high)
+    if not inside:
+        if math.isinf(low) and math.isinf(high):
+            what = "a finite number"
+        elif math.isinf(high):
+            what = f"a number {'>' if open_low else '>='} {low:g}"
+        elif math.isinf(low):
+            what = f"a number {'<' if open_high else '<='} {high:g}"
+        else:
+            what = f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return number  # type: ignore[return-value]
+
+
+def check_sizes(name: str, value: object, example: str = "(64, 256, 512)") -> tuple[int, ...]:
+    """Return ``value`` as a tuple of ints if it is a non-empty sequence of integers >= 1 (layer sizes).
+
+    Args:
+        name: the option's name, for the error message.
+        value: what the user passed (a list or tuple; a bare int or a string is rejected).
+        example: a valid value shown in the error message.
+
+    Raises:
+        ValueError: ``value`` is not a non-empty sequence of positive integers.
+    """
+    message = f"{name} must be a sequence of layer sizes such as {example}, got {value!r}"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
+        raise ValueError(message)
+    try:
+        return tuple(check_int(name, v, 1) for v in value)
+    except ValueError:
+        raise ValueError(message + " (every size must be an int >= 1)") from None

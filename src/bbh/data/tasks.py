@@ -35,7 +35,8 @@ class Task:
         input_shape: the shape of one preprocessed input, ``(C, H, W)``.
         train_x, train_y: training images ``[N, C, H0, W0]`` (uint8) and labels ``[N]`` (int64).
         test_x, test_y: the in-distribution test set.
-        outlier_x: the out-of-distribution set (notMNIST test / CIFAR-10 test classes 5-9).
+        outlier_x: the out-of-distribution set (notMNIST test / CIFAR-10 test classes 5-9); ``None`` when the
+            task was loaded without it (``load_task(..., outliers=False)``: training needs no outliers).
         outlier_y: its labels where it has any (notMNIST letters 0..9, CIFAR classes 5..9), else ``None``.
         val_x, val_y: the validation split, if any (MNIST: TF's 5,000 held-out training images).
         preprocessing: ``"paper"`` or ``"standard"``.
@@ -49,7 +50,7 @@ class Task:
     train_y: Tensor = field(repr=False)
     test_x: Tensor = field(repr=False)
     test_y: Tensor = field(repr=False)
-    outlier_x: Tensor = field(repr=False)
+    outlier_x: Tensor | None = field(default=None, repr=False)
     outlier_y: Tensor | None = field(default=None, repr=False)
     val_x: Tensor | None = field(default=None, repr=False)
     val_y: Tensor | None = field(default=None, repr=False)
@@ -83,7 +84,8 @@ class Task:
     def summary(self) -> str:
         """One line per split with its size."""
         parts = [f"{self.name} ({self.preprocessing}): {self.num_classes} classes, input {self.input_shape}",
-                 f"train {len(self.train_x)}", f"test {len(self.test_x)}", f"outliers {len(self.outlier_x)}"]
+                 f"train {len(self.train_x)}", f"test {len(self.test_x)}",
+                 f"outliers {len(self.outlier_x) if self.outlier_x is not None else 'not loaded'}"]
         if self.val_x is not None:
             parts.append(f"validation {len(self.val_x)}")
         return ", ".join(parts)
@@ -95,7 +97,7 @@ def available_tasks() -> tuple[str, ...]:
 
 
 def load_task(name: str, data_dir: str | Path | None = None, *, download: bool = True, validation: bool = True,
-              preprocessing: str = "paper", progress: bool = True) -> Task:
+              preprocessing: str = "paper", progress: bool = True, outliers: bool = True) -> Task:
     """Load one of the paper's tasks.
 
     Args:
@@ -112,19 +114,22 @@ def load_task(name: str, data_dir: str | Path | None = None, *, download: bool =
             the usual pad-crop-flip and per-channel normalisation). MNIST has one preprocessing (pixels in
             [0, 1]), used for both.
         progress: show download progress bars.
+        outliers: load the out-of-distribution set. Without it (training), MNIST needs no notMNIST files and
+            ``outlier_x`` / ``outlier_y`` are ``None``.
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
     if preprocessing not in PREPROCESSING:
         raise ValueError(f"unknown preprocessing {preprocessing!r}; valid: {', '.join(PREPROCESSING)}")
     if name == "mnist":
-        root = ensure_datasets(["mnist", "notmnist"], data_dir, download=download, progress=progress)
+        root = ensure_datasets(["mnist", "notmnist"] if outliers else ["mnist"], data_dir, download=download,
+                               progress=progress)
         x, y = load_mnist(root / "mnist", "train")
         val_x = val_y = None
         if validation:
             x, y, val_x, val_y = split_validation(x, y, MNIST_VALIDATION)
         test_x, test_y = load_mnist(root / "mnist", "test")
-        out_x, out_y = load_notmnist(root / "notmnist")
+        out_x, out_y = load_notmnist(root / "notmnist") if outliers else (None, None)
         return Task("mnist", 10, (1, 28, 28), x, y, test_x, test_y, out_x, out_y, val_x, val_y,
                     preprocessing=preprocessing, pipeline="mnist")
     root = ensure_datasets(["cifar10"], data_dir, download=download, progress=progress)
@@ -132,7 +137,8 @@ def load_task(name: str, data_dir: str | Path | None = None, *, download: bool =
     train_x, train_y = select_classes(*load_cifar10(folder, "train"), CIFAR5_CLASSES)
     all_test_x, all_test_y = load_cifar10(folder, "test")
     test_x, test_y = select_classes(all_test_x, all_test_y, CIFAR5_CLASSES)
-    out_x, out_y = select_classes(all_test_x, all_test_y, CIFAR5_OUTLIER_CLASSES)
+    out_x, out_y = (select_classes(all_test_x, all_test_y, CIFAR5_OUTLIER_CLASSES) if outliers
+                    else (None, None))
     size = 24 if preprocessing == "paper" else 32
     return Task("cifar5", len(CIFAR5_CLASSES), (3, size, size), train_x, train_y, test_x, test_y, out_x, out_y,
                 preprocessing=preprocessing, pipeline=f"cifar-{preprocessing}")

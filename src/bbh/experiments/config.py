@@ -5,12 +5,18 @@ A configuration has five tables (every key optional except ``experiment.task`` a
     [experiment]  name, task ("mnist" | "cifar5"), method (a bbh.create name), seed
     [model]       name ("lenet5" | "resnet32") and its options (variant, norm, final_norm, dropout_sites)
     [method]      options passed to bbh.create(method, model, **options)
-    [train]       optimizer, lr, eps, epochs, batch_size, kl_anneal, factored_grads, amp, deterministic, device
+    [train]       optimizer, lr, eps, epochs, batch_size, kl_anneal, factored_grads, amp, deterministic, device,
+                  keep_checkpoint, model_dtype
     [data]        validation, preprocessing
     [eval]        samples
 
 ``kl_anneal`` is ``"none"``, a number (a constant weight) or a table ``{kind = "linear", start = 5,
-length = 15, unit = "epoch"}`` (paper Sec. 3: MNF and BbH anneal the KL). The experiments shipped with bbh
+length = 15, unit = "epoch"}`` (paper Sec. 3: MNF and BbH anneal the KL). ``keep_checkpoint`` (default
+true) keeps ``checkpoint.pt`` (the full training state, with the optimizer's moments) once the run has
+finished; false deletes it then (the run can no longer be continued, ``model.pt`` is enough to evaluate it).
+``model_dtype`` (``"float32"`` default, or ``"bfloat16"``) is the dtype of the floating tensors stored in
+``model.pt`` (bfloat16: half the size; loading converts back). When a run is resumed only
+:data:`RESUMABLE_KEYS` may change. The experiments shipped with bbh
 live in ``bbh/configs/*.toml`` (one per task x method, the paper's settings; :func:`available_experiments`).
 """
 
@@ -33,13 +39,21 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"name": ""},
     "method": {},
     "train": {"optimizer": "adam", "lr": None, "eps": None, "epochs": 1, "batch_size": 100, "kl_anneal": "none",
-              "factored_grads": True, "amp": False, "deterministic": False, "device": "auto"},
+              "factored_grads": True, "amp": False, "deterministic": False, "device": "auto",
+              "keep_checkpoint": True, "model_dtype": "float32", "clip_grad_norm": None},
     "data": {"validation": True, "preprocessing": "paper"},
     "eval": {"samples": 100},
 }
 """Every key a configuration may set outside the free-form ``[model]`` options and ``[method]`` table."""
 
 FREE_TABLES = ("model", "method")
+
+MODEL_DTYPES = ("float32", "bfloat16")
+"""The values of ``train.model_dtype``."""
+
+RESUMABLE_KEYS = ("train.epochs", "eval.samples", "train.keep_checkpoint", "train.model_dtype")
+"""The keys a resumed run may change: how long it trains, and how it is evaluated and stored at the end.
+Every other key would make the continued run another run than the one checkpointed."""
 
 
 def available_experiments() -> list[str]:
@@ -115,8 +129,19 @@ def validate(config: dict[str, Any], origin: str = "config") -> dict[str, Any]:
     lr = train["lr"]
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"{origin}: train.lr must be a positive number, got {lr!r}")
-    if not isinstance(resolved["eval"]["samples"], int) or resolved["eval"]["samples"] < 1:
-        raise ValueError(f"{origin}: eval.samples must be a positive integer")
+    clip = train["clip_grad_norm"]
+    if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool)
+                                 and math.isfinite(clip) and clip > 0):
+        raise ValueError(f"{origin}: train.clip_grad_norm must be a positive number (the largest gradient 2-norm), "
+                         f"got {clip!r}")
+    samples = resolved["eval"]["samples"]
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"{origin}: eval.samples must be a positive integer, got {samples!r}")
+    if not isinstance(train["keep_checkpoint"], bool):
+        raise ValueError(f"{origin}: train.keep_checkpoint must be true or false, got {train['keep_checkpoint']!r}")
+    if train["model_dtype"] not in MODEL_DTYPES:
+        raise ValueError(f"{origin}: train.model_dtype must be one of {', '.join(map(repr, MODEL_DTYPES))}, "
+                         f"got {train['model_dtype']!r}")
     return resolved
 
 
@@ -126,6 +151,16 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> dict[
     for assignment in overrides or []:
         apply_override(config, assignment)
     return validate(config, origin)
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The ``table.key`` names whose values differ between two configurations (a key missing on one side
+    counts as changed)."""
+    out = []
+    for table in dict.fromkeys([*old, *new]):
+        a, b = old.get(table, {}), new.get(table, {})
+        out += [f"{table}.{k}" for k in dict.fromkeys([*a, *b]) if k not in a or k not in b or a[k] != b[k]]
+    return out
 
 
 def _toml_value(value: Any) -> str:
@@ -152,4 +187,5 @@ def dumps(config: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULTS", "apply_override", "available_experiments", "dumps", "load_config", "parse_value", "validate"]
+__all__ = ["DEFAULTS", "MODEL_DTYPES", "RESUMABLE_KEYS", "apply_override", "available_experiments", "changed_keys",
+           "dumps", "load_config", "parse_value", "validate"]

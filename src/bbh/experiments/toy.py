@@ -33,7 +33,11 @@ Two settings per method:
 
 from __future__ import annotations
 
+import shutil
+import sys
+import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +46,7 @@ import torch
 
 from ..data.toy import TOY_NOISE, make_toy_data, toy_grid
 from ..elbo import ConstantWeight, Schedule, ToyAnneal
-from ..io import write_json
+from ..io import OutputNotWritableError, cache_dir, ensure_writable, write_json
 from ..likelihoods import Gaussian
 from ..models import MLP
 from ..posteriors import create
@@ -138,23 +142,42 @@ def run_toy(out_dir: str | Path, methods: tuple[str, ...] = TOY_METHODS, seed: i
     sigma 9; seed 0 whatever ``seed`` is; cached in ``hmc_cache_dir``, default ``~/.cache/bbh``) is the last
     panel, and every method's summary gains ``std_ratio_inside`` / ``std_ratio_outside``: its mean
     predictive std divided by HMC's, on |x| <= 4 and on 5 <= |x| <= 6.
+
+    ``out_dir`` is checked for writability before anything is trained. When the HMC cache folder cannot be
+    written to, the reference is computed in a temporary copy of it (a warning says so) instead of failing.
+
+    Raises:
+        OutputNotWritableError: ``out_dir`` cannot be created or written to.
+        ValueError: an unknown method.
     """
-    from ..reports.plots import plot_toy  # matplotlib only when plotting
+    from tqdm.auto import tqdm
 
     settings = toy_settings(faithful)
     unknown = [m for m in methods if m not in settings]
     if unknown:
         raise ValueError(f"unknown toy method(s) {', '.join(map(repr, unknown))}; "
                          f"expected some of {', '.join(map(repr, settings))}")
-    out = Path(out_dir)
-    results = {m: train_toy_method(m, settings[m], seed, n_samples, progress) for m in methods}
+    out = ensure_writable(out_dir)
+    from ..reports.plots import plot_toy  # matplotlib only when plotting, and once the output is known writable
+
+    with ExitStack() as stack:
+        hmc_dir = _writable_hmc_cache(hmc_cache_dir, stack) if hmc else None
+        bar = stack.enter_context(tqdm(total=len(methods) + hmc, desc="bbh toy", disable=not progress,
+                                       leave=False))
+        results = {}
+        for m in methods:
+            bar.set_postfix_str(m)
+            results[m] = train_toy_method(m, settings[m], seed, n_samples, progress)
+            bar.update(1)
+        if hmc:
+            bar.set_postfix_str("HMC reference (~15 s the first time, then cached)")
+            reference = toy_hmc(seed=0, cache_dir=hmc_dir)
+            bar.update(1)
     first = next(iter(results.values()))
     report: dict[str, Any] = {"seed": seed, "faithful": faithful, "n_samples": n_samples,
                               "methods": {m: r["summary"] for m, r in results.items()}}
     panels = {m: r["samples"] for m, r in results.items()}
     if hmc:
-
-        reference = toy_hmc(seed=0, cache_dir=hmc_cache_dir)
         ref = reference["summary"]
         report["hmc"] = {**ref, "settings": reference["settings"], "cached": reference["cached"]}
         for summary in report["methods"].values():
@@ -164,3 +187,20 @@ def run_toy(out_dir: str | Path, methods: tuple[str, ...] = TOY_METHODS, seed: i
     plot_toy(out / "toy.png", first["x"], first["y"], first["grid"], panels)
     write_json(out / "toy.json", report)
     return report
+
+
+def _writable_hmc_cache(folder: str | Path | None, stack: ExitStack) -> Path:
+    """The HMC cache folder, or, when it cannot be written to, a temporary copy of its cached references
+    (removed when ``stack`` closes) so that the toy still runs (and still reads what is cached)."""
+    path = Path(folder) if folder is not None else cache_dir()
+    try:
+        return ensure_writable(path)
+    except OutputNotWritableError as err:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bbh-toy-hmc-")))
+        for cached in path.glob("toy_hmc-*.json") if path.is_dir() else ():
+            try:
+                shutil.copy(cached, tmp / cached.name)
+            except OSError:
+                pass
+        print(f"bbh toy: warning: {err}; the HMC reference is not cached", file=sys.stderr)
+        return tmp

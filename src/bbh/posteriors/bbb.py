@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..elbo import LossTerms, elbo
-from ..functional import chunked_sample_outputs, forward_samples_per_input, forward_with
+from ..functional import forward_with
 from ..kl import KLEstimator, gaussian_kl, make_kl_estimator
 from ..likelihoods import Likelihood
+from ..options import check_float, check_int
 from ..priors import Prior
 from .factory import register
-from .protocol import Method, ParamFilter, check_finite, select_parameters
+from .protocol import ParamFilter, check_finite, select_parameters
+from .sampled import WeightSampler
 
 ESTIMATORS = ("shared", "local")
 LOCAL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @register("bbb")
-class BayesByBackprop(Method):
+class BayesByBackprop(WeightSampler):
     """q(w) = Π_i N(w_i; mu_i, sigma_i^2) over every selected weight and bias (paper-protocol 4.5).
 
     loss = mean NLL(f(x; w)) + kl_weight * KL(q || p) / N,   w = mu + sigma * eps,
@@ -61,8 +61,8 @@ class BayesByBackprop(Method):
         super().__init__(model, likelihood, prior)
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(map(repr, ESTIMATORS))}")
-        if not math.isfinite(init_log_var):
-            raise ValueError(f"init_log_var must be finite, got {init_log_var}")
+        init_log_var = check_float("init_log_var", init_log_var)
+        num_kl_samples = check_int("num_kl_samples", num_kl_samples, 1 if kl == "analytic" else 2)
         self.param_names = select_parameters(model, params)
         named = dict(model.named_parameters())
         self.mu = nn.ParameterList([nn.Parameter(named[n].detach().clone()) for n in self.param_names])
@@ -81,10 +81,8 @@ class BayesByBackprop(Method):
                                  "(e.g. 'nn-per-weight') for other priors")
             self.kl_estimator: KLEstimator | None = None
         else:
-            if int(num_kl_samples) < 2:
-                raise ValueError(f"num_kl_samples must be >= 2 for a sample-based KL, got {num_kl_samples}")
             self.kl_estimator = make_kl_estimator(kl)
-        self.num_kl_samples = int(num_kl_samples)
+        self.num_kl_samples = num_kl_samples
         self._last_samples: dict[str, Tensor] | None = None
         self._local_hooks: list = []
         self._local_active = False
@@ -141,7 +139,7 @@ class BayesByBackprop(Method):
         return hook
 
     # ---- the method protocol ----------------------------------------------------------------------------
-    def loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
+    def _loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
         samples = None
         if self.kl_estimator is not None:
             samples = self.sample(self.num_kl_samples)
@@ -164,29 +162,6 @@ class BayesByBackprop(Method):
                 self._last_samples = {k: v.detach() for k, v in samples.items()}
         check_finite("the KL", kl.detach())
         return elbo(nll, kl, num_data=num_data, kl_weight=kl_weight, outputs=out)
-
-    def post_step(self) -> dict[str, float]:
-        if self.kl_estimator is not None and self.kl_estimator.trainable and self._last_samples is not None:
-            return self.kl_estimator.update(self._last_samples, self.prior)
-        return {}
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        aux = {id(p) for p in self.kl_estimator.parameters()} if self.kl_estimator is not None else set()
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in aux]
-
-    def sample_outputs(self, x: Tensor, n_samples: int, *, chunk_size: int | None = None) -> Tensor:
-        """Outputs under ``n_samples`` weight draws, ``[S, B, ...]`` (vectorised over samples)."""
-        return chunked_sample_outputs(self.model, self.sample, x, n_samples, chunk_size)
-
-    def weight_samples(self, n: int) -> dict[str, Tensor]:
-        """n draws of the mean-field posterior ``{name: Tensor[n, *shape]}`` (:meth:`sample`)."""
-        return self.sample(n)
-
-    def per_copy_outputs(self, xs: Tensor) -> Tensor:
-        """S weight draws (without autograd: attacks need input gradients only), draw s on ``xs[s]``."""
-        with torch.no_grad():
-            samples = self.sample(xs.shape[0])
-        return forward_samples_per_input(self.model, samples, xs)
 
     def extra_repr(self) -> str:
         return f"params={len(self.param_names)} tensors, estimator={self.estimator!r}"

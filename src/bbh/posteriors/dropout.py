@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..elbo import LossTerms, elbo
 from ..functional import chunk_sizes
 from ..likelihoods import Likelihood
+from ..options import check_float
 from .factory import register
 from .point import GaussianPenalty
 from .protocol import Method, ParamFilter
@@ -87,9 +88,11 @@ class MCDropout(Method):
     def __init__(self, model: nn.Module, likelihood: Likelihood | str = "categorical", rate: float | None = None,
                  sites: Sequence[str] | str | None = None, prior_scale: float | None = 1.0,
                  params: ParamFilter = None) -> None:
+        if prior_scale is not None:
+            prior_scale = check_float("prior_scale", prior_scale, 0.0, open_low=True)
         super().__init__(model, likelihood, prior=1.0 if prior_scale is None else prior_scale)
-        if rate is not None and (isinstance(rate, bool) or not 0.0 < float(rate) < 1.0):
-            raise ValueError(f"dropout rate must be in (0, 1), got {rate!r}")
+        if rate is not None:
+            rate = check_float("dropout rate", rate, 0.0, 1.0, open_low=True, open_high=True)
         self.l2 = GaussianPenalty(model, prior_scale, params)
         self.sites, self.own_layers = _resolve_sites(model, sites)
         modules = dict(model.named_modules())
@@ -130,18 +133,18 @@ class MCDropout(Method):
             h.remove()
         self._hooks = []
 
-    def loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
+    def _loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
         outputs = self.model(x)
         return elbo(self.mean_nll(outputs, y), self.penalty(), num_data=num_data, kl_weight=kl_weight,
                     outputs=outputs)
 
-    def sample_outputs(self, x: Tensor, n_samples: int, *, chunk_size: int | None = None) -> Tensor:
+    def _sample_outputs(self, x: Tensor, n_samples: int, *, chunk_size: int | None = None) -> Tensor:
         """Outputs of ``n_samples`` stochastic passes, ``[S, B, ...]``: the batch repeated ``chunk_size``
         times (default all S) and run as one forward, each copy with its own masks."""
-        outs = [self.per_copy_outputs(x.unsqueeze(0).expand(k, *x.shape)) for k in chunk_sizes(n_samples, chunk_size)]
+        outs = [self._per_copy_outputs(x.unsqueeze(0).expand(k, *x.shape)) for k in chunk_sizes(n_samples, chunk_size)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
-    def per_copy_outputs(self, xs: Tensor) -> Tensor:
+    def _per_copy_outputs(self, xs: Tensor) -> Tensor:
         """Copies ``xs [S, B, ...]`` stacked into one batch of S·B examples (masks are drawn per example)."""
         out = self.model(xs.reshape(xs.shape[0] * xs.shape[1], *xs.shape[2:]))
         return out.view(xs.shape[0], xs.shape[1], *out.shape[1:])

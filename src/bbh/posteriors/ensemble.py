@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +13,7 @@ from torch.func import functional_call, vmap
 
 from ..elbo import LossTerms, elbo
 from ..likelihoods import Likelihood
+from ..options import check_float, check_int
 from .factory import register
 from .protocol import Method, check_finite, select_parameters
 
@@ -67,19 +69,15 @@ class DeepEnsemble(Method):
                  adversarial: bool = True, alpha: float = 0.5, epsilon: float = 0.01, member_batches: bool = False,
                  vectorize: bool | str = "auto", seed: int | None = None) -> None:
         super().__init__(model, likelihood)
-        if int(members) < 1:
-            raise ValueError(f"members must be >= 1, got {members}")
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if float(epsilon) < 0:
-            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-        if vectorize not in ("auto", True, False):
+        self.num_members = check_int("members", members, 1)
+        alpha, epsilon = check_float("alpha", alpha, 0.0, 1.0), check_float("epsilon", epsilon, 0.0)
+        if vectorize not in ("auto", True, False) or isinstance(vectorize, int) and not isinstance(vectorize, bool):
             raise ValueError(f"vectorize must be 'auto', True or False, got {vectorize!r}")
-        self.num_members = int(members)
         self.fixed_draws = self.num_members
-        self.adversarial, self.alpha, self.epsilon = bool(adversarial), float(alpha), float(epsilon)
+        self.adversarial, self.alpha, self.epsilon = bool(adversarial), alpha, epsilon
         self.member_batches = bool(member_batches)
-        base_seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+        self.loss_lead = ("M", "B") if self.member_batches else ("B",)
+        base_seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else check_int("seed", seed)
         copies = []
         for k in range(self.num_members):
             member = copy.deepcopy(model)
@@ -125,11 +123,16 @@ class DeepEnsemble(Method):
             return torch.stack([self.mean_nll(outputs[k], y[k]) for k in range(self.num_members)])
         return -self.likelihood.log_prob(outputs, y).mean(dim=1)
 
-    def loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
-        per_member = self.member_batches
-        if per_member and (x.shape[0] != self.num_members or y.shape[0] != self.num_members):
+    def check_inputs(self, x: Tensor, y: Tensor | None = None, *, lead: Sequence[str] = ("B",)) -> None:
+        """:meth:`Method.check_inputs`, after checking the member dimension of ``[M, B, ...]`` inputs."""
+        if tuple(lead) == ("M", "B") and isinstance(x, Tensor) and isinstance(y, Tensor) \
+                and (x.dim() == 0 or y.dim() == 0 or x.shape[0] != self.num_members or y.shape[0] != self.num_members):
             raise ValueError(f"member_batches=True expects x and y with a leading member dimension of "
                              f"{self.num_members}, got {tuple(x.shape)} and {tuple(y.shape)}")
+        super().check_inputs(x, y, lead=lead)
+
+    def _loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
+        per_member = self.member_batches
         if self.adversarial:  # FGSM (Goodfellow et al. 2015) on each member's own input gradient
             xs = (x if per_member else x.unsqueeze(0).expand(self.num_members, *x.shape)).detach()
             xs.requires_grad_(True)
@@ -157,12 +160,12 @@ class DeepEnsemble(Method):
         out = outputs.detach().float()
         return torch.logsumexp(out.log_softmax(-1), dim=0) - math.log(out.shape[0])
 
-    def sample_outputs(self, x: Tensor, n_samples: int | None = None, *, chunk_size: int | None = None) -> Tensor:
+    def _sample_outputs(self, x: Tensor, n_samples: int | None = None, *, chunk_size: int | None = None) -> Tensor:
         """The M members' outputs ``[M, B, ...]`` (an ensemble has exactly M draws: ``n_samples`` is
         ignored)."""
         return self._forward(x, False)
 
-    def per_copy_outputs(self, xs: Tensor) -> Tensor:
+    def _per_copy_outputs(self, xs: Tensor) -> Tensor:
         """Member k on copy k: ``xs [M, B, ...] -> [M, B, ...]``."""
         if xs.shape[0] != self.num_members:
             raise ValueError(f"an ensemble of {self.num_members} members needs {self.num_members} input copies, "

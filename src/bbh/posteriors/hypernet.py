@@ -41,13 +41,14 @@ from torch import Tensor, nn
 from ..backends import ops
 from ..backends.factored import offer_factors
 from ..elbo import LossTerms, elbo
-from ..functional import chunked_sample_outputs, forward_samples, forward_samples_per_input, forward_with
+from ..functional import forward_samples, forward_with
 from ..kl import KLEstimator, make_kl_estimator
 from ..likelihoods import Likelihood
-from ..options import Init, Layout, LikelihoodSamples, Noise, parse_option
+from ..options import Init, Layout, LikelihoodSamples, Noise, check_float, check_int, check_sizes, parse_option
 from ..priors import Prior
 from .factory import register
-from .protocol import Method, ParamFilter, check_finite, select_parameters
+from .protocol import ParamFilter, check_finite, select_parameters
+from .sampled import WeightSampler
 
 
 class _HeadLinear(torch.autograd.Function):
@@ -200,14 +201,13 @@ class HypernetPosterior(nn.Module):
         self.layout = parse_option(Layout, layout, "layout")
         self.noise = parse_option(Noise, noise, "noise")
         self.init_scheme = parse_option(Init, init, "init")
-        if int(noise_dim) < 1:
-            raise ValueError(f"noise_dim must be >= 1, got {noise_dim}")
-        hidden = tuple(int(h) for h in hidden)
-        if not hidden or any(h < 1 for h in hidden):
-            raise ValueError(f"hidden must be a non-empty sequence of positive sizes, got {hidden}")
+        noise_dim = check_int("noise_dim", noise_dim, 1)
+        hidden = check_sizes("hidden", hidden)
+        num_chunks = check_int("num_chunks", num_chunks, 1)
+        negative_slope = check_float("negative_slope", negative_slope)
         if not shapes:
             raise ValueError("no parameter tensors to generate")
-        self.noise_dim = int(noise_dim)
+        self.noise_dim = noise_dim
         self.zero_mean_noise = bool(zero_mean_noise)
         self.targets = [_Target(n, torch.Size(s), self.layout == Layout.SLICED) for n, s in shapes.items()]
         self.total = sum(t.numel for t in self.targets)
@@ -221,9 +221,7 @@ class HypernetPosterior(nn.Module):
                 [HypernetTrunk(1, d + t.slices, hidden, negative_slope, activation) for t in self.targets])
             self.heads = nn.ModuleList([HypernetHead(h_last, t.slice_size) for t in self.targets])
         else:
-            if int(num_chunks) < 1:
-                raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
-            self.num_chunks = min(int(num_chunks), self.total)
+            self.num_chunks = min(num_chunks, self.total)
             self.chunk_size = math.ceil(self.total / self.num_chunks)
             self.trunks = nn.ModuleList([HypernetTrunk(1, d + self.num_chunks, hidden, negative_slope, activation)])
             self.heads = nn.ModuleList([HypernetHead(h_last, self.chunk_size)])
@@ -313,7 +311,7 @@ class HypernetPosterior(nn.Module):
 
 
 @register("bbh")
-class BayesByHypernet(Method):
+class BayesByHypernet(WeightSampler):
     """Bayes by Hypernet for any ``nn.Module``.
 
     Per training step ``num_samples`` weight sets are generated in one batched call; all of them enter the
@@ -357,9 +355,8 @@ class BayesByHypernet(Method):
         super().__init__(model, likelihood, prior)
         self.param_names = select_parameters(model, params)
         named = dict(model.named_parameters())
-        if int(num_samples) < 2:
-            raise ValueError(f"num_samples must be >= 2 (the KL estimator compares samples), got {num_samples}")
-        self.num_samples = int(num_samples)
+        self.num_samples = check_int("num_samples", num_samples, 2)  # the KL estimator compares samples
+        num_prior_samples = check_int("num_prior_samples", num_prior_samples, 1)
         self.likelihood_samples = parse_option(LikelihoodSamples, likelihood_samples, "likelihood_samples")
         self.posterior = HypernetPosterior(
             {n: named[n].shape for n in self.param_names}, {n: named[n].detach() for n in self.param_names},
@@ -376,7 +373,7 @@ class BayesByHypernet(Method):
         """n posterior weight samples ``{name: Tensor[n, *shape]}``."""
         return self.posterior.sample(n)
 
-    def loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
+    def _loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
         """Per-datum negative ELBO: mean NLL + kl_weight * KL / N (:func:`bbh.elbo.elbo`)."""
         samples = self.posterior.sample(self.num_samples)
         if self.likelihood_samples == LikelihoodSamples.ONE:
@@ -395,26 +392,3 @@ class BayesByHypernet(Method):
         if self.kl_estimator.trainable:
             self._last_samples = {k: v.detach() for k, v in samples.items()}
         return elbo(nll, kl, num_data=num_data, kl_weight=kl_weight, outputs=outputs)
-
-    def post_step(self) -> dict[str, float]:
-        if self.kl_estimator.trainable and self._last_samples is not None:
-            return self.kl_estimator.update(self._last_samples, self.prior)
-        return {}
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        kl_params = {id(p) for p in self.kl_estimator.parameters()}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in kl_params]
-
-    def sample_outputs(self, x: Tensor, n_samples: int, *, chunk_size: int | None = None) -> Tensor:
-        """Outputs under ``n_samples`` posterior draws: ``[S, B, ...]`` (vectorised over samples)."""
-        return chunked_sample_outputs(self.model, self.posterior.sample, x, n_samples, chunk_size)
-
-    def weight_samples(self, n: int) -> dict[str, Tensor]:
-        """n draws of the implicit posterior ``{name: Tensor[n, *shape]}`` (:meth:`sample`)."""
-        return self.sample(n)
-
-    def per_copy_outputs(self, xs: Tensor) -> Tensor:
-        """S weight draws (without autograd: attacks need input gradients only), draw s on ``xs[s]``."""
-        with torch.no_grad():
-            samples = self.sample(xs.shape[0])
-        return forward_samples_per_input(self.model, samples, xs)

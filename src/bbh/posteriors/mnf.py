@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from ..elbo import LossTerms, elbo
 from ..functional import chunk_sizes
 from ..likelihoods import Likelihood
+from ..options import check_float, check_int
 from .factory import register
 from .protocol import WEIGHT_LAYERS, Method, check_finite
 
@@ -432,17 +433,13 @@ class MNF(Method):
     def __init__(self, model: nn.Module, likelihood: Likelihood | str = "categorical", layers: LayerFilter = None,
                  thres_var: float = 0.5, prior_log_var: float = 1.0, init_log_std: float = -9.0, z_init: float = 1.0,
                  kl_layers: str = "all", n_flows: int = 2, q_hidden: int = 50, r_hidden: int = 100) -> None:
-        for label, value in (("thres_var", thres_var), ("prior_log_var", prior_log_var),
-                             ("init_log_std", init_log_std), ("z_init", z_init)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{label} must be a finite number, got {value!r}")
-        if thres_var <= 0:
-            raise ValueError(f"thres_var (the clip on the weights' std) must be > 0, got {thres_var!r}")
+        thres_var = check_float("thres_var (the clip on the weights' std)", thres_var, 0.0, open_low=True)
+        prior_log_var = check_float("prior_log_var", prior_log_var)
+        init_log_std, z_init = check_float("init_log_std", init_log_std), check_float("z_init", z_init)
         if kl_layers not in KL_LAYERS:
             raise ValueError(f"unknown kl_layers {kl_layers!r}; expected one of {', '.join(map(repr, KL_LAYERS))}")
-        for label, value in (("n_flows", n_flows), ("q_hidden", q_hidden), ("r_hidden", r_hidden)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be an int >= 1, got {value!r}")
+        n_flows, q_hidden = check_int("n_flows", n_flows, 1), check_int("q_hidden", q_hidden, 1)
+        r_hidden = check_int("r_hidden", r_hidden, 1)
         super().__init__(model, likelihood, prior=math.exp(0.5 * prior_log_var))
         self.thres_var, self.prior_log_var, self.kl_layers = float(thres_var), float(prior_log_var), kl_layers
         options = dict(thres_var=float(thres_var), prior_log_var=float(prior_log_var),
@@ -472,21 +469,21 @@ class MNF(Method):
             return next(self.model.parameters()).new_zeros(())
         return torch.stack(terms).sum()
 
-    def loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
+    def _loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
         """Per-datum negative ELBO: mean NLL of one stochastic pass + kl_weight · KL / N."""
         outputs = self.model(x)
         kl = self.kl()
         check_finite("the MNF KL", kl.detach())
         return elbo(self.mean_nll(outputs, y), kl, num_data=num_data, kl_weight=kl_weight, outputs=outputs)
 
-    def sample_outputs(self, x: Tensor, n_samples: int, *, chunk_size: int | None = None) -> Tensor:
+    def _sample_outputs(self, x: Tensor, n_samples: int, *, chunk_size: int | None = None) -> Tensor:
         """Outputs of ``n_samples`` stochastic passes, ``[S, B, ...]``: the batch repeated ``chunk_size`` times
         (default all S) and run as one forward. Exact, because every MNF layer draws its z and its local
         reparameterisation noise per example: S copies of an input are S independent passes."""
-        outs = [self.per_copy_outputs(x.unsqueeze(0).expand(k, *x.shape)) for k in chunk_sizes(n_samples, chunk_size)]
+        outs = [self._per_copy_outputs(x.unsqueeze(0).expand(k, *x.shape)) for k in chunk_sizes(n_samples, chunk_size)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
-    def per_copy_outputs(self, xs: Tensor) -> Tensor:
+    def _per_copy_outputs(self, xs: Tensor) -> Tensor:
         """Copies ``xs [S, B, ...]`` stacked into one batch of S·B examples (noise is drawn per example)."""
         out = self.model(xs.reshape(xs.shape[0] * xs.shape[1], *xs.shape[2:]))
         return out.view(xs.shape[0], xs.shape[1], *out.shape[1:])

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from ..elbo import LossTerms, elbo
 from ..likelihoods import Likelihood
+from ..options import check_float
 from .factory import register
 from .protocol import WEIGHT_LAYERS, Method, ParamFilter, select_parameters
 
@@ -24,9 +25,7 @@ class GaussianPenalty:
     """
 
     def __init__(self, model: nn.Module, scale: float | None = 1.0, params: ParamFilter = None) -> None:
-        if scale is not None and not float(scale) > 0:
-            raise ValueError(f"prior_scale must be > 0 or None, got {scale!r}")
-        self.scale = None if scale is None else float(scale)
+        self.scale = None if scale is None else check_float("prior_scale", scale, 0.0, open_low=True)
         self.names = kernel_names(model) if params is None else select_parameters(model, params)
 
     def __call__(self, model: nn.Module) -> Tensor:
@@ -56,6 +55,8 @@ class MAP(Method):
 
     def __init__(self, model: nn.Module, likelihood: Likelihood | str = "categorical",
                  prior_scale: float | None = 1.0, params: ParamFilter = None) -> None:
+        if prior_scale is not None:
+            prior_scale = check_float("prior_scale", prior_scale, 0.0, open_low=True)
         super().__init__(model, likelihood, prior=1.0 if prior_scale is None else prior_scale)
         self.l2 = GaussianPenalty(model, prior_scale, params)
 
@@ -67,16 +68,16 @@ class MAP(Method):
         """Σ_k w_k^2 / (2 s^2) over the penalised parameters (0 without a prior)."""
         return self.l2(self.model)
 
-    def loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
+    def _loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
         outputs = self.model(x)
         return elbo(self.mean_nll(outputs, y), self.penalty(), num_data=num_data, kl_weight=kl_weight,
                     outputs=outputs)
 
-    def sample_outputs(self, x: Tensor, n_samples: int = 1, *, chunk_size: int | None = None) -> Tensor:
+    def _sample_outputs(self, x: Tensor, n_samples: int = 1, *, chunk_size: int | None = None) -> Tensor:
         """The single deterministic output, ``[1, B, ...]`` whatever ``n_samples`` is."""
         return self.model(x).unsqueeze(0)
 
-    def per_copy_outputs(self, xs: Tensor) -> Tensor:
+    def _per_copy_outputs(self, xs: Tensor) -> Tensor:
         return self.model(xs[0]).unsqueeze(0)
 
 

@@ -1,8 +1,9 @@
 """``bbh evaluate`` and ``bbh compare``: the paper's numbers and figures, and the modern metrics, for runs.
 
 ``evaluate_run(run_dir)`` is a layer above :func:`bbh.evaluate`: it loads a finished run (``model.pt`` +
-``config.toml``) and its task, evaluates it, and writes a fresh ``run_dir/eval/`` (the previous one is replaced
-as a whole, so no figure of an earlier evaluation survives):
+``config.toml``) and its task (from the data directory the run was trained from, unless another is given),
+evaluates it, and writes a fresh ``run_dir/eval/`` (the previous one is replaced as a whole, so no figure of
+an earlier evaluation survives); that ``run_dir`` can be written to is checked before anything is computed:
 
 * ``results.json`` (strict JSON: NaN is ``null``) — on the test set: error, NLL, Brier, ECE and its reliability
   bins, the paper's entropy AUC, mean entropy / expected entropy / mutual information; on the outlier set:
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 
 from ..evaluation.api import AttackSpec, EvaluationResults, evaluate, json_safe
-from ..io import atomic_write
+from ..io import atomic_write, ensure_writable, read_json_object
 from ..models.registry import build_model
 from ..posteriors import Method, create
 
@@ -49,11 +50,34 @@ PAPER_TABLES = {
 """Paper Tables 3 (MNIST) and 4 (CIFAR-5): Error %, in-distribution entropy AUC, outlier AUC, runtime s."""
 
 
+def _check_finished(run_dir: Path) -> None:
+    """Raise a FileNotFoundError saying why ``run_dir`` has no ``model.pt``: it does not exist, it is not a run
+    directory, or the run has not finished (and how to continue it)."""
+    if (run_dir / "model.pt").is_file():
+        return
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} does not exist")
+    status = read_json_object(Path(run_dir) / "status.json")
+    if status is None and not (run_dir / "config.toml").is_file() and not (run_dir / "checkpoint.pt").is_file():
+        runs = [p.parent for p in run_dir.glob("*/model.pt")]
+        hint = (f"; it holds {len(runs)} finished run(s): evaluate them all with bbh evaluate --all {run_dir}"
+                if runs else "")
+        raise FileNotFoundError(f"{run_dir} is not a bbh run directory (no config.toml, status.json or model.pt; "
+                                f"bbh train writes those){hint}")
+    state = (status or {}).get("status", "unknown")
+    where = f" at epoch {status['epoch']}" if status and "epoch" in status else ""
+    if state == "failed":
+        raise FileNotFoundError(f"{run_dir} has not finished: training failed{where} ({status.get('error')}); "
+                                f"its last good checkpoint is {run_dir / 'checkpoint.pt'}")
+    note = " (still training, or killed)" if state == "running" else ""
+    raise FileNotFoundError(f"{run_dir} has not finished (status: {state}{where}{note}); continue it with: "
+                            f"bbh train --resume {run_dir}")
+
+
 def _read_state(run_dir: Path, device: str | torch.device) -> dict[str, Any]:
     """The contents of ``run_dir/model.pt`` (tensors and plain values only: ``weights_only=True``)."""
+    _check_finished(run_dir)
     path = run_dir / "model.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no model.pt: the run has not finished (bbh train --resume {run_dir})")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
@@ -78,7 +102,12 @@ def _build(state: dict[str, Any], num_classes: int, device: str | torch.device) 
     with _rng(int(config["experiment"].get("seed", 0))):
         method = create(config["experiment"]["method"], build_model(config["model"], num_classes),
                         **config.get("method", {}))
-    method.load_state_dict(state["method"])
+    # model.pt may store floating tensors in another dtype (train.model_dtype = "bfloat16"): back to the method's
+    own = method.state_dict()
+    loaded = {k: v.to(own[k].dtype) if (k in own and v.is_floating_point() and own[k].is_floating_point()
+                                        and v.dtype != own[k].dtype) else v
+              for k, v in state["method"].items()}
+    method.load_state_dict(loaded)
     return method.to(device).eval()
 
 
@@ -91,8 +120,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *,
         device: where the method is loaded to.
         num_classes: K, needed only when ``model.pt`` does not record it (bbh's runs do).
 
+    Floating tensors stored in another dtype (``train.model_dtype = "bfloat16"``) are converted to the
+    method's own (float32).
+
     Raises:
-        FileNotFoundError: no ``model.pt`` (the run has not finished).
+        FileNotFoundError: no ``model.pt`` (not a run directory, or the run has not finished).
         ValueError: an unreadable ``model.pt``, or K unknown.
     """
     state = _read_state(Path(run_dir), device)
@@ -133,7 +165,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
 
     Args:
         run_dir: a finished run (``model.pt``).
-        data_dir: where the task's data lives (downloaded if missing); unused with ``task``.
+        data_dir: where the task's data lives (downloaded if missing; default: the run's own data directory,
+            recorded in ``status.json``, else :func:`bbh.data.resolve_data_dir`); unused with ``task``.
         n_samples: posterior samples for every prediction (default: the run's ``eval.samples``, 100).
         batch_size, chunk_size: examples per forward pass; posterior draws evaluated at once (None: all).
         adversarial: run the FGSM curve.
@@ -147,16 +180,24 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
         task: the task object (default: loaded by the run's task name).
         seed: seed of every random draw (the caller's RNG state is left as it was either way).
         progress: show a progress bar.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a run directory, or the run has not finished.
+        OutputNotWritableError: ``run_dir`` cannot be written to (checked before anything is computed).
     """
     from ..data import load_task
 
     run_dir = Path(run_dir)
+    _check_finished(run_dir)
+    ensure_writable(run_dir)
     state = _read_state(run_dir, "cpu")
     config = state["config"]
     name, task_name = config["experiment"]["name"], config["experiment"]["task"]
     if task is None:
+        if data_dir is None:
+            data_dir = (read_json_object(Path(run_dir) / "status.json") or {}).get("data_dir")
         task = load_task(task_name, data_dir, validation=config["data"]["validation"],
-                         preprocessing=config["data"]["preprocessing"], download=True)
+                         preprocessing=config["data"]["preprocessing"], download=True, progress=progress)
     method = _build(state, int(state.get("num_classes") or task.num_classes), "cpu")
     n = int(n_samples or config["eval"]["samples"])
     specs: list[AttackSpec] = []
@@ -313,7 +354,12 @@ def _report(r: dict[str, Any]) -> str:
 
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
     """Tables 3/4-style comparison of evaluated runs (Markdown and CSV) and their FGSM curves in one figure;
-    returns the Markdown."""
+    returns the Markdown.
+
+    Raises:
+        FileNotFoundError: a run has no ``eval/results.json``.
+        OutputNotWritableError: ``out_dir`` cannot be written to (checked before anything is written).
+    """
     from .plots import plot_adversarial
 
     rows, curves = [], {}
@@ -341,7 +387,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
         md.append("| " + " | ".join(_fmt(row[k], 2 if "error" in k else 3) if k != "train_seconds" else
                                     _fmt(row[k], 0) for k in keys) + " |")
     text = "\n".join(md) + "\n"
-    out = Path(out_dir)
+    out = ensure_writable(out_dir)
     atomic_write(out / "compare.md", lambda tmp: Path(tmp).write_text(text))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["run"])

@@ -413,7 +413,8 @@ class Trainer:
         if not all(math.isfinite(v) for v in logged.values()):
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in logged.items())
-                + "; the parameters are those of the last finite step (lower the learning rate?)")
+                + "; the parameters are those of the last finite step (non-finite loss with finite data: lower the "
+                  "learning rate?)")
         outputs = getattr(terms, "outputs", None)
         if (outputs is not None and outputs.dim() == 2 and outputs.shape[0] == y.shape[0] and y.dim() == 1
                 and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool):
