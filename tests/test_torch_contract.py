@@ -155,15 +155,20 @@ def _states(opt) -> list[torch.Tensor]:
     return [opt.state[p][k] for p in params for k in sorted(opt.state.get(p, {}))]
 
 
+def _twin_losses(fac, dense, opt_f, opt_d, x, y, seed):
+    """Re-synchronise the twins, then their losses on the same posterior draws."""
+    _sync(fac, dense, opt_f, opt_d)
+    torch.manual_seed(seed)
+    loss_f = fac.loss(x, y, num_data=64).total
+    torch.manual_seed(seed)
+    return loss_f, dense.loss(x, y, num_data=64).total
+
+
 def test_clip_grad_norm_with_factors_equals_the_dense_path():
     fac, dense, opt_f, opt_d = _twins()
     x, y = _data()
     for step in range(3):
-        _sync(fac, dense, opt_f, opt_d)
-        torch.manual_seed(10 + step)
-        loss_f = fac.loss(x, y, num_data=64).total
-        torch.manual_seed(10 + step)
-        loss_d = dense.loss(x, y, num_data=64).total
+        loss_f, loss_d = _twin_losses(fac, dense, opt_f, opt_d, x, y, 10 + step)
         torch.testing.assert_close(loss_f, loss_d)
         with opt_f.factored_backward():
             loss_f.backward()
@@ -192,11 +197,7 @@ def test_factored_step_equals_the_dense_step(optimizer):
     x, y = _data()
     before = _flat(fac)
     for step in range(3):
-        _sync(fac, dense, opt_f, opt_d)
-        torch.manual_seed(20 + step)
-        loss_f = fac.loss(x, y, num_data=64).total
-        torch.manual_seed(20 + step)
-        loss_d = dense.loss(x, y, num_data=64).total
+        loss_f, loss_d = _twin_losses(fac, dense, opt_f, opt_d, x, y, 20 + step)
         with opt_f.factored_backward():
             loss_f.backward()
         loss_d.backward()
