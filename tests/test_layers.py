@@ -10,8 +10,9 @@ import bbh
 SRC = Path(bbh.__file__).resolve().parent
 
 LAYERS: list[tuple[str, ...]] = [
-    ("bbh.options", "bbh.io", "bbh.priors", "bbh.likelihoods", "bbh.elbo", "bbh.functional"),   # core
-    ("bbh.backends", "bbh.evaluation.metrics", "bbh.evaluation.predictive"),  # kernels; pure tensor functions
+    ("bbh.options", "bbh.io", "bbh.priors", "bbh.elbo", "bbh.functional"),   # core
+    # kernels; pure tensor functions (a likelihood builds its predictive: classification or regression)
+    ("bbh.backends", "bbh.evaluation.metrics", "bbh.evaluation.predictive", "bbh.likelihoods"),
     ("bbh.kl",),
     ("bbh.models", "bbh.data"),
     ("bbh.posteriors",),

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal
 
-from bbh.likelihoods import Categorical, Gaussian, as_likelihood
+from bbh.likelihoods import Categorical, Gaussian, Heteroscedastic, LearnedGaussian, as_likelihood
 
 F64 = torch.float64
 
@@ -140,7 +140,58 @@ def test_as_likelihood():
     assert isinstance(as_likelihood("categorical"), Categorical)
     gauss = Gaussian(3.0)
     assert as_likelihood(gauss) is gauss
-    with pytest.raises(ValueError, match="unknown likelihood 'gaussian'.*Gaussian\\(sigma\\)"):
-        as_likelihood("gaussian")
+    assert isinstance(as_likelihood("gaussian"), LearnedGaussian)
+    assert as_likelihood("gaussian").sigma == pytest.approx(1.0)
+    assert isinstance(as_likelihood("heteroscedastic"), Heteroscedastic)
+    with pytest.raises(ValueError, match="unknown likelihood 'normal'.*'gaussian'.*Gaussian\\(sigma\\)"):
+        as_likelihood("normal")
     with pytest.raises(TypeError, match="log_prob"):
         as_likelihood(object())
+
+
+# ----------------------------------------------------------------------------------------- LearnedGaussian
+@pytest.mark.parametrize("out_shape, y_shape", [((6, 9, 1), (9, 1)), ((9, 3), (9, 3)), ((4, 9), (9,))])
+def test_learned_gaussian_matches_torch_normal_and_trains_log_sigma(out_shape, y_shape):
+    g = torch.Generator().manual_seed(4)
+    outputs = torch.randn(out_shape, generator=g, dtype=F64)
+    y = torch.randn(y_shape, generator=g, dtype=F64)
+    lik = LearnedGaussian(init_sigma=0.7).double()
+    sigma = lik.log_sigma.detach().exp()  # 0.7 up to the float32 rounding of log 0.7
+    assert float(sigma) == pytest.approx(0.7, rel=1e-6)
+    lp = lik.log_prob(outputs, y)
+    per_dim = Normal(outputs, sigma).log_prob(y.expand(out_shape))
+    n_out = len(y_shape) - 1
+    expected = per_dim.sum(dim=tuple(range(-n_out, 0))) if n_out else per_dim
+    torch.testing.assert_close(lp, expected, rtol=1e-12, atol=1e-12)
+    lp.sum().backward()
+    # d/d log σ of Σ [-(y - f)^2 / (2 σ^2) - log σ] = Σ [(y - f)^2 / σ^2 - 1]
+    want = (((y - outputs) / sigma) ** 2 - 1).sum()
+    torch.testing.assert_close(lik.log_sigma.grad, want)
+    with pytest.raises(ValueError, match="do not match outputs"):
+        lik.log_prob(outputs, torch.randn(8, 1, dtype=F64))
+
+
+def test_learned_gaussian_is_a_module_with_one_parameter():
+    lik = LearnedGaussian(2.0)
+    assert [n for n, _ in lik.named_parameters()] == ["log_sigma"]
+    assert lik.sigma == pytest.approx(2.0) and "sigma=2" in repr(lik)
+    mean, var = lik.mean_and_variance(torch.zeros(3, 5, 1))
+    torch.testing.assert_close(var, torch.full((3, 5, 1), 4.0))
+
+
+def test_regression_flags_and_predictives():
+    assert Categorical.is_regression is False
+    assert Gaussian(1.0).is_regression and LearnedGaussian().is_regression and Heteroscedastic().is_regression
+    pred = Gaussian(3.0).predictive(torch.zeros(2, 4, 1))
+    torch.testing.assert_close(pred.aleatoric_var, torch.full((4, 1), 9.0))
+    het = Heteroscedastic(min_variance=0.0).predictive(torch.tensor([[[1.0, 0.0]], [[3.0, math.log(9.0)]]]))
+    torch.testing.assert_close(het.mean, torch.tensor([[2.0]]))
+    torch.testing.assert_close(het.aleatoric_var, torch.tensor([[5.0]]))
+    torch.testing.assert_close(het.epistemic_var, torch.tensor([[1.0]]))
+    probs = Categorical().predictive(torch.zeros(2, 3, 4)).sample_probs
+    torch.testing.assert_close(probs, torch.full((2, 3, 4), 0.25))
+
+
+def test_heteroscedastic_rejects_bad_floor():
+    with pytest.raises(ValueError, match="min_variance must be finite and >= 0"):
+        Heteroscedastic(-1.0)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_python_examples_run(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 4, "README's python examples changed: update this test"
+    assert len(blocks) == 5, "README's python examples changed: update this test"
     monkeypatch.chdir(tmp_path)  # the checkpoint example writes runs/my-bbh
     namespace: dict = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)
@@ -25,7 +27,17 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     exec(compile(blocks[2], "README.md", "exec"), namespace)  # Trainer with checkpoints, then resume
     assert (tmp_path / "runs" / "my-bbh" / "checkpoint.pt").is_file()
 
+    regression: dict = {}  # the Regression section is self-contained: its own namespace
+    exec(compile(blocks[3], "README.md", "exec"), regression)
+    pred = regression["pred"]
+    assert type(pred).__name__ == "RegressionPredictive" and pred.mean.shape == (9, 1)
+    assert regression["method"].likelihood.sigma != 1.0  # σ was trained
+    for value in (pred.mean, pred.aleatoric_var, pred.epistemic_var):
+        assert torch.isfinite(value).all()
+    assert (pred.epistemic_var > 0).all() and (pred.aleatoric_var > 0).all()
+    assert torch.isfinite(regression["method"].predict(regression["x"], 10).log_density(regression["y"])).all()
+
     exec("x_test, y_test, x_ood = x[:64], y[:64], 5 + 3 * torch.randn(32, 2)", namespace)
-    exec(compile(blocks[3], "README.md", "exec"), namespace)  # bbh.evaluate
+    exec(compile(blocks[4], "README.md", "exec"), namespace)  # bbh.evaluate
     results = namespace["results"]
     assert results.num_classes == 4 and results.test.error_percent < 20

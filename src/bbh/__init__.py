@@ -13,7 +13,7 @@ from . import kl, likelihoods, models, priors
 from .backends import native
 from .elbo import ConstantWeight, LinearAnneal, LossTerms, ToyAnneal, elbo
 from .evaluation.api import EvaluationResults, evaluate
-from .evaluation.predictive import Predictive
+from .evaluation.predictive import Predictive, RegressionPredictive
 from .options import Init, Layout, LikelihoodSamples, Noise, OptimizerName
 from .posteriors import MAP, BayesByHypernet, HypernetPosterior, Method, available_methods, create
 from .posteriors.protocol import NonFiniteInputError
@@ -25,6 +25,6 @@ __version__ = "0.1.0"
 __all__ = [
     "MAP", "BayesByHypernet", "ConstantWeight", "EvaluationResults", "HypernetPosterior", "Init", "Layout",
     "LikelihoodSamples", "LinearAnneal", "LossTerms", "Method", "Noise", "NonFiniteInputError",
-    "NonFiniteLossError", "NormalPrior", "OptimizerName", "Predictive", "ToyAnneal", "Trainer", "available_methods",
-    "create", "elbo", "evaluate", "kl", "likelihoods", "models", "native", "priors",
+    "NonFiniteLossError", "NormalPrior", "OptimizerName", "Predictive", "RegressionPredictive", "ToyAnneal",
+    "Trainer", "available_methods", "create", "elbo", "evaluate", "kl", "likelihoods", "models", "native", "priors",
 ]

@@ -1,4 +1,4 @@
-"""Data sets: the toy regression, and the real tasks (MNIST + notMNIST, CIFAR-5) with their preprocessing."""
+"""Data sets: the toy regression, the real tasks (MNIST + notMNIST, CIFAR-5), and the UCI regression benchmark."""
 
 from .batches import MemberBatches
 from .cifar import load_cifar10, load_cifar_batch
@@ -13,6 +13,7 @@ from .download import (
 from .mnist import DataFormatError, load_mnist, load_notmnist, read_idx, split_validation
 from .tasks import Task, available_tasks, load_task
 from .toy import make_toy_data, toy_function, toy_grid
+from .uci import UCIDataset, UCISplit, gap_splits, load_uci, uci_datasets
 
 __all__ = [
     "ChecksumError",
@@ -21,18 +22,23 @@ __all__ = [
     "MemberBatches",
     "MissingDataError",
     "Task",
+    "UCIDataset",
+    "UCISplit",
     "available_tasks",
     "download_file",
     "ensure_datasets",
+    "gap_splits",
     "load_cifar10",
     "load_cifar_batch",
     "load_mnist",
     "load_notmnist",
     "load_task",
+    "load_uci",
     "make_toy_data",
     "read_idx",
     "resolve_data_dir",
     "split_validation",
     "toy_function",
     "toy_grid",
+    "uci_datasets",
 ]

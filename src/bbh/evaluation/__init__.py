@@ -17,7 +17,7 @@ from .api import (
     SetMetrics,
     evaluate,
 )
-from .predictive import Predictive, predict, predict_batches
+from .predictive import Predictive, RegressionPredictive, predict, predict_batches
 
-__all__ = ["AttackCurve", "AttackPoint", "AttackSpec", "EvaluationResults", "OODResults", "Predictive", "SetMetrics",
-           "evaluate", "predict", "predict_batches"]
+__all__ = ["AttackCurve", "AttackPoint", "AttackSpec", "EvaluationResults", "OODResults", "Predictive",
+           "RegressionPredictive", "SetMetrics", "evaluate", "predict", "predict_batches"]

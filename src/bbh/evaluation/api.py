@@ -432,10 +432,15 @@ def evaluate(method: Method, test: Batches, *, ood: Batches | Mapping[str, Batch
         :class:`EvaluationResults`.
 
     Raises:
-        ValueError: empty data, fewer than 2 classes, attacks on an unlabelled test set, bad arguments.
+        ValueError: empty data, fewer than 2 classes, attacks on an unlabelled test set, bad arguments, a
+            method with a regression likelihood (``likelihood.is_regression``).
     """
     if not isinstance(method, Method):
         raise TypeError(f"method must be a bbh Method, got {type(method).__name__}")
+    if getattr(method.likelihood, "is_regression", False):
+        raise ValueError(f"bbh.evaluate evaluates classifiers; this method has the regression likelihood "
+                         f"{method.likelihood!r}: use method.predict(x, n) (a RegressionPredictive: mean, "
+                         f"aleatoric_var, epistemic_var, log_density(y)) instead")
     if isinstance(n_samples, bool) or int(n_samples) < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples!r}")
     if isinstance(batch_size, bool) or int(batch_size) < 1:

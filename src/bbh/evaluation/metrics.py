@@ -389,3 +389,34 @@ def ood_metrics(scores_in: Tensor, scores_out: Tensor) -> dict[str, float]:
         "aupr_out": _average_precision(s, is_out),
         "fpr_at_95_tpr": float(fpr),
     }
+
+
+def gaussian_mixture_log_density(means: Tensor, variances: Tensor, y: Tensor) -> Tensor:
+    """Log density of ``y`` under the equal-weight mixture of S Gaussians, one per posterior draw.
+
+    For draws s = 1..S with per-example means μ_s and variances σ_s² (diagonal over the output dimensions)
+
+        log p(y | x) = log (1/S) Σ_s Π_d N(y_d; μ_{s,d}, σ_{s,d}²)
+                     = logsumexp_s [Σ_d log N(y_d; μ_{s,d}, σ_{s,d}²)] - log S,
+
+    the test log-likelihood of the UCI regression benchmarks (computed with logsumexp, so it stays finite
+    where every component's density underflows).
+
+    Args:
+        means: μ, ``[S, B, *D]``.
+        variances: σ², ``[S, B, *D]`` (or broadcastable to it), all > 0.
+        y: targets ``[B, *D]``.
+
+    Returns:
+        The per-example log density ``[B]``, summed over the output dimensions, in float32 or wider.
+
+    Raises:
+        ValueError: shapes that do not fit ``[S, B, *D]`` / ``[B, *D]``.
+    """
+    if means.dim() < 2 or tuple(y.shape) != tuple(means.shape[1:]):
+        raise ValueError(f"means must be [S, B, *D] and y [B, *D]; got means {tuple(means.shape)}, y {tuple(y.shape)}")
+    dtype = torch.promote_types(means.dtype, torch.float32)
+    mu, var, target = means.to(dtype), variances.to(dtype).expand_as(means), y.to(dtype)
+    per_dim = -0.5 * ((target - mu) ** 2 / var + var.log() + math.log(2 * math.pi))
+    per_draw = per_dim.reshape(*per_dim.shape[:2], -1).sum(-1)  # [S, B]
+    return torch.logsumexp(per_draw, dim=0) - math.log(per_draw.shape[0])

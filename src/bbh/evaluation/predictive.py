@@ -7,7 +7,14 @@ For S posterior draws with class probabilities p_s(y | x) (paper-protocol 6.1):
     E_s H[p_s] = (1/S) Σ_s H[p_s]                                     expected entropy (aleatoric)
     I         = H[p] - E_s H[p_s]                                      mutual information (epistemic)
 
-(Houlsby et al. 2011; Depeweg et al. 2018). MAP gives one draw, ensembles one per member. Every entropy here
+(Houlsby et al. 2011; Depeweg et al. 2018). For a Gaussian likelihood with per-draw means μ_s and variances σ_s²
+(:class:`RegressionPredictive`):
+
+    E[y | x]   = (1/S) Σ_s μ_s                                           the predictive mean
+    aleatoric  = (1/S) Σ_s σ_s²,   epistemic = (1/S) Σ_s (μ_s - E[y | x])²,   Var[y | x] = aleatoric + epistemic
+    log p(y | x) = log (1/S) Σ_s N(y; μ_s, σ_s²)                          the mixture density
+
+ MAP gives one draw, ensembles one per member. Every entropy here
 is :func:`bbh.evaluation.metrics.entropy` with ``clamp=0`` (exact, 0 log 0 = 0); the paper's entropy AUC uses
 the same function with the authors' clamp (see :mod:`bbh.evaluation.metrics`).
 """
@@ -21,7 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from .metrics import entropy
+from .metrics import entropy, gaussian_mixture_log_density
 
 
 class Sampler(Protocol):
@@ -72,9 +79,67 @@ class Predictive:
                 "mutual_information": (total - expected).clamp_min(0.0)}
 
 
-def predict(method: Sampler, x: Tensor, n_samples: int = 100, chunk_size: int | None = None) -> Predictive:
-    """``Predictive`` of ``method`` on one batch ``x``: the softmax of ``method.sample_outputs(x, n_samples,
-    chunk_size=chunk_size)`` in float32 or wider.
+@dataclass
+class RegressionPredictive:
+    """The Gaussian predictive of S posterior draws for B inputs: per-draw means ``sample_means [S, B, *D]``
+    and variances ``sample_variances [S, B, *D]`` (the likelihood's noise σ_s², > 0).
+
+    The predictive is the equal-weight mixture (1/S) Σ_s N(y; μ_s, σ_s²); its variance splits into the
+    aleatoric part E_s[σ_s²] and the epistemic part Var_s[μ_s] (law of total variance). Build one with
+    ``likelihood.predictive(outputs)`` (:class:`bbh.likelihoods.LearnedGaussian` and friends) or
+    :meth:`bbh.Method.predict`.
+    """
+
+    sample_means: Tensor
+    sample_variances: Tensor
+
+    def __post_init__(self) -> None:
+        if self.sample_means.dim() < 2 or self.sample_means.shape != self.sample_variances.shape:
+            raise ValueError(f"sample_means and sample_variances must both be [S, B, *D], got "
+                             f"{tuple(self.sample_means.shape)} and {tuple(self.sample_variances.shape)}")
+
+    @property
+    def mean(self) -> Tensor:
+        """The predictive mean E[y | x] = (1/S) Σ_s μ_s, ``[B, *D]``."""
+        return self.sample_means.mean(0)
+
+    @property
+    def aleatoric_var(self) -> Tensor:
+        """The noise part E_s[σ_s²] = (1/S) Σ_s σ_s², ``[B, *D]``."""
+        return self.sample_variances.mean(0)
+
+    @property
+    def epistemic_var(self) -> Tensor:
+        """The posterior part Var_s[μ_s] = (1/S) Σ_s (μ_s - E[y | x])², ``[B, *D]`` (0 for one draw)."""
+        return self.sample_means.var(0, correction=0)
+
+    @property
+    def variance(self) -> Tensor:
+        """The predictive variance Var[y | x] = aleatoric_var + epistemic_var, ``[B, *D]``."""
+        return self.aleatoric_var + self.epistemic_var
+
+    @property
+    def std(self) -> Tensor:
+        """The predictive standard deviation sqrt(Var[y | x]), ``[B, *D]``."""
+        return self.variance.sqrt()
+
+    def log_density(self, y: Tensor) -> Tensor:
+        """log p(y | x) = log (1/S) Σ_s N(y; μ_s, σ_s²) per example, summed over D, ``[B]``
+        (:func:`bbh.evaluation.metrics.gaussian_mixture_log_density`; the UCI test log-likelihood)."""
+        return gaussian_mixture_log_density(self.sample_means, self.sample_variances, y)
+
+    def summary(self) -> dict[str, Tensor]:
+        """``mean``, ``variance``, ``aleatoric_var``, ``epistemic_var``: what streaming keeps."""
+        return {"mean": self.mean, "variance": self.variance, "aleatoric_var": self.aleatoric_var,
+                "epistemic_var": self.epistemic_var}
+
+
+def predict(method: Sampler, x: Tensor, n_samples: int = 100,
+            chunk_size: int | None = None) -> Predictive | RegressionPredictive:
+    """The predictive of ``method`` on one batch ``x``, from ``method.sample_outputs(x, n_samples,
+    chunk_size=chunk_size)`` in float32 or wider: ``method.likelihood.predictive(outputs)`` where the likelihood
+    has one (a :class:`Predictive` of softmax probabilities for ``Categorical``, a :class:`RegressionPredictive`
+    for the Gaussian likelihoods), else a :class:`Predictive` of the outputs' softmax.
 
     The method chunks its own draws (``chunk_size`` at a time bounds memory; its vectorisation runs within a
     chunk). Methods with a fixed set of draws (``method.fixed_draws``: MAP's one, an ensemble's M members)
@@ -86,8 +151,10 @@ def predict(method: Sampler, x: Tensor, n_samples: int = 100, chunk_size: int | 
     n = int(n_samples)
     with torch.no_grad():
         outputs = method.sample_outputs(x, n, chunk_size=chunk_size)
-        return Predictive(outputs.float().softmax(-1) if outputs.dtype in (torch.float16, torch.bfloat16)
-                          else outputs.softmax(-1))
+        if outputs.dtype in (torch.float16, torch.bfloat16):
+            outputs = outputs.float()
+        make = getattr(getattr(method, "likelihood", None), "predictive", None)
+        return make(outputs) if callable(make) else Predictive(outputs.softmax(-1))
 
 
 def iter_batches(x: Tensor, batch_size: int) -> Iterator[Tensor]:
@@ -102,7 +169,9 @@ def predict_batches(method: Sampler, batches: Iterable[Any], n_samples: int = 10
                     transform: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """Stream :func:`predict` over batches of inputs (tensors, or ``(x, y, ...)`` tuples as a DataLoader yields)
     and keep only the per-input summaries on the CPU (never S x N x K): ``mean [N, K]``, ``entropy``,
-    ``expected_entropy``, ``mutual_information`` ``[N]`` (:meth:`Predictive.summary`).
+    ``expected_entropy``, ``mutual_information`` ``[N]`` (:meth:`Predictive.summary`); for a regression
+    likelihood ``mean``, ``variance``, ``aleatoric_var``, ``epistemic_var`` ``[N, *D]``
+    (:meth:`RegressionPredictive.summary`).
 
     Args:
         method: any bbh method (put it in eval mode first, e.g. ``with method.evaluating():``).
@@ -133,4 +202,4 @@ def _device_of(method: Sampler) -> torch.device | None:
     return None
 
 
-__all__ = ["Predictive", "iter_batches", "predict", "predict_batches"]
+__all__ = ["Predictive", "RegressionPredictive", "iter_batches", "predict", "predict_batches"]

@@ -148,16 +148,18 @@ class DeepEnsemble(Method):
         check_finite("the ensemble loss", per.detach())
         # Σ_k loss_k, so that each member gets exactly the gradient of its own loss; no KL (no prior).
         terms = elbo(per.sum(), 0.0, num_data=num_data, kl_weight=kl_weight,
-                     outputs=None if per_member else self._log_predictive(outputs))
+                     outputs=None if per_member else self._predictive_outputs(outputs))
         terms.nll = clean.mean()  # logged: the members' mean clean NLL
         if self.adversarial:
             terms.extras["nll_adv"] = float(adv.detach().mean())
         return terms
 
-    @staticmethod
-    def _log_predictive(outputs: Tensor) -> Tensor:
-        """log of the members' mean softmax, ``[B, K]`` (what the ensemble predicts; detached)."""
+    def _predictive_outputs(self, outputs: Tensor) -> Tensor:
+        """What the ensemble predicts per example (detached): for a classifier the log of the members' mean
+        softmax ``[B, K]``, for a regression likelihood the members' mean output."""
         out = outputs.detach().float()
+        if getattr(self.likelihood, "is_regression", False):
+            return out.mean(0)
         return torch.logsumexp(out.log_softmax(-1), dim=0) - math.log(out.shape[0])
 
     def _sample_outputs(self, x: Tensor, n_samples: int | None = None, *, chunk_size: int | None = None) -> Tensor:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,9 @@ from ..elbo import LossTerms
 from ..likelihoods import Likelihood, as_likelihood
 from ..options import check_int
 from ..priors import Prior, as_prior
+
+if TYPE_CHECKING:
+    from ..evaluation.predictive import Predictive, RegressionPredictive
 
 ParamFilter = Callable[[str, nn.Parameter], bool] | Iterable[str] | None
 
@@ -432,10 +435,17 @@ class Method(nn.Module):
             for m, mode in modes:
                 m.training = mode
 
-    def predict(self, x: Tensor, n_samples: int = 100, *, chunk_size: int | None = None):
-        """The posterior predictive on ``x``: a :class:`bbh.evaluation.predictive.Predictive` (per-sample
-        probabilities ``[S, B, K]``, mean, entropy, expected entropy, mutual information). Runs in
-        :meth:`evaluating` mode without gradients; the caller's modes are restored."""
+    def predict(self, x: Tensor, n_samples: int = 100, *,
+                chunk_size: int | None = None) -> Predictive | RegressionPredictive:
+        """The posterior predictive on ``x``, as the likelihood builds it (``likelihood.predictive``):
+
+        * classification (``Categorical``): a :class:`bbh.evaluation.predictive.Predictive` (per-sample
+          probabilities ``[S, B, K]``, mean, entropy, expected entropy, mutual information);
+        * regression (the Gaussian likelihoods): a :class:`bbh.evaluation.predictive.RegressionPredictive`
+          (mean (1/S) Σ_s μ_s, ``aleatoric_var`` (1/S) Σ_s σ_s², ``epistemic_var`` Var_s[μ_s], ``variance``,
+          ``log_density(y)`` = log (1/S) Σ_s N(y; μ_s, σ_s²)).
+
+        Runs in :meth:`evaluating` mode without gradients; the caller's modes are restored."""
         from ..evaluation.predictive import predict
 
         with self.evaluating():
