@@ -29,6 +29,7 @@ pair with the same batches give identical numbers.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -40,7 +41,7 @@ from torch import Tensor
 from ..posteriors.protocol import Method
 from . import attacks as _attacks
 from . import metrics
-from .predictive import predict_batches
+from .predictive import iter_batches, predict_batches
 
 Batches = Union[Tensor, "tuple[Tensor, Tensor]", Iterable[Any]]
 """What a data set may be: a tensor of inputs ``[N, ...]``, an ``(x, y)`` pair of tensors, or an iterable of
@@ -255,8 +256,8 @@ def _batches(data: Batches, batch_size: int, name: str) -> Iterator[tuple[Tensor
     pair = _pair_or_tensor(data)
     if pair is not None:
         x, y = pair
-        for i in range(0, x.shape[0], batch_size):
-            yield x[i:i + batch_size], None if y is None else y[i:i + batch_size]
+        ys = iter_batches(y, batch_size) if y is not None else itertools.repeat(None)
+        yield from zip(iter_batches(x, batch_size), ys)
         return
     if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
         raise TypeError(f"{name} must be a tensor, an (x, y) pair of tensors or an iterable of batches (a "
@@ -389,14 +390,9 @@ def _attack_curve(method: Method, spec: AttackSpec, x: Tensor, y: Tensor, clean_
         if eps == 0 and torch.equal(x_adv, x):  # no perturbation: the clean predictions of these images
             mean = clean_mean
         else:
-            mean = predict_batches(method, _slices(x_adv, batch_size), n_samples, chunk_size)["mean"]
+            mean = predict_batches(method, iter_batches(x_adv, batch_size), n_samples, chunk_size)["mean"]
         points.append(_point(eps, mean, y, num_classes))
     return AttackCurve(spec=spec, points=points)
-
-
-def _slices(x: Tensor, batch_size: int) -> Iterator[Tensor]:
-    for i in range(0, x.shape[0], batch_size):
-        yield x[i:i + batch_size]
 
 
 # ---------------------------------------------------------------------------------------------- evaluate

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from ..elbo import ConstantWeight, LinearAnneal, Schedule
+from ..evaluation import metrics
 from ..io import atomic_write, ensure_writable, read_json_object, write_json
 from ..models.registry import build_model
 from ..posteriors import Method, create
@@ -92,8 +93,8 @@ def predict_probs(method: Method, x: Tensor, transform: Callable[[Tensor], Tenso
     """Mean predictive class probabilities ``[N, K]`` over ``n_samples`` posterior draws (streamed)."""
     from ..evaluation.predictive import iter_batches, predict_batches
 
-    method.eval()
-    return predict_batches(method, iter_batches(x, batch_size), n_samples, transform=transform)["mean"]
+    with method.evaluating():  # eval mode for the prediction, the caller's modes restored after it
+        return predict_batches(method, iter_batches(x, batch_size), n_samples, transform=transform)["mean"]
 
 
 class Run:
@@ -277,8 +278,7 @@ class Run:
         probs = predict_probs(self.method, self.task.test_x.to(device), lambda xb: self.task.eval_transform(xb),
                               samples)
         y = self.task.test_y.to(probs.device)
-        summary = {"test_accuracy": float((probs.argmax(-1) == y).float().mean()),
-                   "test_nll": float(-torch.log(probs.gather(1, y.unsqueeze(1)).clamp_min(1e-12)).mean()),
+        summary = {"test_accuracy": 1.0 - metrics.error_rate(probs, y), "test_nll": metrics.nll(probs, y),
                    "eval_samples": samples, "eval_seconds": time.perf_counter() - start,
                    "epochs": self.epoch, "steps": self.trainer.step,
                    "train_seconds": sum(r["seconds"] for r in self.history)}
