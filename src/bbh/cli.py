@@ -8,6 +8,8 @@
     bbh train --resume RUN_DIR [--set train.epochs=N] [--samples N]
     bbh evaluate RUN_DIR [--all] [--samples N] [--adv-gradient authors|expectation] [--pgd]
     bbh compare RUN_DIR ... [--out DIR]
+    bbh uci [--data-dir DIR] [--datasets a,b] [--methods map,...,bbh,hmc] [--splits K] [--budget quick|full]
+            [--split-kind standard|gap] [--out DIR] [--download]
 
 Every command checks that its output folder can be written to before it computes anything. Errors that are
 not about the command line (a missing or unwritable folder, a bad configuration, a run that cannot be
@@ -22,6 +24,7 @@ import errno
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 TRAIN_SHORTCUTS = {"--epochs": "train.epochs", "--lr": "train.lr", "--batch-size": "train.batch_size",
@@ -45,6 +48,13 @@ def _methods(value: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(
             f"unknown method(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
             f"choose from {', '.join(TOY_METHODS)}")
+    return names
+
+
+def _names(value: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of names")
     return names
 
 
@@ -112,6 +122,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar (default: when stderr is a terminal)")
 
+    uci = sub.add_parser("uci", help="the UCI regression benchmark (test LL and RMSE over the standard splits)",
+                         description="Train and score every method on every split of the UCI regression datasets "
+                                     "under DIR/uci/ (the layout of the published experiment code); finished cells "
+                                     "are kept, so rerunning the same command resumes. Writes OUT/results.json and "
+                                     "OUT/report.md (results-gap.json / report-gap.md for --split-kind gap).")
+    uci.add_argument("--data-dir", help="holds uci/<dataset>/ folders (default: $BBH_DATA_DIR, else ~/.cache/bbh/data)")
+    uci.add_argument("--datasets", type=_names, help="comma-separated dataset folder names (default: all found)")
+    uci.add_argument("--methods", type=_names, default=None,
+                     help="comma-separated, from map, mc-dropout, ensemble, bbb, mnf, bbh and the reference hmc "
+                          "(default: the six methods)")
+    uci.add_argument("--splits", type=_positive, help="the first K splits (default: the budget's)")
+    uci.add_argument("--budget", choices=["quick", "full"], default="full",
+                     help="full: every split, 4,000-8,000 steps; quick: 2 splits, <= 1,200 steps (default: full)")
+    uci.add_argument("--split-kind", choices=["standard", "gap"], default="standard",
+                     help="standard: the published splits; gap: hold out the middle third along each input")
+    uci.add_argument("--out", default="runs/uci", help="output directory (default: runs/uci)")
+    uci.add_argument("--seed", type=int, default=0, help="base seed (split k trains with seed + k)")
+    uci.add_argument("--download", action="store_true",
+                     help="download the named (default: the nine standard) datasets that are missing, verified")
+    uci.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar (default: when stderr is a terminal)")
+
     cmp = sub.add_parser("compare", help="Tables 3/4-style comparison of evaluated runs",
                          description="Write compare.md, compare.csv and adversarial.png into --out.")
     cmp.add_argument("run_dirs", nargs="+")
@@ -120,7 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .io import ensure_writable
     from .reports.runs import evaluate_run
@@ -164,7 +195,6 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import time
-    from pathlib import Path
 
     from .experiments.config import available_experiments, load_config
     from .experiments.run import CONFIG_NAME, MODEL_NAME, Run
@@ -230,6 +260,35 @@ def _toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _uci(args: argparse.Namespace) -> int:
+    from .data.download import ChecksumError, resolve_data_dir
+    from .data.mnist import DataFormatError
+    from .data.uci_download import ensure_uci
+    from .experiments.uci import UCI_METHODS, run_uci
+
+    root = resolve_data_dir(args.data_dir)
+    try:
+        if args.download:
+            ensure_uci(args.datasets, root, download=True, progress=args.progress)
+        results = run_uci(root, args.out, datasets=args.datasets, methods=args.methods or UCI_METHODS,
+                          splits=args.splits, budget=args.budget, split_kind=args.split_kind, seed=args.seed,
+                          progress=args.progress)
+    except (ChecksumError, DataFormatError) as err:
+        _error(err)
+        return 2
+    except FileNotFoundError as err:
+        _error(f"{err}" + ("" if args.download else " (--download fetches the standard datasets)"))
+        return 2
+    except KeyboardInterrupt:
+        _error(f"interrupted; finished cells are kept in {args.out}: rerun the same command to resume")
+        return 130
+    suffix = "" if args.split_kind == "standard" else f"-{args.split_kind}"
+    print((Path(args.out) / f"report{suffix}.md").read_text(), end="")
+    print(f"wrote {args.out}/results{suffix}.json and {args.out}/report{suffix}.md "
+          f"({results['n_cells']} cells, {results['seconds'] / 60:.1f} min of training and scoring)")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from .reports.runs import compare_runs
 
@@ -269,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "uci":
+            return _uci(args)
     except OutputNotWritableError as err:
         _error(err)
         return 2

@@ -1,0 +1,471 @@
+"""The UCI regression benchmark: ``bbh uci`` and :func:`run_uci`.
+
+Every (dataset, method, split) cell is trained and scored under the protocol of the published tables
+(Hernández-Lobato & Adams 2015; Gal & Ghahramani 2016; Lakshminarayanan et al. 2017):
+
+* inputs and targets standardised with the training split's statistics (:meth:`bbh.data.uci.UCIDataset.split`);
+* one hidden layer of ``n_hidden.txt`` ReLU units (50; 100 for protein);
+* a Gaussian likelihood whose noise level is learned (:class:`bbh.likelihoods.LearnedGaussian`; the deep
+  ensemble, as published, predicts a variance per member: :class:`bbh.likelihoods.Heteroscedastic`);
+* the scores in the original units of y, on the test part:
+
+      test LL = (1/N) Σ_n log (1/S) Σ_s N(y_n; μ_s(x_n), σ_s²)          (logsumexp over the S draws)
+      RMSE    = sqrt((1/N) Σ_n (y_n - (1/S) Σ_s μ_s(x_n))²)
+
+  reported as mean ± standard error (sample std with ddof 1 / sqrt(#splits)) over the splits.
+
+Hyper-parameters are fixed defaults (:func:`uci_settings`), the same for every dataset; none is chosen by
+looking at test data. The budget (:data:`BUDGETS`) sets the splits, the training length and the posterior
+samples. Every finished cell is written atomically to ``OUT/cells/<kind>/<dataset>/<method>/split_<k>.json``
+and never redone, so an interrupted run continues where it stopped; ``OUT/results.json`` and
+``OUT/report.md`` (``results-gap.json`` / ``report-gap.md`` for the gap splits) are rewritten after every
+cell. The HMC reference (``--methods ...,hmc``) runs on datasets of at most :data:`HMC_MAX_ROWS` rows, on the
+first ``hmc_splits`` splits (:mod:`bbh.reference.hmc_regression`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..data.uci import SPLIT_KINDS, UCIDataset, UCISplit, load_uci, uci_datasets
+from ..evaluation.predictive import RegressionPredictive
+from ..io import atomic_write, ensure_writable, read_json_object, write_json
+from ..likelihoods import Heteroscedastic, LearnedGaussian
+from ..models import MLP
+from ..posteriors import Method, create
+from ..training.trainer import Trainer
+
+UCI_METHODS = ("map", "mc-dropout", "ensemble", "bbb", "mnf", "bbh")
+"""The methods of the benchmark, in report order; ``"hmc"`` (the reference) is run when asked for."""
+REFERENCE_METHODS = ("hmc",)
+HMC_MAX_ROWS = 1100
+"""HMC runs on datasets with at most this many rows (boston, concrete, energy, yacht, wine)."""
+
+PUBLISHED_LL: dict[str, dict[str, float]] = {
+    # Test log-likelihood (higher is better) on the 20 standard splits. PBP, MC-Dropout 2016 and the deep
+    # ensemble as reported by Lakshminarayanan et al. (2017, Table 1, negated NLL); the 2018 grid-search re-run
+    # from the README of yaringal/DropoutUncertaintyExps (10x epochs, per-split grid search on a validation part).
+    "bostonHousing": {"PBP": -2.57, "MC-Dropout 2016": -2.46, "MC-Dropout 2018": -2.40, "Ensemble 2017": -2.41},
+    "concrete": {"PBP": -3.16, "MC-Dropout 2016": -3.04, "MC-Dropout 2018": -2.93, "Ensemble 2017": -3.06},
+    "energy": {"PBP": -2.04, "MC-Dropout 2016": -1.99, "MC-Dropout 2018": -1.21, "Ensemble 2017": -1.38},
+    "kin8nm": {"PBP": 0.90, "MC-Dropout 2016": 0.95, "MC-Dropout 2018": 1.14, "Ensemble 2017": 1.20},
+    "naval-propulsion-plant": {"PBP": 3.73, "MC-Dropout 2016": 3.80, "MC-Dropout 2018": 4.45, "Ensemble 2017": 5.63},
+    "power-plant": {"PBP": -2.84, "MC-Dropout 2016": -2.80, "MC-Dropout 2018": -2.80, "Ensemble 2017": -2.79},
+}
+PUBLISHED_RMSE: dict[str, dict[str, float]] = {
+    # RMSE of MC-Dropout with grid search (2018 re-run), README of yaringal/DropoutUncertaintyExps.
+    "bostonHousing": {"MC-Dropout 2018": 2.90}, "concrete": {"MC-Dropout 2018": 4.82},
+    "energy": {"MC-Dropout 2018": 0.54}, "kin8nm": {"MC-Dropout 2018": 0.08},
+    "naval-propulsion-plant": {"MC-Dropout 2018": 0.00}, "power-plant": {"MC-Dropout 2018": 4.01},
+}
+PUBLISHED_SOURCES = ("PBP, MC-Dropout 2016 and Ensemble 2017: Lakshminarayanan et al. 2017, Table 1 (negated NLL); "
+                     "MC-Dropout 2018: grid-search re-run, README of yaringal/DropoutUncertaintyExps.")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of the benchmark to run.
+
+    Attributes:
+        splits: the first ``splits`` splits of every dataset (``None``: all).
+        min_steps: train at least this many optimiser steps (more epochs on small datasets).
+        max_steps: and at most this many (``None``: no cap; fewer epochs on large datasets).
+        n_samples: posterior draws for the predictive.
+        hmc_splits: splits the HMC reference runs on.
+        hmc_scale: multiplies the HMC chains' burn-in and kept iterations.
+    """
+
+    splits: int | None
+    min_steps: int
+    max_steps: int | None
+    n_samples: int
+    hmc_splits: int = 5
+    hmc_scale: float = 1.0
+
+
+BUDGETS: dict[str, Budget] = {
+    "full": Budget(splits=None, min_steps=4000, max_steps=8000, n_samples=100, hmc_splits=5),
+    "quick": Budget(splits=2, min_steps=600, max_steps=1200, n_samples=50, hmc_splits=1, hmc_scale=0.25),
+}
+"""``full``: the 20 standard splits (all gap splits), ``n_epochs.txt`` epochs (40) but at least 4,000 and
+at most 8,000 steps (the cap shortens kin8nm, naval and power to 24-35 epochs). ``quick``: 2 splits,
+600-1,200 steps, 50 draws: a smoke run of the whole grid in minutes."""
+
+
+@dataclass(frozen=True)
+class UCISetting:
+    """How one method is built and trained on a UCI split (the same for every dataset).
+
+    Attributes:
+        method: the registered method name.
+        options: keyword options for :func:`bbh.create` (besides model and likelihood).
+        likelihood: ``"gaussian"`` (learned homoscedastic σ) or ``"heteroscedastic"``.
+        dropout: the MLP's dropout rate (MC-Dropout: on the inputs and the hidden units).
+        lr: Adam's learning rate.
+        batch_size: minibatch size.
+        kl_weight: multiplies the KL term (1: the ELBO).
+        min_steps: the least number of steps (``None``: the budget's; 0: just the protocol's epochs).
+    """
+
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    likelihood: str = "gaussian"
+    dropout: float = 0.0
+    lr: float = 1e-3
+    batch_size: int = 32
+    kl_weight: float = 1.0
+    min_steps: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()}
+        return d
+
+
+def uci_settings() -> dict[str, UCISetting]:
+    """The per-method defaults of ``bbh uci``, the same on every dataset.
+
+    Every method has the N(0, 1) prior on all weights (MAP and MC-Dropout as their L2 term (1/N) Σ w² / 2,
+    the deep ensemble none, as published), a learned noise level, Adam at lr 3e-3 with batch 32 for the
+    budget's steps (``full``: 40 epochs but at least 4,000 steps). The deep ensemble keeps its published
+    protocol (Lakshminarayanan et al. 2017: 5 members, adversarial training, batch 100, 40 epochs) except its
+    learning rate, 0.01 (their 0.1 makes the variance head overflow here). MC-Dropout drops 5 % of the inputs
+    and hidden units (Gal & Ghahramani 2016). BbH uses the settings that bring it to HMC on the toy
+    (docs/toy.md): the entropy-based KL (``kl="nn-entropy"``), 20 posterior samples per step, all of them in
+    the likelihood term. These were chosen on the validation carve-out (20 %) of split 0 of
+    boston, concrete and energy (``run_cell(..., validation=0.2)``; docs/uci.md), never on test data.
+    """
+    return {
+        "map": UCISetting("map", dict(prior_scale=1.0), lr=3e-3),
+        "mc-dropout": UCISetting("mc-dropout", dict(prior_scale=1.0), dropout=0.05, lr=3e-3),
+        "ensemble": UCISetting("ensemble", dict(members=5, adversarial=True, alpha=0.5, epsilon=0.01),
+                               likelihood="heteroscedastic", lr=0.01, batch_size=100, min_steps=0),
+        "bbb": UCISetting("bbb", dict(prior=1.0, estimator="local", init_log_var=-6.0), lr=3e-3),
+        "mnf": UCISetting("mnf", dict(), lr=3e-3),
+        "bbh": UCISetting("bbh", dict(hidden=(16, 32, 64), noise="shared", noise_dim=8, num_samples=20,
+                                      likelihood_samples="average", kl="nn-entropy"), lr=3e-3),
+    }
+
+
+def build_method(setting: UCISetting, n_features: int, n_hidden: int) -> Method:
+    """The method of ``setting`` on an ``n_features -> n_hidden -> 1`` ReLU MLP (2 outputs, mean and
+    log-variance, for the heteroscedastic likelihood)."""
+    if setting.likelihood == "gaussian":
+        likelihood: Any = LearnedGaussian()
+        outputs = 1
+    elif setting.likelihood == "heteroscedastic":
+        likelihood, outputs = Heteroscedastic(), 2
+    else:
+        raise ValueError(f"unknown UCI likelihood {setting.likelihood!r}; expected 'gaussian' or 'heteroscedastic'")
+    model = MLP(n_features, outputs, hidden=(n_hidden,), dropout=setting.dropout)
+    return create(setting.method, model, likelihood=likelihood, **setting.options)
+
+
+def training_steps(n_train: int, batch_size: int, epochs: int, budget: Budget,
+                   min_steps: int | None = None) -> tuple[int, int]:
+    """``(epochs, steps_per_epoch)``: ``epochs`` clamped so that the total steps lie in
+    ``[min_steps, budget.max_steps]`` (``min_steps`` None: the budget's; whole epochs; at least one)."""
+    per_epoch = max(1, n_train // batch_size)
+    least = budget.min_steps if min_steps is None else min_steps
+    epochs = max(epochs, math.ceil(least / per_epoch))
+    if budget.max_steps is not None:
+        epochs = min(epochs, max(1, budget.max_steps // per_epoch))
+    return epochs, per_epoch
+
+
+def score(predictive: RegressionPredictive, split: UCISplit, y: Tensor, y_raw: Tensor) -> dict[str, float]:
+    """Test LL and RMSE of a predictive of one-output draws (``[S, B, 1]``) against targets ``y`` (standardised
+    with ``split``'s statistics, ``[B]``) and ``y_raw`` (the same in the original units), in the original units
+    (module docstring); also the root mean aleatoric and epistemic variances there."""
+    log_density = predictive.log_density(y.to(predictive.sample_means).unsqueeze(-1)).double()
+    mean = split.unstandardise_mean(predictive.mean.squeeze(-1).double())
+    return {
+        "test_ll": float(split.unstandardise_log_density(log_density).mean()),
+        "rmse": float(((mean - y_raw.double()) ** 2).mean().sqrt()),
+        "noise_std": float(split.unstandardise_std(predictive.aleatoric_var.double().mean().sqrt())),
+        "epistemic_std": float(split.unstandardise_std(predictive.epistemic_var.double().mean().sqrt())),
+    }
+
+
+def run_cell(dataset: UCIDataset, method: str, k: int, *, kind: str = "standard", budget: Budget = BUDGETS["full"],
+             setting: UCISetting | None = None, seed: int = 0, validation: float | None = None) -> dict[str, Any]:
+    """Train ``method`` on split ``k`` of ``dataset`` and score it; a JSON-ready record of the cell.
+
+    With ``validation`` (a fraction) the last part of a seeded permutation of the training split is held out
+    (:meth:`UCIDataset.split`), training uses the rest, and the scores are those of the held-out part: the
+    way to choose settings without looking at the test part (which is then not touched).
+    """
+    split = dataset.split(k, kind=kind, validation=validation, seed=seed)
+    if validation is None:
+        x_eval, y_eval, y_raw = split.x_test, split.y_test, dataset.y[split.test_idx]
+    else:
+        assert split.x_val is not None and split.y_val is not None and split.val_idx is not None
+        x_eval, y_eval, y_raw = split.x_val, split.y_val, dataset.y[split.val_idx]
+    n_hidden = dataset.n_hidden or 50
+    start = time.perf_counter()
+    if method == "hmc":
+        record = _run_hmc_cell(split, x_eval, y_eval, y_raw, n_hidden, budget, seed=seed + k)
+    else:
+        setting = setting or uci_settings()[method]
+        torch.manual_seed(seed + k)
+        model = build_method(setting, dataset.x.shape[1], n_hidden)
+        batch_size = min(setting.batch_size, len(split.x_train))  # a tiny dataset trains full-batch
+        epochs, per_epoch = training_steps(len(split.x_train), batch_size, dataset.n_epochs or 40, budget,
+                                           setting.min_steps)
+        trainer = Trainer(model, optimizer="adam", lr=setting.lr, epochs=epochs, kl_anneal=setting.kl_weight,
+                          device="cpu", seed=seed + k, progress=False, handle_signals=False)
+        history = trainer.fit((split.x_train.float(), split.y_train.float().unsqueeze(-1)),
+                              batch_size=batch_size)
+        last = history[-1]
+        if not all(math.isfinite(float(last[key])) for key in ("nll", "kl")):
+            raise FloatingPointError(f"{dataset.name} {method} split {k}: training ended with a non-finite loss")
+        train_seconds = time.perf_counter() - start
+        record = score(model.predict(x_eval.float(), n_samples=budget.n_samples), split, y_eval, y_raw)
+        record.update(train_seconds=train_seconds, epochs=epochs, steps=epochs * per_epoch,
+                      final_nll=float(last["nll"]), final_kl=float(last["kl"]), setting=setting.describe())
+    record.update(dataset=dataset.name, method=method, split=k, kind=kind, n_train=len(split.x_train),
+                  n_test=len(x_eval), scored="validation" if validation is not None else "test",
+                  seconds=time.perf_counter() - start)
+    return record
+
+
+def _run_hmc_cell(split: UCISplit, x: Tensor, y: Tensor, y_raw: Tensor, n_hidden: int, budget: Budget,
+                  seed: int) -> dict[str, Any]:
+    """The HMC reference on one split (:func:`bbh.reference.hmc_regression.hmc_regression`: 2 chains of 400
+    warm-up and 400 sampling iterations of 150 leapfrog steps, scaled by ``budget.hmc_scale``), scored as the
+    methods are, with its convergence diagnostics and each chain's own test LL."""
+    from ..reference.hmc_regression import hmc_regression
+
+    iterations = max(8, round(400 * budget.hmc_scale))
+    result = hmc_regression(split.x_train, split.y_train, x, hidden=n_hidden, seed=seed, num_samples=iterations,
+                            burn_in=iterations, init_steps=max(100, round(3000 * budget.hmc_scale)))
+    predictive = result.predictive()
+    record: dict[str, Any] = score(RegressionPredictive(predictive.sample_means.unsqueeze(-1),
+                                                       predictive.sample_variances.unsqueeze(-1)), split, y, y_raw)
+    record["diagnostics"] = result.diagnostics.to_dict()
+    record["test_ll_chains"] = result.test_metrics(y, split.y_std)["test_ll_chains"]
+    return record
+
+
+def cell_path(out: Path, kind: str, dataset: str, method: str, k: int) -> Path:
+    """Where a finished cell's record lives."""
+    return out / "cells" / kind / dataset / method / f"split_{k}.json"
+
+
+def mean_se(values: Sequence[float]) -> dict[str, Any]:
+    """``{"mean", "se", "per_split"}``: the mean and its standard error std(ddof=1) / sqrt(n) (0 for n = 1)."""
+    n = len(values)
+    mean = sum(values) / n
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
+    return {"mean": mean, "se": se, "per_split": list(values)}
+
+
+def _splits_for(dataset: UCIDataset, method: str, kind: str, budget: Budget, splits: int | None) -> list[int]:
+    available = dataset.n_splits if kind == "standard" else dataset.x.shape[1]
+    wanted = splits if splits is not None else budget.splits
+    if method == "hmc":
+        if len(dataset.x) > HMC_MAX_ROWS:
+            return []
+        wanted = min(wanted or available, budget.hmc_splits)
+    return list(range(min(available, wanted) if wanted is not None else available))
+
+
+def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per dataset and method: ``test_ll`` and ``rmse`` as :func:`mean_se` over splits (in split order),
+    ``n_splits``, ``seconds`` (total wall time of the cells)."""
+    grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for c in cells:
+        grouped.setdefault(c["dataset"], {}).setdefault(c["method"], []).append(c)
+    table: dict[str, dict[str, Any]] = {}
+    for name, methods in grouped.items():
+        for method, records in methods.items():
+            records = sorted(records, key=lambda r: r["split"])
+            entry = {"test_ll": mean_se([r["test_ll"] for r in records]), "rmse": mean_se([r["rmse"] for r in records]),
+                     "n_splits": len(records), "splits": [r["split"] for r in records],
+                     "seconds": sum(r["seconds"] for r in records)}
+            if method == "hmc":
+                diagnostics = [r["diagnostics"] for r in records]
+                entry["rhat_f_max"] = max(d["rhat_f_max"] for d in diagnostics)
+                entry["rhat_f_median"] = sorted(d["rhat_f_median"] for d in diagnostics)[len(diagnostics) // 2]
+                entry["ess_f_min"] = min(d["ess_f_min"] for d in diagnostics)
+                entry["divergences"] = sum(sum(d["divergences"]) for d in diagnostics)
+            table.setdefault(name, {})[method] = entry
+    return table
+
+
+def _fmt(entry: dict[str, Any] | None, digits: int = 2) -> str:
+    if entry is None:
+        return "—"
+    return f"{entry['mean']:.{digits}f} ± {entry['se']:.{digits}f}"
+
+
+def _pub(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def render_report(results: dict[str, Any]) -> str:
+    """``report.md``: test LL and RMSE tables (datasets x methods, mean ± SE) with the published numbers in the
+    columns beside, the settings, and the wall time."""
+    table = results["datasets"]
+    methods = [m for m in (*UCI_METHODS, *REFERENCE_METHODS) if any(m in t for t in table.values())]
+    pub_ll = ["PBP", "MC-Dropout 2016", "MC-Dropout 2018", "Ensemble 2017"]
+    lines = [f"# UCI regression benchmark ({results['split_kind']} splits, budget `{results['budget_name']}`)", "",
+             f"Budget: {results['budget']}. Wall time of the finished cells: {results['seconds'] / 60:.1f} min "
+             f"({results['n_cells']} cells). Mean ± standard error over the splits (n in the last table); "
+             f"original units of y.", ""]
+    if results["split_kind"] == "gap":
+        lines += ["Gap splits (Foong et al. 2019): split k holds out the middle third of the data sorted by input "
+                  "dimension k; published numbers are for the standard splits and are not shown.", ""]
+    header = ["dataset", *methods] + (pub_ll if results["split_kind"] == "standard" else [])
+    lines += ["## Test log-likelihood (higher is better)", "", "| " + " | ".join(header) + " |",
+              "|" + "---|" * len(header)]
+    for name in sorted(table):
+        row = [name, *(_fmt(table[name].get(m, {}).get("test_ll")) for m in methods)]
+        if results["split_kind"] == "standard":
+            row += [_pub(PUBLISHED_LL.get(name, {}).get(p)) for p in pub_ll]
+        lines.append("| " + " | ".join(row) + " |")
+    header = ["dataset", *methods] + (["MC-Dropout 2018"] if results["split_kind"] == "standard" else [])
+    lines += ["", "## RMSE (lower is better)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in sorted(table):
+        row = [name, *(_fmt(table[name].get(m, {}).get("rmse"), 3) for m in methods)]
+        if results["split_kind"] == "standard":
+            row.append(_pub(PUBLISHED_RMSE.get(name, {}).get("MC-Dropout 2018")))
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Splits and wall time per cell group", "", "| dataset | " + " | ".join(methods) + " |",
+              "|" + "---|" * (len(methods) + 1)]
+    for name in sorted(table):
+        cells = [f"{t['n_splits']} / {t['seconds']:.0f} s" if (t := table[name].get(m)) else "—" for m in methods]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any("hmc" in t for t in table.values()):
+        lines += ["", "HMC convergence (rank-normalised split R-hat and bulk ESS of the test predictions f(x), over "
+                  "its splits): " + "; ".join(
+                      f"{n}: R-hat max {t['hmc']['rhat_f_max']:.2f}, median {t['hmc']['rhat_f_median']:.3f}, ESS min "
+                      f"{t['hmc']['ess_f_min']:.0f}, {t['hmc']['divergences']} divergences"
+                      for n, t in sorted(table.items()) if "hmc" in t) + "."]
+    lines += ["", f"Published: {PUBLISHED_SOURCES}", "", "Settings (every dataset): "
+              + "; ".join(f"{m}: {results['settings'][m]}" for m in methods if m in results["settings"]), ""]
+    return "\n".join(lines)
+
+
+def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | None = None,
+            methods: Sequence[str] = UCI_METHODS, splits: int | None = None, budget: str | Budget = "full",
+            split_kind: str = "standard", seed: int = 0, progress: bool = True,
+            on_cell: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the benchmark grid (datasets x methods x splits) and write ``results.json`` and ``report.md``.
+
+    Args:
+        data_dir: a folder of dataset folders in the standard layout (``DIR/<name>/data.txt`` ...), or a data
+            directory holding them under ``uci/``.
+        out: the output folder; finished cells found there are not redone (resume).
+        datasets: folder names (default: every dataset folder found).
+        methods: some of :data:`UCI_METHODS` and ``"hmc"``.
+        splits: the first ``splits`` splits (default: the budget's).
+        budget: a name in :data:`BUDGETS`, or a :class:`Budget` (recorded as ``"custom"``).
+        split_kind: ``"standard"`` (the published splits) or ``"gap"`` (one per input dimension).
+        seed: the base seed; split k trains with ``seed + k``.
+        on_cell: called with every newly finished cell's record.
+
+    Raises:
+        ValueError: an unknown method, budget, split kind or dataset, or ``out`` made with another budget.
+        FileNotFoundError: ``data_dir`` holds no dataset folder.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(budget, Budget):
+        plan, budget = budget, "custom"
+    elif budget in BUDGETS:
+        plan = BUDGETS[budget]
+    else:
+        raise ValueError(f"unknown budget {budget!r}; expected one of {', '.join(BUDGETS)} or a Budget")
+    if split_kind not in SPLIT_KINDS:
+        raise ValueError(f"unknown split kind {split_kind!r}; expected one of {', '.join(SPLIT_KINDS)}")
+    valid = (*UCI_METHODS, *REFERENCE_METHODS)
+    unknown = [m for m in methods if m not in valid]
+    if unknown or not methods:
+        raise ValueError(f"unknown UCI method(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"expected some of {', '.join(valid)}")
+    if splits is not None and splits < 1:
+        raise ValueError(f"splits must be >= 1, got {splits}")
+    root = uci_root(data_dir)
+    found = uci_datasets(root)
+    names = list(datasets) if datasets else found
+    missing = [n for n in names if n not in found]
+    if missing or not names:
+        raise FileNotFoundError(f"{root}: no UCI dataset folder {', '.join(map(repr, missing)) or '(none found)'}; "
+                                f"found: {', '.join(found) or 'none'}")
+    out_dir = ensure_writable(out)
+    _check_same_budget(out_dir, budget, asdict(plan), seed)
+    loaded = {n: load_uci(root / n) for n in names}
+    grid = [(n, m, k) for n in names for m in methods for k in _splits_for(loaded[n], m, split_kind, plan, splits)]
+    settings = {m: uci_settings()[m].describe() if m in UCI_METHODS else "HMC reference" for m in methods}
+    cells: list[dict[str, Any]] = []
+    todo = []
+    for n, m, k in grid:
+        path = cell_path(out_dir, split_kind, n, m, k)
+        record = read_json_object(path)  # None: not done (or unreadable: redone)
+        if record is None or not {"test_ll", "rmse", "seconds", "split"} <= record.keys():
+            todo.append((n, m, k))
+            continue
+        if m in UCI_METHODS and record.get("setting") != settings[m]:
+            raise ValueError(f"{path} was made with other {m} settings ({record.get('setting')}) than this version's "
+                             f"({settings[m]}); choose another --out")
+        cells.append(record)
+    results = _results(cells, budget, plan, split_kind, settings)
+    with tqdm(total=len(grid), initial=len(grid) - len(todo), desc="bbh uci", disable=not progress,
+              unit="cell") as bar:
+        for n, m, k in todo:
+            bar.set_postfix_str(f"{n} {m} split {k}")
+            record = run_cell(loaded[n], m, k, kind=split_kind, budget=plan, seed=seed)
+            write_json(cell_path(out_dir, split_kind, n, m, k), record)
+            cells.append(record)
+            results = _results(cells, budget, plan, split_kind, settings)
+            _write_results(out_dir, results)
+            if on_cell is not None:
+                on_cell(record)
+            bar.update(1)
+    _write_results(out_dir, results)
+    return results
+
+
+def uci_root(data_dir: str | Path) -> Path:
+    """``data_dir/uci`` when it exists, else ``data_dir`` itself (a folder of dataset folders)."""
+    root = Path(data_dir)
+    return root / "uci" if (root / "uci").is_dir() else root
+
+
+def _check_same_budget(out: Path, budget: str, plan: dict[str, Any], seed: int) -> None:
+    """Resume only what the same budget and seed made: cells of another budget would mix into the tables."""
+    meta = out / "uci-run.json"
+    made = read_json_object(meta)
+    if made is not None:
+        if (made.get("budget"), made.get("plan"), made.get("seed")) != (budget, plan, seed):
+            raise ValueError(f"{out} holds a run with budget {made.get('budget')!r} and seed {made.get('seed')}; "
+                             f"resume it with those, or choose another --out for budget {budget!r} seed {seed}")
+    else:
+        write_json(meta, {"budget": budget, "plan": plan, "seed": seed})
+
+
+def _results(cells: list[dict[str, Any]], budget: str, plan: Budget, kind: str,
+             settings: dict[str, Any]) -> dict[str, Any]:
+    return {"split_kind": kind, "budget_name": budget, "budget": asdict(plan), "settings": settings,
+            "n_cells": len(cells), "seconds": sum(c["seconds"] for c in cells), "datasets": aggregate(cells),
+            "published": {"test_ll": PUBLISHED_LL, "rmse": PUBLISHED_RMSE, "sources": PUBLISHED_SOURCES}}
+
+
+def _write_results(out: Path, results: dict[str, Any]) -> None:
+    suffix = "" if results["split_kind"] == "standard" else f"-{results['split_kind']}"
+    write_json(out / f"results{suffix}.json", results)
+    report = render_report(results)
+    atomic_write(out / f"report{suffix}.md", lambda tmp: Path(tmp).write_text(report))
+
+
+__all__ = ["BUDGETS", "HMC_MAX_ROWS", "UCI_METHODS", "Budget", "UCISetting", "aggregate", "build_method",
+           "mean_se", "render_report", "run_cell", "run_uci", "score", "training_steps", "uci_settings"]

@@ -1,0 +1,161 @@
+"""``bbh uci`` / :func:`bbh.experiments.uci.run_uci` on small synthetic folders in the standard layout."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_uci_data import write_uci_folder
+
+from bbh.cli import main
+from bbh.data import load_uci
+from bbh.evaluation.predictive import RegressionPredictive
+from bbh.experiments.uci import Budget, mean_se, run_cell, run_uci, score, training_steps
+
+TINY = Budget(splits=2, min_steps=20, max_steps=40, n_samples=4)
+
+
+def _dataset(folder: Path, seed: int = 0, rows: int = 60, features: int = 3, splits: int = 3) -> Path:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, features))
+    y = 3.0 * x[:, :1] - 2.0 * x[:, 1:2] ** 2 + 0.3 * rng.normal(size=(rows, 1)) + 10.0
+    data = np.concatenate([x, y], axis=1)
+    parts = []
+    for _ in range(splits):
+        perm = rng.permutation(rows).tolist()
+        parts.append((perm[: rows * 4 // 5], perm[rows * 4 // 5:]))
+    return write_uci_folder(folder, data, list(range(features)), features, parts, n_hidden=8, n_epochs=2)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    _dataset(tmp_path / "data" / "uci" / "alpha", seed=0)
+    _dataset(tmp_path / "data" / "uci" / "beta", seed=1, features=2)
+    return tmp_path / "data"
+
+
+def test_score_is_the_mixture_log_likelihood_in_original_units(tmp_path: Path) -> None:
+    """Two draws, one test point, y_std = 2, y_mean = 10: LL = log ((N(y; μ1, σ1²) + N(y; μ2, σ2²)) / 2) - log 2."""
+    dataset = load_uci(_dataset(tmp_path / "d"))
+    split = dataset.split(0)
+    split.y_mean, split.y_std = torch.tensor(10.0, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)
+    means = torch.tensor([[[0.5]], [[-1.0]]], dtype=torch.float64)            # [S=2, B=1, 1], standardised
+    variances = torch.tensor([[[0.25]], [[1.0]]], dtype=torch.float64)
+    y_std_units = torch.tensor([0.0], dtype=torch.float64)                      # y = 10 in original units
+    record = score(RegressionPredictive(means, variances), split, y_std_units, torch.tensor([10.0]))
+
+    def normal(y: float, mu: float, var: float) -> float:
+        return math.exp(-(y - mu) ** 2 / (2 * var)) / math.sqrt(2 * math.pi * var)
+
+    expected = math.log((normal(0.0, 0.5, 0.25) + normal(0.0, -1.0, 1.0)) / 2) - math.log(2.0)
+    assert record["test_ll"] == pytest.approx(expected, abs=1e-12)
+    # The predictive mean is -0.25 standardised, 9.5 in original units: RMSE 0.5.
+    assert record["rmse"] == pytest.approx(0.5, abs=1e-12)
+    assert record["noise_std"] == pytest.approx(2 * math.sqrt((0.25 + 1.0) / 2), abs=1e-12)
+    assert record["epistemic_std"] == pytest.approx(2 * 0.75, abs=1e-12)
+
+
+def test_mean_se() -> None:
+    got = mean_se([1.0, 2.0, 6.0])
+    assert got["mean"] == pytest.approx(3.0)
+    assert got["se"] == pytest.approx(math.sqrt(((4 + 1 + 9) / 2) / 3))
+    assert mean_se([5.0])["se"] == 0.0
+
+
+def test_training_steps_clamps_whole_epochs_into_the_budget() -> None:
+    assert training_steps(320, 32, 40, Budget(None, 100, None, 1)) == (40, 10)      # 400 steps >= 100
+    assert training_steps(320, 32, 4, Budget(None, 100, None, 1)) == (10, 10)       # raised to 100 steps
+    assert training_steps(320, 32, 40, Budget(None, 10, 55, 1)) == (5, 10)         # capped at 50 <= 55
+    assert training_steps(10, 32, 40, Budget(None, 10, 5, 1)) == (5, 1)            # one batch per epoch
+
+
+@pytest.mark.parametrize("method", ["map", "mc-dropout", "ensemble", "bbb", "mnf", "bbh"])
+def test_every_method_runs_a_cell_with_finite_scores(data_dir: Path, method: str) -> None:
+    dataset = load_uci(data_dir / "uci" / "alpha")
+    record = run_cell(dataset, method, 1, budget=TINY)
+    assert record["split"] == 1 and record["n_train"] == 48 and record["n_test"] == 12
+    assert math.isfinite(record["test_ll"]) and record["rmse"] > 0
+    # the ensemble keeps its published protocol (n_epochs.txt epochs, here 2, of one full batch); the others
+    # train at least the budget's steps
+    assert record["steps"] == 2 if method == "ensemble" else record["steps"] >= TINY.min_steps
+
+
+def test_validation_scores_the_carve_out_and_not_the_test_part(data_dir: Path) -> None:
+    dataset = load_uci(data_dir / "uci" / "alpha")
+    record = run_cell(dataset, "map", 0, budget=TINY, validation=0.25)
+    assert record["scored"] == "validation" and record["n_test"] == 12 and record["n_train"] == 36
+
+
+def test_run_writes_results_and_report_and_resumes_without_redoing_cells(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done: list[tuple[str, str, int]] = []
+
+    def stop_after_three(record: dict) -> None:
+        done.append((record["dataset"], record["method"], record["split"]))
+        if len(done) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_uci(data_dir, out, methods=["map", "bbb"], budget=TINY, progress=False, on_cell=stop_after_three)
+    first = sorted(p.relative_to(out).as_posix() for p in (out / "cells").rglob("*.json"))
+    assert len(first) == 3
+    kept = {p: (out / p).read_text() for p in first}
+
+    again: list[tuple[str, str, int]] = []
+    results = run_uci(data_dir, out, methods=["map", "bbb"], budget=TINY, progress=False,
+                      on_cell=lambda r: again.append((r["dataset"], r["method"], r["split"])))
+    assert len(again) == 2 * 2 * 2 - 3 and not set(again) & set(done)
+    assert all((out / p).read_text() == text for p, text in kept.items())  # finished cells untouched
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    for name in ("alpha", "beta"):
+        for method in ("map", "bbb"):
+            entry = results["datasets"][name][method]
+            assert entry["n_splits"] == 2 and len(entry["test_ll"]["per_split"]) == 2
+            assert entry["test_ll"]["mean"] == pytest.approx(sum(entry["test_ll"]["per_split"]) / 2)
+            assert set(entry["rmse"]) == {"mean", "se", "per_split"}
+    report = (out / "report.md").read_text()
+    assert "| alpha |" in report and "Test log-likelihood" in report and "PBP" in report
+
+
+def test_resume_refuses_another_budget(data_dir: Path, tmp_path: Path) -> None:
+    run_uci(data_dir, tmp_path / "out", datasets=["beta"], methods=["map"], splits=1, budget=TINY, progress=False)
+    with pytest.raises(ValueError, match="another --out"):
+        run_uci(data_dir, tmp_path / "out", datasets=["beta"], methods=["map"], budget="quick", progress=False)
+
+
+def test_bad_arguments_are_refused_before_training(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown UCI method"):
+        run_uci(data_dir, tmp_path / "o1", methods=["map", "nope"], budget=TINY, progress=False)
+    with pytest.raises(FileNotFoundError, match="gamma"):
+        run_uci(data_dir, tmp_path / "o2", datasets=["gamma"], budget=TINY, progress=False)
+    with pytest.raises(ValueError, match="unknown budget"):
+        run_uci(data_dir, tmp_path / "o3", budget="huge", progress=False)
+    assert not (tmp_path / "o1" / "cells").exists()
+
+
+def test_cli_gap_splits_and_errors(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "gap"
+    code = main(["uci", "--data-dir", str(data_dir), "--datasets", "beta", "--methods", "map,mc-dropout",
+                 "--budget", "quick", "--split-kind", "gap", "--out", str(out), "--no-progress"])
+    assert code == 0
+    results = json.loads((out / "results-gap.json").read_text())
+    assert results["split_kind"] == "gap"
+    assert results["datasets"]["beta"]["map"]["splits"] == [0, 1]  # one gap split per input dimension (2 here)
+    assert "Gap splits" in (out / "report-gap.md").read_text()
+    assert "report-gap.md" in capsys.readouterr().out
+    code = main(["uci", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), "--no-progress"])
+    assert code == 2
+    assert "--download" in capsys.readouterr().err
+
+
+def test_hmc_reference_cell_runs_on_small_datasets_only(data_dir: Path, tmp_path: Path) -> None:
+    tiny_hmc = Budget(splits=1, min_steps=1, max_steps=1, n_samples=1, hmc_splits=1, hmc_scale=0.03)
+    results = run_uci(data_dir, tmp_path / "h", datasets=["beta"], methods=["hmc"], budget=tiny_hmc, progress=False)
+    entry = results["datasets"]["beta"]["hmc"]
+    assert entry["n_splits"] == 1 and math.isfinite(entry["test_ll"]["mean"]) and entry["rhat_f_max"] >= 1.0
+    assert "HMC convergence" in (tmp_path / "h" / "report.md").read_text()
