@@ -159,3 +159,16 @@ def test_hmc_reference_cell_runs_on_small_datasets_only(data_dir: Path, tmp_path
     entry = results["datasets"]["beta"]["hmc"]
     assert entry["n_splits"] == 1 and math.isfinite(entry["test_ll"]["mean"]) and entry["rhat_f_max"] >= 1.0
     assert "HMC convergence" in (tmp_path / "h" / "report.md").read_text()
+
+
+def test_report_only_writes_tables_from_the_cells_of_several_processes(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shared"
+    run_uci(data_dir, out, datasets=["alpha"], methods=["map"], budget=TINY, progress=False)   # "process 1"
+    run_uci(data_dir, out, datasets=["beta"], methods=["map"], budget=TINY, progress=False)    # "process 2"
+    assert set(json.loads((out / "results.json").read_text())["datasets"]) == {"beta"}       # its own cells only
+    trained: list[dict] = []
+    results = run_uci(data_dir, out, methods=["map", "bbb"], budget=TINY, progress=False, train=False,
+                      on_cell=trained.append)
+    assert not trained and results["missing_cells"] == 4                                      # bbb not run
+    assert set(results["datasets"]) == {"alpha", "beta"} and "4 cells of the grid not run yet" in (
+        out / "report.md").read_text()

@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--seed", type=int, default=0, help="base seed (split k trains with seed + k)")
     uci.add_argument("--download", action="store_true",
                      help="download the named (default: the nine standard) datasets that are missing, verified")
+    uci.add_argument("--report-only", action="store_true",
+                     help="train nothing: write results.json and report.md from the cells already in --out")
     uci.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: when stderr is a terminal)")
 
@@ -272,7 +274,7 @@ def _uci(args: argparse.Namespace) -> int:
             ensure_uci(args.datasets, root, download=True, progress=args.progress)
         results = run_uci(root, args.out, datasets=args.datasets, methods=args.methods or UCI_METHODS,
                           splits=args.splits, budget=args.budget, split_kind=args.split_kind, seed=args.seed,
-                          progress=args.progress)
+                          progress=args.progress, train=not args.report_only)
     except (ChecksumError, DataFormatError) as err:
         _error(err)
         return 2

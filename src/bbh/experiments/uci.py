@@ -319,8 +319,9 @@ def render_report(results: dict[str, Any]) -> str:
     pub_ll = ["PBP", "MC-Dropout 2016", "MC-Dropout 2018", "Ensemble 2017"]
     lines = [f"# UCI regression benchmark ({results['split_kind']} splits, budget `{results['budget_name']}`)", "",
              f"Budget: {results['budget']}. Wall time of the finished cells: {results['seconds'] / 60:.1f} min "
-             f"({results['n_cells']} cells). Mean ± standard error over the splits (n in the last table); "
-             f"original units of y.", ""]
+             f"({results['n_cells']} cells"
+             + (f"; {results['missing_cells']} cells of the grid not run yet" if results.get("missing_cells") else "")
+             + "). Mean ± standard error over the splits (n in the last table); original units of y.", ""]
     if results["split_kind"] == "gap":
         lines += ["Gap splits (Foong et al. 2019): split k holds out the middle third of the data sorted by input "
                   "dimension k; published numbers are for the standard splits and are not shown.", ""]
@@ -357,7 +358,7 @@ def render_report(results: dict[str, Any]) -> str:
 
 def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | None = None,
             methods: Sequence[str] = UCI_METHODS, splits: int | None = None, budget: str | Budget = "full",
-            split_kind: str = "standard", seed: int = 0, progress: bool = True,
+            split_kind: str = "standard", seed: int = 0, progress: bool = True, train: bool = True,
             on_cell: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the benchmark grid (datasets x methods x splits) and write ``results.json`` and ``report.md``.
 
@@ -371,6 +372,8 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
         budget: a name in :data:`BUDGETS`, or a :class:`Budget` (recorded as ``"custom"``).
         split_kind: ``"standard"`` (the published splits) or ``"gap"`` (one per input dimension).
         seed: the base seed; split k trains with ``seed + k``.
+        train: False: train nothing, only write ``results.json`` / ``report.md`` from the finished cells (e.g.
+            after several processes each ran part of the grid into the same ``out``); missing cells are counted.
         on_cell: called with every newly finished cell's record.
 
     Raises:
@@ -418,7 +421,9 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
             raise ValueError(f"{path} was made with other {m} settings ({record.get('setting')}) than this version's "
                              f"({settings[m]}); choose another --out")
         cells.append(record)
-    results = _results(cells, budget, plan, split_kind, settings)
+    results = _results(cells, budget, plan, split_kind, settings, missing=len(todo))
+    if not train:
+        todo = []
     with tqdm(total=len(grid), initial=len(grid) - len(todo), desc="bbh uci", disable=not progress,
               unit="cell") as bar:
         for n, m, k in todo:
@@ -426,7 +431,7 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
             record = run_cell(loaded[n], m, k, kind=split_kind, budget=plan, seed=seed)
             write_json(cell_path(out_dir, split_kind, n, m, k), record)
             cells.append(record)
-            results = _results(cells, budget, plan, split_kind, settings)
+            results = _results(cells, budget, plan, split_kind, settings, missing=len(grid) - len(cells))
             _write_results(out_dir, results)
             if on_cell is not None:
                 on_cell(record)
@@ -454,9 +459,10 @@ def _check_same_budget(out: Path, budget: str, plan: dict[str, Any], seed: int) 
 
 
 def _results(cells: list[dict[str, Any]], budget: str, plan: Budget, kind: str,
-             settings: dict[str, Any]) -> dict[str, Any]:
+             settings: dict[str, Any], missing: int = 0) -> dict[str, Any]:
     return {"split_kind": kind, "budget_name": budget, "budget": asdict(plan), "settings": settings,
-            "n_cells": len(cells), "seconds": sum(c["seconds"] for c in cells), "datasets": aggregate(cells),
+            "n_cells": len(cells), "missing_cells": missing, "seconds": sum(c["seconds"] for c in cells),
+            "datasets": aggregate(cells),
             "published": {"test_ll": PUBLISHED_LL, "rmse": PUBLISHED_RMSE, "sources": PUBLISHED_SOURCES}}
 
 
