@@ -159,6 +159,12 @@ def test_hmc_reference_cell_runs_on_small_datasets_only(data_dir: Path, tmp_path
     entry = results["datasets"]["beta"]["hmc"]
     assert entry["n_splits"] == 1 and math.isfinite(entry["test_ll"]["mean"]) and entry["rhat_f_max"] >= 1.0
     assert "HMC convergence" in (tmp_path / "h" / "report.md").read_text()
+    results = run_uci(data_dir, tmp_path / "h", datasets=["beta"], methods=["map", "hmc"], budget=tiny_hmc,
+                      progress=False)
+    paired = results["datasets"]["beta"]["map"]["test_ll_minus_hmc"]
+    assert paired["splits"] == [0] and paired["mean"] == pytest.approx(
+        results["datasets"]["beta"]["map"]["test_ll"]["per_split"][0] - entry["test_ll"]["per_split"][0])
+    assert "minus HMC" in (tmp_path / "h" / "report.md").read_text()
 
 
 def test_report_only_writes_tables_from_the_cells_of_several_processes(data_dir: Path, tmp_path: Path) -> None:

@@ -280,7 +280,8 @@ def _splits_for(dataset: UCIDataset, method: str, kind: str, budget: Budget, spl
 
 def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per dataset and method: ``test_ll`` and ``rmse`` as :func:`mean_se` over splits (in split order),
-    ``n_splits``, ``seconds`` (total wall time of the cells)."""
+    ``n_splits``, ``seconds`` (total wall time of the cells); where the HMC reference ran, every method's
+    ``test_ll_minus_hmc``: the paired difference of test LL on the splits both ran, as :func:`mean_se`."""
     grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for c in cells:
         grouped.setdefault(c["dataset"], {}).setdefault(c["method"], []).append(c)
@@ -298,6 +299,16 @@ def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 entry["ess_f_min"] = min(d["ess_f_min"] for d in diagnostics)
                 entry["divergences"] = sum(sum(d["divergences"]) for d in diagnostics)
             table.setdefault(name, {})[method] = entry
+    for methods in table.values():
+        reference = methods.get("hmc")
+        if reference is None:
+            continue
+        ref = dict(zip(reference["splits"], reference["test_ll"]["per_split"]))
+        for method, entry in methods.items():
+            shared = [k for k in entry["splits"] if k in ref and method != "hmc"]
+            if shared:
+                own = dict(zip(entry["splits"], entry["test_ll"]["per_split"]))
+                entry["test_ll_minus_hmc"] = {**mean_se([own[k] - ref[k] for k in shared]), "splits": shared}
     return table
 
 
@@ -346,6 +357,13 @@ def render_report(results: dict[str, Any]) -> str:
         cells = [f"{t['n_splits']} / {t['seconds']:.0f} s" if (t := table[name].get(m)) else "—" for m in methods]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if any("hmc" in t for t in table.values()):
+        paired = [m for m in methods if m != "hmc"]
+        lines += ["", "## Test LL minus HMC's, paired over the splits HMC ran (0: as good as the exact posterior)", "",
+                  "| dataset | " + " | ".join(paired) + " |", "|" + "---|" * (len(paired) + 1)]
+        for name in sorted(table):
+            if "hmc" in table[name]:
+                lines.append(f"| {name} | " + " | ".join(_fmt(table[name].get(m, {}).get("test_ll_minus_hmc"))
+                                                           for m in paired) + " |")
         lines += ["", "HMC convergence (rank-normalised split R-hat and bulk ESS of the test predictions f(x), over "
                   "its splits): " + "; ".join(
                       f"{n}: R-hat max {t['hmc']['rhat_f_max']:.2f}, median {t['hmc']['rhat_f_median']:.3f}, ESS min "
