@@ -11,10 +11,11 @@ import pytest
 import torch
 from test_uci_data import write_uci_folder
 
+import bbh.experiments.uci as uci
 from bbh.cli import main
 from bbh.data import load_uci
 from bbh.evaluation.predictive import RegressionPredictive
-from bbh.experiments.uci import Budget, mean_se, run_cell, run_uci, score, training_steps
+from bbh.experiments.uci import Budget, cell_path, mean_se, run_cell, run_uci, score, training_steps
 
 TINY = Budget(splits=2, min_steps=20, max_steps=40, n_samples=4)
 
@@ -86,8 +87,8 @@ def test_every_method_runs_a_cell_with_finite_scores(data_dir: Path, method: str
 
 def test_validation_scores_the_carve_out_and_not_the_test_part(data_dir: Path) -> None:
     dataset = load_uci(data_dir / "uci" / "alpha")
-    record = run_cell(dataset, "map", 0, budget=TINY, validation=0.25)
-    assert record["scored"] == "validation" and record["n_test"] == 12 and record["n_train"] == 36
+    record = run_cell(dataset, "map", 0, budget=TINY, validation=0.5)
+    assert record["scored"] == "validation" and record["n_test"] == 24 and record["n_train"] == 24  # test part: 12
 
 
 def test_run_writes_results_and_report_and_resumes_without_redoing_cells(data_dir: Path, tmp_path: Path) -> None:
@@ -131,11 +132,14 @@ def test_resume_refuses_another_budget(data_dir: Path, tmp_path: Path) -> None:
 def test_bad_arguments_are_refused_before_training(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown UCI method"):
         run_uci(data_dir, tmp_path / "o1", methods=["map", "nope"], budget=TINY, progress=False)
+    (data_dir / "uci" / "alpha" / "n_splits.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="alpha.*n_splits.txt"):   # the missing file is named
+        run_uci(data_dir, tmp_path / "o4", datasets=["alpha"], budget=TINY, progress=False)
     with pytest.raises(FileNotFoundError, match="gamma"):
         run_uci(data_dir, tmp_path / "o2", datasets=["gamma"], budget=TINY, progress=False)
     with pytest.raises(ValueError, match="unknown budget"):
         run_uci(data_dir, tmp_path / "o3", budget="huge", progress=False)
-    assert not (tmp_path / "o1" / "cells").exists()
+    assert not (tmp_path / "o4").exists()  # nothing written before the data is known good
 
 
 def test_cli_gap_splits_and_errors(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -178,3 +182,69 @@ def test_report_only_writes_tables_from_the_cells_of_several_processes(data_dir:
     assert not trained and results["missing_cells"] == 4                                      # bbb not run
     assert set(results["datasets"]) == {"alpha", "beta"} and "4 cells of the grid not run yet" in (
         out / "report.md").read_text()
+
+
+
+def test_one_gap_split_per_input_dimension(data_dir: Path, tmp_path: Path) -> None:
+    every = Budget(splits=None, min_steps=5, max_steps=5, n_samples=2)
+    results = run_uci(data_dir, tmp_path / "g", datasets=["alpha"], methods=["map"], budget=every,
+                      split_kind="gap", progress=False)
+    assert results["datasets"]["alpha"]["map"]["splits"] == [0, 1, 2]  # alpha has 3 inputs
+
+
+def test_repeated_names_count_once(data_dir: Path, tmp_path: Path) -> None:
+    results = run_uci(data_dir, tmp_path / "r", datasets=["beta", "beta"], methods=["map", "map"], budget=TINY,
+                      progress=False)
+    assert results["datasets"]["beta"]["map"]["splits"] == [0, 1] and results["n_cells"] == 2
+
+
+def test_a_diverging_cell_is_recorded_as_failed_and_the_run_goes_on(data_dir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    real = uci.run_cell
+
+    def flaky(dataset, method, k, **kwargs):  # type: ignore[no-untyped-def]
+        if method == "bbb" and k == 1:
+            raise FloatingPointError("non-finite value at step 3")
+        return real(dataset, method, k, **kwargs)
+
+    monkeypatch.setattr(uci, "run_cell", flaky)
+    out = tmp_path / "f"
+    results = run_uci(data_dir, out, datasets=["beta"], methods=["map", "bbb"], budget=TINY, progress=False)
+    entry = results["datasets"]["beta"]["bbb"]
+    assert entry["splits"] == [0] and entry["failed_splits"] == [1] and len(entry["test_ll"]["per_split"]) == 1
+    assert "(1 diverged)" in (out / "report.md").read_text()
+    trained: list[dict] = []
+    run_uci(data_dir, out, datasets=["beta"], methods=["map", "bbb"], budget=TINY, progress=False,
+            on_cell=trained.append)
+    assert not trained  # the failed cell is not retried (its seed is fixed, it would fail again)
+
+
+def test_non_finite_scores_are_a_failure(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uci, "score", lambda *a, **k: {"test_ll": float("-inf"), "rmse": 1.0})
+    with pytest.raises(FloatingPointError, match="non-finite test score"):
+        run_cell(load_uci(data_dir / "uci" / "beta"), "map", 0, budget=TINY)
+
+
+def test_resume_refuses_cells_of_other_settings_and_redoes_corrupt_ones(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    run_uci(data_dir, out, datasets=["beta"], methods=["map"], budget=TINY, progress=False)
+    path = cell_path(out, "standard", "beta", "map", 0)
+    path.write_text("{not json")
+    trained: list[dict] = []
+    run_uci(data_dir, out, datasets=["beta"], methods=["map"], budget=TINY, progress=False, on_cell=trained.append)
+    assert [r["split"] for r in trained] == [0]  # the corrupt cell was redone, the other kept
+    record = json.loads(path.read_text())
+    record["setting"]["lr"] = 0.5
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="other map settings"):
+        run_uci(data_dir, out, datasets=["beta"], methods=["map"], budget=TINY, progress=False)
+    (out / "uci-run.json").write_text("garbage")
+    with pytest.raises(ValueError, match="unreadable"):
+        run_uci(data_dir, out, datasets=["beta"], methods=["map"], budget=TINY, progress=False)
+
+
+def test_hmc_skips_datasets_above_the_row_limit(data_dir: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uci, "HMC_MAX_ROWS", 10)
+    results = run_uci(data_dir, tmp_path / "x", datasets=["beta"], methods=["hmc"], budget=TINY, progress=False)
+    assert results["n_cells"] == 0 and results["missing_cells"] == 0

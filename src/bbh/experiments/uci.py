@@ -26,6 +26,7 @@ first ``hmc_splits`` splits (:mod:`bbh.reference.hmc_regression`).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,7 +48,7 @@ UCI_METHODS = ("map", "mc-dropout", "ensemble", "bbb", "mnf", "bbh")
 """The methods of the benchmark, in report order; ``"hmc"`` (the reference) is run when asked for."""
 REFERENCE_METHODS = ("hmc",)
 HMC_MAX_ROWS = 1100
-"""HMC runs on datasets with at most this many rows (boston, concrete, energy, yacht, wine)."""
+"""HMC runs on datasets with at most this many rows (boston, concrete, energy, yacht; not wine's 1,599)."""
 
 PUBLISHED_LL: dict[str, dict[str, float]] = {
     # Test log-likelihood (higher is better) on the 20 standard splits. PBP, MC-Dropout 2016 and the deep
@@ -96,8 +97,8 @@ BUDGETS: dict[str, Budget] = {
     "quick": Budget(splits=2, min_steps=600, max_steps=1200, n_samples=50, hmc_splits=1, hmc_scale=0.25),
 }
 """``full``: the 20 standard splits (all gap splits), ``n_epochs.txt`` epochs (40) but at least 4,000 and
-at most 8,000 steps (the cap shortens kin8nm, naval and power to 24-35 epochs). ``quick``: 2 splits,
-600-1,200 steps, 50 draws: a smoke run of the whole grid in minutes."""
+at most 8,000 steps (the cap shortens kin8nm, naval and power to 23-34 epochs of their 40, protein to 6).
+``quick``: 2 splits, 600-1,200 steps, 50 draws: a smoke run of the whole grid in minutes."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,9 @@ def run_cell(dataset: UCIDataset, method: str, k: int, *, kind: str = "standard"
              setting: UCISetting | None = None, seed: int = 0, validation: float | None = None) -> dict[str, Any]:
     """Train ``method`` on split ``k`` of ``dataset`` and score it; a JSON-ready record of the cell.
 
+    Raises :class:`FloatingPointError` (the Trainer's ``NonFiniteLossError`` is one) when training diverges or
+    the scores are not finite; :func:`run_uci` records such a cell as failed and goes on.
+
     With ``validation`` (a fraction) the last part of a seeded permutation of the training split is held out
     (:meth:`UCIDataset.split`), training uses the rest, and the scores are those of the held-out part: the
     way to choose settings without looking at the test part (which is then not touched).
@@ -225,14 +229,14 @@ def run_cell(dataset: UCIDataset, method: str, k: int, *, kind: str = "standard"
         history = trainer.fit((split.x_train.float(), split.y_train.float().unsqueeze(-1)),
                               batch_size=batch_size)
         last = history[-1]
-        if not all(math.isfinite(float(last[key])) for key in ("nll", "kl")):
-            raise FloatingPointError(f"{dataset.name} {method} split {k}: training ended with a non-finite loss")
         train_seconds = time.perf_counter() - start
         record = score(model.predict(x_eval.float(), n_samples=budget.n_samples), split, y_eval, y_raw)
         record.update(train_seconds=train_seconds, epochs=epochs, steps=epochs * per_epoch,
                       final_nll=float(last["nll"]), final_kl=float(last["kl"]), setting=setting.describe())
+    if not (math.isfinite(record["test_ll"]) and math.isfinite(record["rmse"])):
+        raise FloatingPointError(f"non-finite test score (test LL {record['test_ll']}, RMSE {record['rmse']})")
     record.update(dataset=dataset.name, method=method, split=k, kind=kind, n_train=len(split.x_train),
-                  n_test=len(x_eval), scored="validation" if validation is not None else "test",
+                  n_test=len(x_eval), n_hidden=n_hidden, scored="validation" if validation is not None else "test",
                   seconds=time.perf_counter() - start)
     return record
 
@@ -251,6 +255,8 @@ def _run_hmc_cell(split: UCISplit, x: Tensor, y: Tensor, y_raw: Tensor, n_hidden
     record: dict[str, Any] = score(RegressionPredictive(predictive.sample_means.unsqueeze(-1),
                                                        predictive.sample_variances.unsqueeze(-1)), split, y, y_raw)
     record["diagnostics"] = result.diagnostics.to_dict()
+    record["setting"] = {"method": "hmc", "num_samples": iterations, "burn_in": iterations,
+                         "init_steps": max(100, round(3000 * budget.hmc_scale))}
     record["test_ll_chains"] = result.test_metrics(y, split.y_std)["test_ll_chains"]
     return record
 
@@ -280,7 +286,8 @@ def _splits_for(dataset: UCIDataset, method: str, kind: str, budget: Budget, spl
 
 def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per dataset and method: ``test_ll`` and ``rmse`` as :func:`mean_se` over splits (in split order),
-    ``n_splits``, ``seconds`` (total wall time of the cells); where the HMC reference ran, every method's
+    ``n_splits``, ``seconds`` (total wall time of the cells), ``failed_splits`` (cells whose training diverged,
+    left out of the means); where the HMC reference ran, every method's
     ``test_ll_minus_hmc``: the paired difference of test LL on the splits both ran, as :func:`mean_se`."""
     grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for c in cells:
@@ -288,11 +295,16 @@ def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     table: dict[str, dict[str, Any]] = {}
     for name, methods in grouped.items():
         for method, records in methods.items():
-            records = sorted(records, key=lambda r: r["split"])
+            failed = sorted(r["split"] for r in records if "failed" in r)
+            records = sorted((r for r in records if "failed" not in r), key=lambda r: r["split"])
+            if not records:
+                table.setdefault(name, {})[method] = {"n_splits": 0, "splits": [], "failed_splits": failed,
+                                                      "seconds": 0.0}
+                continue
             entry = {"test_ll": mean_se([r["test_ll"] for r in records]), "rmse": mean_se([r["rmse"] for r in records]),
-                     "n_splits": len(records), "splits": [r["split"] for r in records],
+                     "failed_splits": failed, "n_splits": len(records), "splits": [r["split"] for r in records],
                      "seconds": sum(r["seconds"] for r in records)}
-            if method == "hmc":
+            if method == "hmc" and all("diagnostics" in r for r in records):
                 diagnostics = [r["diagnostics"] for r in records]
                 entry["rhat_f_max"] = max(d["rhat_f_max"] for d in diagnostics)
                 entry["rhat_f_median"] = sorted(d["rhat_f_median"] for d in diagnostics)[len(diagnostics) // 2]
@@ -301,7 +313,7 @@ def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             table.setdefault(name, {})[method] = entry
     for methods in table.values():
         reference = methods.get("hmc")
-        if reference is None:
+        if reference is None or not reference["splits"]:
             continue
         ref = dict(zip(reference["splits"], reference["test_ll"]["per_split"]))
         for method, entry in methods.items():
@@ -354,21 +366,22 @@ def render_report(results: dict[str, Any]) -> str:
     lines += ["", "## Splits and wall time per cell group", "", "| dataset | " + " | ".join(methods) + " |",
               "|" + "---|" * (len(methods) + 1)]
     for name in sorted(table):
-        cells = [f"{t['n_splits']} / {t['seconds']:.0f} s" if (t := table[name].get(m)) else "—" for m in methods]
+        cells = [f"{t['n_splits']} / {t['seconds']:.0f} s" + (f" ({len(t['failed_splits'])} diverged)"
+                                                                if t.get("failed_splits") else "")
+                 if (t := table[name].get(m)) else "—" for m in methods]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if any("hmc" in t for t in table.values()):
+    with_hmc = [n for n in sorted(table) if table[n].get("hmc", {}).get("rhat_f_max") is not None]
+    if with_hmc:
         paired = [m for m in methods if m != "hmc"]
         lines += ["", "## Test LL minus HMC's, paired over the splits HMC ran (0: as good as the exact posterior)", "",
                   "| dataset | " + " | ".join(paired) + " |", "|" + "---|" * (len(paired) + 1)]
-        for name in sorted(table):
-            if "hmc" in table[name]:
-                lines.append(f"| {name} | " + " | ".join(_fmt(table[name].get(m, {}).get("test_ll_minus_hmc"))
-                                                           for m in paired) + " |")
+        for name in with_hmc:
+            lines.append(f"| {name} | " + " | ".join(_fmt(table[name].get(m, {}).get("test_ll_minus_hmc"))
+                                                       for m in paired) + " |")
         lines += ["", "HMC convergence (rank-normalised split R-hat and bulk ESS of the test predictions f(x), over "
                   "its splits): " + "; ".join(
-                      f"{n}: R-hat max {t['hmc']['rhat_f_max']:.2f}, median {t['hmc']['rhat_f_median']:.3f}, ESS min "
-                      f"{t['hmc']['ess_f_min']:.0f}, {t['hmc']['divergences']} divergences"
-                      for n, t in sorted(table.items()) if "hmc" in t) + "."]
+                      f"{n}: R-hat max {(h := table[n]['hmc'])['rhat_f_max']:.2f}, median {h['rhat_f_median']:.3f}, "
+                      f"ESS min {h['ess_f_min']:.0f}, {h['divergences']} divergences" for n in with_hmc) + "."]
     lines += ["", f"Published: {PUBLISHED_SOURCES}", "", "Settings (every dataset): "
               + "; ".join(f"{m}: {results['settings'][m]}" for m in methods if m in results["settings"]), ""]
     return "\n".join(lines)
@@ -394,6 +407,10 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
             after several processes each ran part of the grid into the same ``out``); missing cells are counted.
         on_cell: called with every newly finished cell's record.
 
+    A cell whose training diverges (or whose scores are not finite) is recorded with its error under
+    ``"failed"``, left out of the means and counted in the report; the run goes on. Cells record the budget and
+    seed they were made with; resuming with others is refused.
+
     Raises:
         ValueError: an unknown method, budget, split kind or dataset, or ``out`` made with another budget.
         FileNotFoundError: ``data_dir`` holds no dataset folder.
@@ -415,29 +432,34 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
                          f"expected some of {', '.join(valid)}")
     if splits is not None and splits < 1:
         raise ValueError(f"splits must be >= 1, got {splits}")
+    methods = list(dict.fromkeys(methods))  # a name given twice would count its splits twice
     root = uci_root(data_dir)
     found = uci_datasets(root)
-    names = list(datasets) if datasets else found
-    missing = [n for n in names if n not in found]
+    names = list(dict.fromkeys(datasets)) if datasets else found
+    missing = [n for n in names if n not in found and not (root / n).is_dir()]
     if missing or not names:
         raise FileNotFoundError(f"{root}: no UCI dataset folder {', '.join(map(repr, missing)) or '(none found)'}; "
                                 f"found: {', '.join(found) or 'none'}")
+    loaded = {n: load_uci(root / n) for n in names}  # an incomplete folder: load_uci names the missing file
     out_dir = ensure_writable(out)
     _check_same_budget(out_dir, budget, asdict(plan), seed)
-    loaded = {n: load_uci(root / n) for n in names}
+    made_by = {"budget_name": budget, "budget": asdict(plan), "seed": seed}
     grid = [(n, m, k) for n in names for m in methods for k in _splits_for(loaded[n], m, split_kind, plan, splits)]
-    settings = {m: uci_settings()[m].describe() if m in UCI_METHODS else "HMC reference" for m in methods}
+    settings: dict[str, Any] = {m: uci_settings()[m].describe() for m in methods if m in UCI_METHODS}
     cells: list[dict[str, Any]] = []
     todo = []
     for n, m, k in grid:
         path = cell_path(out_dir, split_kind, n, m, k)
         record = read_json_object(path)  # None: not done (or unreadable: redone)
-        if record is None or not {"test_ll", "rmse", "seconds", "split"} <= record.keys():
+        if record is None or not ({"test_ll", "rmse", "split"} <= record.keys() or "failed" in record):
             todo.append((n, m, k))
             continue
         if m in UCI_METHODS and record.get("setting") != settings[m]:
             raise ValueError(f"{path} was made with other {m} settings ({record.get('setting')}) than this version's "
                              f"({settings[m]}); choose another --out")
+        other = {key: (record[key], value) for key, value in made_by.items() if key in record and record[key] != value}
+        if other:
+            raise ValueError(f"{path} was made with other {', '.join(other)} ({other}); choose another --out")
         cells.append(record)
     results = _results(cells, budget, plan, split_kind, settings, missing=len(todo))
     if not train:
@@ -446,7 +468,13 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
               unit="cell") as bar:
         for n, m, k in todo:
             bar.set_postfix_str(f"{n} {m} split {k}")
-            record = run_cell(loaded[n], m, k, kind=split_kind, budget=plan, seed=seed)
+            try:
+                record = run_cell(loaded[n], m, k, kind=split_kind, budget=plan, seed=seed)
+            except FloatingPointError as err:  # a diverged cell is recorded (and not retried: its seed is fixed)
+                record = {"dataset": n, "method": m, "split": k, "kind": split_kind, "failed": str(err),
+                          "seconds": 0.0, "setting": settings.get(m)}
+                print(f"bbh uci: {n} {m} split {k} diverged, recorded as failed: {err}", file=sys.stderr)
+            record.update(made_by)
             write_json(cell_path(out_dir, split_kind, n, m, k), record)
             cells.append(record)
             results = _results(cells, budget, plan, split_kind, settings, missing=len(grid) - len(cells))
@@ -468,6 +496,9 @@ def _check_same_budget(out: Path, budget: str, plan: dict[str, Any], seed: int) 
     """Resume only what the same budget and seed made: cells of another budget would mix into the tables."""
     meta = out / "uci-run.json"
     made = read_json_object(meta)
+    if made is None and meta.exists():
+        raise ValueError(f"{meta} is unreadable; it records which budget and seed made the cells in {out}: restore "
+                         f"it or choose another --out")
     if made is not None:
         if (made.get("budget"), made.get("plan"), made.get("seed")) != (budget, plan, seed):
             raise ValueError(f"{out} holds a run with budget {made.get('budget')!r} and seed {made.get('seed')}; "
