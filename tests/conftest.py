@@ -7,6 +7,19 @@ import torch
 from torch import nn
 
 
+@pytest.fixture
+def served(tmp_path):
+    """An empty folder served over HTTP on 127.0.0.1 (laid out like a data dir), and its base URL."""
+    from test_download import _serve
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    server, url = _serve(folder)
+    yield folder, url
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -36,17 +36,6 @@ def _serve(folder: Path, handler_class: type[http.server.SimpleHTTPRequestHandle
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-@pytest.fixture
-def served(tmp_path):
-    """A folder served over HTTP on 127.0.0.1 (laid out like a data dir), and its base URL."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    server, url = _serve(folder)
-    yield folder, url
-    server.shutdown()
-    server.server_close()
-
-
 def _sha256(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -20,17 +20,6 @@ DEAD = "http://127.0.0.1:9"  # nothing listens there
 N_SPLITS = 3  # synthetic() makes 3 splits
 
 
-@pytest.fixture
-def served(tmp_path):
-    """An empty folder served over HTTP on 127.0.0.1, and its base URL."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    server, url = _serve(folder)
-    yield folder, url
-    server.shutdown()
-    server.server_close()
-
-
 def _publish(served_folder: Path, name: str) -> Path:
     """A synthetic dataset in the standard layout at ``<served>/uci/<name>/``."""
     data, splits = synthetic()
