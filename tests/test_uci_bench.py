@@ -119,6 +119,9 @@ def test_run_writes_results_and_report_and_resumes_without_redoing_cells(data_di
             assert entry["n_splits"] == 2 and len(entry["test_ll"]["per_split"]) == 2
             assert entry["test_ll"]["mean"] == pytest.approx(sum(entry["test_ll"]["per_split"]) / 2)
             assert set(entry["rmse"]) == {"mean", "se", "per_split"}
+            cells = [json.loads(cell_path(out, "standard", name, method, k).read_text()) for k in (0, 1)]
+            assert entry["std_over_rmse"]["per_split"] == pytest.approx(
+                [math.sqrt(c["noise_std"] ** 2 + c["epistemic_std"] ** 2) / c["rmse"] for c in cells])
     report = (out / "report.md").read_text()
     assert "| alpha |" in report and "Test log-likelihood" in report and "PBP" in report
 

@@ -286,8 +286,10 @@ def _splits_for(dataset: UCIDataset, method: str, kind: str, budget: Budget, spl
 
 def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per dataset and method: ``test_ll`` and ``rmse`` as :func:`mean_se` over splits (in split order),
-    ``n_splits``, ``seconds`` (total wall time of the cells), ``failed_splits`` (cells whose training diverged,
-    left out of the means); where the HMC reference ran, every method's
+    ``std_over_rmse`` (the root mean predictive variance over the squared error, sqrt(mean(aleatoric + epistemic
+    variance)) / RMSE, per split: 1 for a predictive as wide as its errors, > 1 over-dispersed, < 1
+    over-confident), ``n_splits``, ``seconds`` (total wall time of the cells), ``failed_splits`` (cells whose
+    training diverged, left out of the means); where the HMC reference ran, every method's
     ``test_ll_minus_hmc``: the paired difference of test LL on the splits both ran, as :func:`mean_se`."""
     grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for c in cells:
@@ -302,6 +304,8 @@ def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                                       "seconds": 0.0}
                 continue
             entry = {"test_ll": mean_se([r["test_ll"] for r in records]), "rmse": mean_se([r["rmse"] for r in records]),
+                     "std_over_rmse": mean_se([math.hypot(r["noise_std"], r["epistemic_std"]) / r["rmse"]
+                                               for r in records]),
                      "failed_splits": failed, "n_splits": len(records), "splits": [r["split"] for r in records],
                      "seconds": sum(r["seconds"] for r in records)}
             if method == "hmc" and all("diagnostics" in r for r in records):
@@ -363,6 +367,11 @@ def render_report(results: dict[str, Any]) -> str:
         if results["split_kind"] == "standard":
             row.append(_pub(PUBLISHED_RMSE.get(name, {}).get("MC-Dropout 2018")))
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Predictive std / RMSE (1: as wide as the errors; > 1 over-dispersed, < 1 over-confident)", "",
+              "| dataset | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+    for name in sorted(table):
+        lines.append(f"| {name} | " + " | ".join(_fmt(table[name].get(m, {}).get("std_over_rmse")) for m in methods)
+                     + " |")
     lines += ["", "## Splits and wall time per cell group", "", "| dataset | " + " | ".join(methods) + " |",
               "|" + "---|" * (len(methods) + 1)]
     for name in sorted(table):
