@@ -249,14 +249,13 @@ def _run_hmc_cell(split: UCISplit, x: Tensor, y: Tensor, y_raw: Tensor, n_hidden
     from ..reference.hmc_regression import hmc_regression
 
     iterations = max(8, round(400 * budget.hmc_scale))
-    result = hmc_regression(split.x_train, split.y_train, x, hidden=n_hidden, seed=seed, num_samples=iterations,
-                            burn_in=iterations, init_steps=max(100, round(3000 * budget.hmc_scale)))
-    predictive = result.predictive()
+    chain = {"num_samples": iterations, "burn_in": iterations, "init_steps": max(100, round(3000 * budget.hmc_scale))}
+    result = hmc_regression(split.x_train, split.y_train, x, hidden=n_hidden, seed=seed, **chain)
+    predictive = result.predictive()  # one-output draws [S, B]: score wants [S, B, 1]
     record: dict[str, Any] = score(RegressionPredictive(predictive.sample_means.unsqueeze(-1),
                                                        predictive.sample_variances.unsqueeze(-1)), split, y, y_raw)
     record["diagnostics"] = result.diagnostics.to_dict()
-    record["setting"] = {"method": "hmc", "num_samples": iterations, "burn_in": iterations,
-                         "init_steps": max(100, round(3000 * budget.hmc_scale))}
+    record["setting"] = {"method": "hmc", **chain}
     record["test_ll_chains"] = result.test_metrics(y, split.y_std)["test_ll_chains"]
     return record
 
