@@ -251,3 +251,18 @@ def test_hmc_skips_datasets_above_the_row_limit(data_dir: Path, tmp_path: Path,
     monkeypatch.setattr(uci, "HMC_MAX_ROWS", 10)
     results = run_uci(data_dir, tmp_path / "x", datasets=["beta"], methods=["hmc"], budget=TINY, progress=False)
     assert results["n_cells"] == 0 and results["missing_cells"] == 0
+
+
+def test_hidden_units_fall_back_to_the_published_choice(tmp_path: Path) -> None:
+    """Without ``n_hidden.txt``: 100 units for protein (Hernández-Lobato & Adams 2015), 50 elsewhere."""
+    for name, expected in (("protein-tertiary-structure", 100), ("yacht", 50)):
+        folder = _dataset(tmp_path / name)
+        (folder / "n_hidden.txt").unlink()
+        assert uci.protocol_hidden(load_uci(folder)) == expected
+    assert uci.protocol_hidden(load_uci(_dataset(tmp_path / "with-file"))) == 8  # the file wins
+
+
+def test_more_splits_than_the_folder_has_warns(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="alpha has 3 standard splits; --splits 5 runs all 3"):
+        run_uci(data_dir, tmp_path / "out", datasets=["alpha"], methods=["map"], splits=5, budget=TINY,
+                progress=False, train=False)

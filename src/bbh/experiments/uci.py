@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -213,7 +214,7 @@ def run_cell(dataset: UCIDataset, method: str, k: int, *, kind: str = "standard"
     else:
         assert split.x_val is not None and split.y_val is not None and split.val_idx is not None
         x_eval, y_eval, y_raw = split.x_val, split.y_val, dataset.y[split.val_idx]
-    n_hidden = dataset.n_hidden or 50
+    n_hidden = protocol_hidden(dataset)
     start = time.perf_counter()
     if method == "hmc":
         record = _run_hmc_cell(split, x_eval, y_eval, y_raw, n_hidden, budget, seed=seed + k)
@@ -273,9 +274,20 @@ def mean_se(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "se": se, "per_split": list(values)}
 
 
+def protocol_hidden(dataset: UCIDataset) -> int:
+    """Hidden units of the protocol's network: ``n_hidden.txt`` when the folder has it, else the published
+    choice (100 for protein-tertiary-structure, 50 for every other dataset; Hernández-Lobato & Adams 2015)."""
+    if dataset.n_hidden is not None:
+        return dataset.n_hidden
+    return 100 if dataset.name.startswith("protein") else 50
+
+
 def _splits_for(dataset: UCIDataset, method: str, kind: str, budget: Budget, splits: int | None) -> list[int]:
     available = dataset.n_splits if kind == "standard" else dataset.x.shape[1]
     wanted = splits if splits is not None else budget.splits
+    if kind == "standard" and splits is not None and splits > available and method != "hmc":
+        warnings.warn(f"{dataset.name} has {available} standard splits; --splits {splits} runs all {available}",
+                      stacklevel=3)
     if method == "hmc":
         if len(dataset.x) > HMC_MAX_ROWS:
             return []
