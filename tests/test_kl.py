@@ -594,3 +594,20 @@ def test_compiled_estimator_falls_back_to_eager_with_a_warning(monkeypatch):
         value = kl_module.nn_kl_per_weight(q, p, compile=True)
     assert torch.allclose(value, kl_module.nn_kl_per_weight(q, p, compile=False))
     assert kl_module._compiled["fn"] is None
+
+
+def test_adversarial_kl_options_reach_the_estimator_and_others_refuse_them() -> None:
+    """``kl_options`` (a config table) set AVB's discriminator schedule; a typo or another estimator is refused."""
+    from bbh.kl.adversarial import AdversarialKL
+
+    est = make_kl_estimator("adversarial", options={"pretrain_steps": 3, "max_weights": 50})
+    assert isinstance(est, AdversarialKL) and est.pretrain_steps == 3 and est.max_weights == 50
+    with pytest.raises(ValueError, match="bad kl options.*pretrain"):
+        make_kl_estimator("adversarial", options={"pretrain": 3})
+    with pytest.raises(ValueError, match="apply to kl='adversarial' only"):
+        make_kl_estimator("nn-full", options={"pretrain_steps": 3})
+    model = nn.Sequential(nn.Linear(2, 3))
+    bbb = bbh.create("bbb", model, kl="adversarial", kl_options={"pretrain_steps": 0})
+    assert bbb.kl_estimator.pretrain_steps == 0
+    with pytest.raises(ValueError, match="apply to kl='adversarial' only"):
+        bbh.create("bbb", nn.Sequential(nn.Linear(2, 3)), kl_options={"pretrain_steps": 0})

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from .adversarial import AdversarialKL
 from .base import KLEstimator
 from .entropy import EntropyKL
@@ -11,14 +14,19 @@ from .nearest import NearestNeighbourKL
 KL_ESTIMATORS = ("nn-per-weight", "nn-full", "nn-entropy", "nn-entropy-per-weight", "adversarial")
 
 
-def make_kl_estimator(kl: str | KLEstimator, num_prior_samples: int = 5) -> KLEstimator:
+def make_kl_estimator(kl: str | KLEstimator, num_prior_samples: int = 5,
+                      options: Mapping[str, Any] | None = None) -> KLEstimator:
     """Build a sample-based estimator by name or pass one through.
 
     ``"nn-per-weight"`` / ``"nn-full"``: paper Eq. 2 (:class:`~bbh.kl.nearest.NearestNeighbourKL`, m =
     ``num_prior_samples`` prior samples per call); ``"nn-entropy"`` / ``"nn-entropy-per-weight"``: minus the
     Kozachenko–Leonenko entropy (5th neighbour, at most n - 1) plus the exact cross-entropy to the prior
     (:class:`~bbh.kl.entropy.EntropyKL`, needs a prior with ``log_prob``; draws no prior samples);
-    ``"adversarial"``: the :class:`~bbh.kl.adversarial.AdversarialKL` with its defaults."""
+    ``"adversarial"``: the :class:`~bbh.kl.adversarial.AdversarialKL`, with its defaults or ``options`` (its
+    keyword arguments: ``pretrain_steps``, ``steps_per_update``, ``max_weights``, ...). ``options`` apply to the
+    adversarial estimator only; the others have none."""
+    if options and kl != "adversarial":
+        raise ValueError(f"kl options {dict(options)} apply to kl='adversarial' only, not {kl!r}")
     if isinstance(kl, KLEstimator):
         return kl
     if kl == "nn-per-weight":
@@ -30,7 +38,10 @@ def make_kl_estimator(kl: str | KLEstimator, num_prior_samples: int = 5) -> KLEs
     if kl == "nn-entropy-per-weight":
         return EntropyKL(full=False, k=5)
     if kl == "adversarial":
-        return AdversarialKL()
+        try:
+            return AdversarialKL(**dict(options or {}))
+        except TypeError as err:
+            raise ValueError(f"bad kl options {dict(options or {})} for 'adversarial': {err}") from err
     valid = ", ".join(repr(k) for k in KL_ESTIMATORS)
     raise ValueError(f"unknown kl {kl!r}; expected one of {valid} or a KLEstimator instance")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,13 +54,16 @@ class BayesByBackprop(WeightSampler):
         estimator: ``"shared"`` or ``"local"``.
         kl: ``"analytic"`` (needs a Normal prior) or a sample-based estimator.
         num_kl_samples: weight samples per step for a sample-based KL (authors: 5).
+        kl_options: keyword options of the adversarial estimator (``{"pretrain_steps": 100, "max_weights": None}``,
+            :class:`~bbh.kl.adversarial.AdversarialKL`); refused for the others.
     """
 
     default_lr = {"adam": 1e-3, "rmsprop-tf": 1e-4}
 
     def __init__(self, model: nn.Module, likelihood: Likelihood | str = "categorical", prior: Prior | float = 1.0,
                  params: ParamFilter = None, init_log_var: float = -9.0, estimator: str = "shared",
-                 kl: str | KLEstimator = "analytic", num_kl_samples: int = 5) -> None:
+                 kl: str | KLEstimator = "analytic", num_kl_samples: int = 5,
+                 kl_options: Mapping[str, Any] | None = None) -> None:
         super().__init__(model, likelihood, prior)
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(map(repr, ESTIMATORS))}")
@@ -76,12 +82,14 @@ class BayesByBackprop(WeightSampler):
             named[n].requires_grad_(False)
         self.estimator = estimator
         if kl == "analytic":
+            if kl_options:
+                raise ValueError(f"kl_options {dict(kl_options)} apply to kl='adversarial' only, not 'analytic'")
             if not hasattr(self.prior, "scale"):
                 raise ValueError("kl='analytic' needs a Normal prior with a scale; use a sample-based kl "
                                  "(e.g. 'nn-per-weight') for other priors")
             self.kl_estimator: KLEstimator | None = None
         else:
-            self.kl_estimator = make_kl_estimator(kl)
+            self.kl_estimator = make_kl_estimator(kl, options=kl_options)
         self.num_kl_samples = num_kl_samples
         self._last_samples: dict[str, Tensor] | None = None
         self._local_hooks: list = []
