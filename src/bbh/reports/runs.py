@@ -104,8 +104,8 @@ def _build(state: dict[str, Any], num_classes: int, device: str | torch.device) 
                         **config.get("method", {}))
     # model.pt may store floating tensors in another dtype (train.model_dtype = "bfloat16"): back to the method's
     own = method.state_dict()
-    loaded = {k: v.to(own[k].dtype) if (k in own and v.is_floating_point() and own[k].is_floating_point()
-                                        and v.dtype != own[k].dtype) else v
+    loaded = {k: v.to(own[k].dtype) if (isinstance(v, torch.Tensor) and k in own and v.is_floating_point()
+                                        and own[k].is_floating_point() and v.dtype != own[k].dtype) else v
               for k, v in state["method"].items()}
     method.load_state_dict(loaded)
     return method.to(device).eval()
@@ -159,7 +159,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
                  batch_size: int = 500, chunk_size: int | None = None, adversarial: bool = True,
                  adv_images: int = 100, adv_gradient: str = "authors", adv_samples: int | None = None,
                  clamp: bool = False, pgd: bool = False, probes: bool = True, posterior_plots: bool = True,
-                 task: Any = None, seed: int | None = 0, progress: bool = True) -> dict[str, Any]:
+                 task: Any = None, seed: int | None = 0, progress: bool = True,
+                 device: str | torch.device = "cpu") -> dict[str, Any]:
     """Evaluate one finished run with :func:`bbh.evaluate`; writes a fresh ``run_dir/eval/`` (module docstring)
     and returns what ``results.json`` holds.
 
@@ -180,6 +181,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
         task: the task object (default: loaded by the run's task name).
         seed: seed of every random draw (the caller's RNG state is left as it was either way).
         progress: show a progress bar.
+        device: where the method runs (``"cuda"``: the batched predictive on the GPU; inputs are moved there).
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a run directory, or the run has not finished.
@@ -198,7 +200,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
             data_dir = (read_json_object(Path(run_dir) / "status.json") or {}).get("data_dir")
         task = load_task(task_name, data_dir, validation=config["data"]["validation"],
                          preprocessing=config["data"]["preprocessing"], download=True, progress=progress)
-    method = _build(state, int(state.get("num_classes") or task.num_classes), "cpu")
+    method = _build(state, int(state.get("num_classes") or task.num_classes), device)
     n = int(n_samples or config["eval"]["samples"])
     specs: list[AttackSpec] = []
     if adversarial:
