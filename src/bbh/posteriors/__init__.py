@@ -6,9 +6,11 @@ from .dropout import MCDropout
 from .ensemble import DeepEnsemble
 from .factory import available_methods, create, register
 from .hypernet import BayesByHypernet, HypernetPosterior
+from .laplace import LastLayerLaplace, fit_last_layer_laplace
 from .mnf import MNF
 from .point import MAP
 from .protocol import Method, select_parameters
 
-__all__ = ["MAP", "MNF", "BayesByBackprop", "BayesByHypernet", "DeepEnsemble", "HypernetPosterior", "MCDropout",
-           "Method", "available_methods", "create", "register", "select_parameters"]
+__all__ = ["MAP", "MNF", "BayesByBackprop", "BayesByHypernet", "DeepEnsemble", "HypernetPosterior",
+           "LastLayerLaplace", "MCDropout", "Method", "available_methods", "create", "fit_last_layer_laplace",
+           "register", "select_parameters"]
