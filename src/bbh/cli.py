@@ -10,6 +10,7 @@
     bbh compare RUN_DIR ... [--out DIR]
     bbh uci [--data-dir DIR] [--datasets a,b] [--methods map,...,bbh,hmc] [--splits K] [--budget quick|full]
             [--split-kind standard|gap] [--out DIR] [--download]
+    bbh reproduce NAME [--budget smoke|cpu|paper] [--out DIR] [--data-dir DIR] [--device auto|cpu|cuda] [--plan]
 
 Every command checks that its output folder can be written to before it computes anything. Errors that are
 not about the command line (a missing or unwritable folder, a bad configuration, a run that cannot be
@@ -145,6 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train nothing: write results.json and report.md from the cells already in --out")
     uci.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: when stderr is a terminal)")
+
+    rep = sub.add_parser("reproduce", help="regenerate a table or figure of the paper (Tables 1-5, Figs. 1, 3-9)",
+                         description="Train (through the Trainer, resumable: finished runs are skipped, a killed one "
+                                     "continues) and evaluate the runs a table or figure of the paper needs, and write "
+                                     "OUT/NAME.md and .csv (tables, the paper's numbers beside ours) or .png.")
+    rep.add_argument("name", choices=["all", "fig1", "table1", "table2", "table3", "table4", "table5", "fig3", "fig4",
+                                      "fig5-9"])
+    rep.add_argument("--budget", choices=["smoke", "cpu", "paper"], default="cpu",
+                     help="smoke: tiny subsets (seconds); cpu: ~1 h per table on 2 cores (default); paper: the "
+                          "paper's epochs and sets, for a GPU")
+    rep.add_argument("--out", help="output directory (default: runs/reproduce-BUDGET)")
+    rep.add_argument("--data-dir", help="MNIST, notMNIST and CIFAR-10 (default: $BBH_DATA_DIR, else ~/.cache/bbh/data)")
+    rep.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
+    rep.add_argument("--plan", action="store_true",
+                     help="print the planned runs with a measured time estimate and exit")
+    rep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bars (default: when stderr is a terminal)")
 
     cmp = sub.add_parser("compare", help="Tables 3/4-style comparison of evaluated runs",
                          description="Write compare.md, compare.csv and adversarial.png into --out.")
@@ -291,6 +309,29 @@ def _uci(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from .experiments.reproduce import Reproduction, plan_text
+
+    out = args.out or f"runs/reproduce-{args.budget}"
+    repro = Reproduction.open(out, args.budget, data_dir=args.data_dir, device=args.device, progress=args.progress)
+    if args.plan or args.budget == "paper":
+        print(f"bbh reproduce {args.name} --budget {args.budget}: planned runs (device {args.device})")
+        print(plan_text(repro.plan(args.name, measure=True)), flush=True)
+        if args.plan:
+            return 0
+    try:
+        written = repro.make(args.name)
+    except KeyboardInterrupt:
+        _error(f"interrupted; finished runs are kept in {out} and a killed run continues from its last "
+               f"checkpoint: rerun the same command to resume")
+        return 130
+    for path in written:
+        if path.suffix == ".md":
+            print(path.read_text(), end="")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from .reports.runs import compare_runs
 
@@ -332,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare(args)
         if args.command == "uci":
             return _uci(args)
+        if args.command == "reproduce":
+            return _reproduce(args)
     except OutputNotWritableError as err:
         _error(err)
         return 2

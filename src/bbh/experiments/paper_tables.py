@@ -1,0 +1,210 @@
+"""The paper's tables and figures as data: which runs each needs, the published numbers, and its claims.
+
+Every table of Pawlowski et al. (2017) is a list of :class:`Row` (a shipped experiment, ``bbh/configs``,
+plus the overrides that make the row) with the paper's Error %, in-distribution entropy AUC, outlier
+entropy AUC and runtime beside it; each table states the claims the paper draws from it as
+:class:`Claim` checks over the measured rows (``bbh reproduce`` writes whether each holds). The runs of the
+figures are rows of the tables (Figs. 3/4: Tables 3/4's FGSM curves; Figs. 5-9: Tables 3/4's MNF and BbH
+weight posteriors), so a figure never trains anything a table does not.
+
+Row mapping (paper-protocol 7): Table 1 single / sliced / layer-wise hypernets with shared noise d = 1;
+Table 2 shared / independent noise x d in {1, 8}; Tables 3 / 4 the six methods on MNIST / CIFAR-5 (BbH
+with independent noise, d = 1) plus the post-hoc last-layer Laplace approximation of the MAP run, the
+baseline users would pick instead (not in the paper: its paper columns are empty); Table 5 Bayes by
+Backprop with the analytic, adversarial (AVB), per-weight kernel and full kernel KL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Metrics = Mapping[str, Any]
+"""One row's measured numbers: ``error_percent``, ``auc_in``, ``auc_out``, ``ood_auroc``, ``nll``, ``ece``,
+``train_seconds``, ... (see :func:`bbh.experiments.reproduce.row_metrics`)."""
+
+LAPLACE = "laplace"
+"""The key of the post-hoc last-layer Laplace row (fitted on the table's MAP run, not trained)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a paper table.
+
+    Attributes:
+        key: a short unique name (the run folder is ``runs/<task>-<key>``).
+        label: the paper's row name.
+        config: the shipped experiment it starts from (``mnist-bbh``, ...); empty for the Laplace row.
+        overrides: ``{"table.key": value}`` on top of the experiment (what makes this row this row).
+        paper: the paper's (Error %, in-distribution AUC, outlier AUC, runtime s); ``None`` where the paper has
+            no such row.
+    """
+
+    key: str
+    label: str
+    config: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    paper: tuple[float, float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A sentence of the paper about a table and the check of it on the measured rows.
+
+    ``check(rows)`` gets ``{row key: metrics}`` and returns True (supported), False (contradicted) or None
+    (the rows it needs are missing).
+    """
+
+    text: str
+    check: Callable[[Mapping[str, Metrics]], bool | None]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A paper table: its rows, task and claims."""
+
+    name: str
+    title: str
+    task: str
+    rows: tuple[Row, ...]
+    claims: tuple[Claim, ...] = ()
+
+
+def _get(rows: Mapping[str, Metrics], key: str, metric: str) -> float | None:
+    value = rows.get(key, {}).get(metric)
+    return None if value is None else float(value)
+
+
+def _lowest(metric: str, winner: str, among: tuple[str, ...]) -> Callable[[Mapping[str, Metrics]], bool | None]:
+    """True when ``winner`` has the lowest ``metric`` of ``among``."""
+    def check(rows: Mapping[str, Metrics]) -> bool | None:
+        values = {k: _get(rows, k, metric) for k in among}
+        if any(v is None for v in values.values()):
+            return None
+        return min(values, key=lambda k: values[k]) == winner  # type: ignore[arg-type,return-value]
+    return check
+
+
+def _higher_uncertainty_than_all_but(winner: str, but: tuple[str, ...], among: tuple[str, ...]
+                                     ) -> Callable[[Mapping[str, Metrics]], bool | None]:
+    """Paper Sec. 3.1: ``winner``'s outlier AUC (lower = more uncertain) is below every row of ``among``
+    except those in ``but``."""
+    def check(rows: Mapping[str, Metrics]) -> bool | None:
+        mine = _get(rows, winner, "auc_out")
+        others = [_get(rows, k, "auc_out") for k in among if k not in but and k != winner]
+        if mine is None or any(v is None for v in others):
+            return None
+        return all(mine < v for v in others)  # type: ignore[operator]
+    return check
+
+
+def _noise_raises_uncertainty(rows: Mapping[str, Metrics]) -> bool | None:
+    """Table 2: independent noise below shared at each d, and d = 8 below d = 1 for each noise (outlier AUC)."""
+    a = {k: _get(rows, k, "auc_out") for k in ("shared-d1", "independent-d1", "shared-d8", "independent-d8")}
+    if any(v is None for v in a.values()):
+        return None
+    return bool(a["independent-d1"] < a["shared-d1"] and a["independent-d8"] < a["shared-d8"]  # type: ignore[operator]
+                and a["shared-d8"] < a["shared-d1"] and a["independent-d8"] < a["independent-d1"])  # type: ignore[operator]
+
+
+def _kernel_closest_to_analytic(rows: Mapping[str, Metrics]) -> bool | None:
+    """Table 5: the per-weight kernel KL is closer to the analytic row than AVB and the full kernel, in error
+    and in outlier AUC (sum of the absolute differences, each metric scaled by the analytic row's value)."""
+    ref = rows.get("analytic")
+    if ref is None or any(k not in rows for k in ("avb", "kernel-independent", "kernel-full")):
+        return None
+
+    def distance(key: str) -> float:
+        return sum(abs(float(rows[key][m]) - float(ref[m])) / max(abs(float(ref[m])), 1e-12)
+                   for m in ("error_percent", "auc_out"))
+    return distance("kernel-independent") < min(distance("avb"), distance("kernel-full"))
+
+
+def _shared(layout: str) -> dict[str, Any]:
+    """Table 1's rows: the hypernet ``layout`` with shared noise, d = 1 (the overrides of Table 2's first row)."""
+    return {"method.layout": layout, "method.noise": "shared", "method.noise_dim": 1}
+
+
+_BBH_T3 = {"method.layout": "layerwise", "method.noise": "independent", "method.noise_dim": 1}
+_METHODS = ("map", "ensemble", "bbb", "mc-dropout", "mnf", "bbh")
+_LABELS = {"map": "MAP", "ensemble": "Ensemble", "bbb": "BbB", "mc-dropout": "Dropout", "mnf": "MNF", "bbh": "BbH"}
+_T3_PAPER = {"map": (0.80, 0.99, 0.71, 710), "ensemble": (0.49, 0.99, 0.65, 2721), "bbb": (0.72, 0.97, 0.41, 2892),
+             "mc-dropout": (0.47, 0.99, 0.58, 1224), "mnf": (0.63, 0.99, 0.58, 21811),
+             "bbh": (0.56, 0.97, 0.48, 11504)}
+_T4_PAPER = {"map": (13.58, 0.83, 0.68, 5269), "ensemble": (10.18, 0.77, 0.55, 51755),
+             "bbb": (13.78, 0.65, 0.44, 10562), "mc-dropout": (24.74, 0.46, 0.35, 6189),
+             "mnf": (12.82, 0.82, 0.62, 15743), "bbh": (13.62, 0.68, 0.51, 7896)}
+
+
+def _method_rows(task: str, paper: Mapping[str, tuple[float, float, float, float]]) -> tuple[Row, ...]:
+    rows = [Row(m, _LABELS[m], f"{task}-{m}", _BBH_T3 if m == "bbh" else {}, paper[m]) for m in _METHODS]
+    return (*rows, Row(LAPLACE, "Last-layer Laplace (not in the paper)", ""))
+
+
+TABLES: dict[str, TableSpec] = {
+    "table1": TableSpec(
+        "table1", "Table 1: hypernetwork architectures (MNIST, LeNet-5, shared noise, d = 1)", "mnist",
+        (Row("single", "Single G", "mnist-bbh", _shared("single"),
+             (1.1, 0.89, 0.48, 2961)),
+         Row("sliced", "Sliced layer-wise G_l", "mnist-bbh", _shared("sliced"),
+             (1.7, 0.93, 0.55, 7119)),
+         Row("layerwise", "Layer-wise G_l", "mnist-bbh", _shared("layerwise"),
+             (0.73, 0.98, 0.54, 11361))),
+        (Claim("the layer-wise architecture has the lowest error", _lowest("error_percent", "layerwise",
+                                                                          ("single", "sliced", "layerwise"))),
+         Claim("a single hypernetwork trains fastest", _lowest("train_seconds", "single",
+                                                               ("single", "sliced", "layerwise"))))),
+    "table2": TableSpec(
+        "table2", "Table 2: auxiliary noise (MNIST, LeNet-5, layer-wise)", "mnist",
+        tuple(Row(f"{noise}-d{d}", f"{noise.capitalize()} noise, d = {d}", "mnist-bbh",
+                  {"method.layout": "layerwise", "method.noise": noise, "method.noise_dim": d}, paper)
+              for noise, d, paper in (("shared", 1, (0.73, 0.98, 0.54, 11361)),
+                                      ("independent", 1, (0.56, 0.97, 0.48, 11504)),
+                                      ("shared", 8, (0.56, 0.98, 0.49, 11314)),
+                                      ("independent", 8, (0.64, 0.97, 0.44, 11268)))),
+        (Claim("more noise (independent, higher d) increases the predictive uncertainty on outliers "
+               "(lower outlier AUC)", _noise_raises_uncertainty),)),
+    "table3": TableSpec(
+        "table3", "Table 3: MNIST (LeNet-5), notMNIST outliers", "mnist", _method_rows("mnist", _T3_PAPER),
+        (Claim("BbH has a higher predictive uncertainty on outliers than every method but BbB",
+               _higher_uncertainty_than_all_but("bbh", ("bbb",), _METHODS)),
+         Claim("BbH's error is beaten only by the ensemble and MC-Dropout",
+               lambda r: None if any(k not in r for k in _METHODS) else
+               sorted(_METHODS, key=lambda k: float(r[k]["error_percent"])).index("bbh") <= 2))),
+    "table4": TableSpec(
+        "table4", "Table 4: CIFAR-5 (ResNet-32), CIFAR-10 classes 5-9 as outliers", "cifar5",
+        _method_rows("cifar5", _T4_PAPER),
+        (Claim("deep ensembles achieve the best accuracy", _lowest("error_percent", "ensemble", _METHODS)),
+         Claim("MC-Dropout has the highest error", lambda r: None if any(k not in r for k in _METHODS) else
+               max(_METHODS, key=lambda k: float(r[k]["error_percent"])) == "mc-dropout"))),
+    "table5": TableSpec(
+        "table5", "Table 5: KL estimators for Bayes by Backprop (MNIST, LeNet-5)", "mnist",
+        (Row("analytic", "Analytical", "mnist-bbb", {}, (0.72, 0.97, 0.41, 2892)),  # BbB's default KL
+         Row("avb", "Adversarial Variational Bayes", "mnist-bbb", {"method.kl": "adversarial"},
+             (0.97, 1.00, 0.95, 22187)),
+         Row("kernel-independent", "Kernel with independent prior", "mnist-bbb", {"method.kl": "nn-per-weight"},
+             (0.76, 0.98, 0.46, 5707)),
+         Row("kernel-full", "Kernel with full prior", "mnist-bbb", {"method.kl": "nn-full"},
+             (0.88, 0.99, 0.58, 4644))),
+        (Claim("the per-weight kernel estimate is closer to the analytic KL than AVB and the full kernel",
+               _kernel_closest_to_analytic),
+         Claim("AVB gives the worst error", lambda r: None if any(k not in r for k in ("analytic", "avb",
+                                                                                        "kernel-independent",
+                                                                                        "kernel-full")) else
+               max(("analytic", "avb", "kernel-independent", "kernel-full"),
+                   key=lambda k: float(r[k]["error_percent"])) == "avb"))),
+}
+"""Paper Tables 1-5 (numbers from the paper's text; runtimes in seconds on the authors' GPU)."""
+
+FIGURES: dict[str, tuple[str, str]] = {
+    "fig3": ("table3", "Figure 3: FGSM on MNIST: accuracy (solid) and entropy / log K (dashed) against epsilon"),
+    "fig4": ("table4", "Figure 4: FGSM on CIFAR-5"),
+    "fig5-9": ("table3+table4", "Figures 5-9: weight posteriors of MNF and BbH (LeNet-5 on MNIST, ResNet-32 on "
+                                "CIFAR-5): marginals of the first 25 weights and correlations in the first conv"),
+    "fig1": ("toy", "Figure 1: toy regression (MAP, MC-Dropout, BbB, MNF, BbH, ensemble and the HMC reference)"),
+}
+"""The paper's figures: which table's runs each draws on."""
+
+NAMES = ("fig1", "table1", "table2", "table3", "table4", "table5", "fig3", "fig4", "fig5-9")
+"""What ``bbh reproduce`` accepts besides ``all`` (in the order ``all`` makes them)."""
