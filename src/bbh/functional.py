@@ -4,7 +4,9 @@ A posterior produces weight samples ``dict[name, Tensor[S, *shape]]``; :func:`fo
 the module once per sample and stacks the outputs into ``[S, B, ...]``. The path is
 ``torch.func.vmap`` over ``torch.func.functional_call``: PyTorch's batching rules turn a linear layer with
 batched weights into a batched matmul and a convolution into one grouped convolution, so there is no
-Python loop over samples. ``chunk_size`` bounds memory by evaluating that many samples at a time.
+Python loop over samples. On the CPU a convolutional network is evaluated sample by sample instead (one
+ordinary convolution per sample is faster there than the grouped one; see :func:`_loops_over_samples`).
+``chunk_size`` bounds memory by evaluating that many samples at a time.
 Parameters and buffers not in the dict are the module's own (shared by all samples). One exception: a
 module in training mode with BatchNorm layers that update running statistics cannot run under ``vmap``
 (the in-place update of unbatched buffers); it is then evaluated sample by sample, each sample's batch
@@ -47,6 +49,17 @@ def _updates_running_stats(module: nn.Module) -> bool:
                for m in module.modules())
 
 
+def _loops_over_samples(module: nn.Module, x: Tensor) -> bool:
+    """Whether to evaluate sample by sample instead of under ``vmap``: a module in training mode whose BatchNorm
+    layers update running statistics (which ``vmap`` cannot), and a convolutional network on the CPU, where
+    ``vmap``'s grouped convolution is slower than one ordinary convolution per sample (LeNet-5, 50 draws x 200
+    images, one thread: 1.6-2.0x faster forward, 1.3x forward + input gradient; ``benchmarks/eval_phases.py``).
+    On a GPU, and for networks of linear layers (batched matmuls), ``vmap`` is kept."""
+    if _updates_running_stats(module):
+        return True
+    return x.device.type == "cpu" and any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
+
+
 def forward_samples(module: nn.Module, samples: Mapping[str, Tensor], x: Tensor,
                     chunk_size: int | None = None) -> Tensor:
     """Evaluate ``module`` on ``x`` for every weight sample; returns ``[S, *module(x).shape]``.
@@ -67,7 +80,7 @@ def forward_samples(module: nn.Module, samples: Mapping[str, Tensor], x: Tensor,
     def one(params: dict[str, Tensor]) -> Tensor:
         return functional_call(module, params, (x,))
 
-    if _updates_running_stats(module):
+    if _loops_over_samples(module, x):
         return torch.stack([one({k: v[i] for k, v in samples.items()}) for i in range(n)])
 
     batched = vmap(one, in_dims=(0,), randomness="different")
@@ -83,9 +96,9 @@ def forward_samples_per_input(module: nn.Module, samples: Mapping[str, Tensor], 
 
     The per-copy evaluation adversarial attacks need (sample s sees only ``xs[s]``, so one backward pass
     gives every sample's own input gradient); vectorised with ``vmap`` over (weights, inputs) except where
-    BatchNorm updates running statistics (then a loop, as :func:`forward_samples`).
+    :func:`forward_samples` loops (BatchNorm updating running statistics, a convolutional network on the CPU).
     """
-    if _updates_running_stats(module):
+    if _loops_over_samples(module, xs):
         return torch.stack([functional_call(module, {k: v[s] for k, v in samples.items()}, (xs[s],))
                             for s in range(xs.shape[0])])
 

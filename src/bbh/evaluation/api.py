@@ -14,7 +14,14 @@ What is computed (paper-protocol 6.1-6.5; the same numbers ``bbh evaluate RUN_DI
   OOD: the total entropy H[p̄], the mutual information, and the negated maximum probability -max_k p̄_k;
 * per attack (:class:`AttackCurve`): on the first ``images`` test examples, per ε: accuracy, mean authors'
   entropy / log K and entropy AUC of the predictive on the adversarial images (paper Figs. 3/4). At ε = 0 the
-  clean test predictions of those images are reused, so the curve starts exactly at their clean accuracy.
+  clean test predictions of those images are reused, so the curve starts exactly at their clean accuracy. FGSM's
+  step direction at x does not depend on ε (:func:`bbh.evaluation.attacks.fgsm_direction`), so a curve costs one
+  gradient computation and one predictive per ε.
+
+Methods that draw whole weight sets (BbH, BbB) serve every prediction of one evaluation from one set of
+``n_samples`` draws (:meth:`bbh.Method.reusing_draws`): the predictive of every batch, OOD set and ε uses the
+same S weight sets (the S-draw Monte Carlo predictive), and the FGSM gradient its own independent set; PGD
+draws afresh at every step.
 
 Every prediction uses ``n_samples`` posterior draws (MAP: 1, an ensemble: its M members; ``samples`` in the
 results is the number actually used). The number of classes K is the last dimension of the method's outputs.
@@ -380,13 +387,20 @@ def _attack_curve(method: Method, spec: AttackSpec, x: Tensor, y: Tensor, clean_
                   n_samples: int, chunk_size: int | None, batch_size: int) -> AttackCurve:
     device = x.device
     points = []
+    direction = None
     for eps in spec.epsilons:
         if spec.attack == "fgsm":
-            x_adv = _attacks.fgsm(method, x, y.to(device), eps, n_samples=spec.samples, gradient=spec.gradient,
-                                  clamp=spec.clamp, chunk_size=chunk_size)
+            if eps == 0:
+                x_adv = _attacks.apply_clamp(x.clone(), spec.clamp)
+            else:
+                if direction is None:  # one gradient for the whole curve: x_adv(ε) = clamp(x + ε d)
+                    direction = _attacks.fgsm_direction(method, x, y.to(device), n_samples=spec.samples,
+                                                        gradient=spec.gradient, chunk_size=chunk_size)
+                x_adv = _attacks.apply_clamp(x + float(eps) * direction, spec.clamp).detach()
         else:
-            x_adv = _attacks.pgd(method, x, y.to(device), eps, n_samples=spec.samples, clamp=spec.clamp,
-                                 chunk_size=chunk_size)
+            with method.reusing_draws(False):  # PGD: fresh draws at every step (expectation over transformation)
+                x_adv = _attacks.pgd(method, x, y.to(device), eps, n_samples=spec.samples, clamp=spec.clamp,
+                                     chunk_size=chunk_size)
         if eps == 0 and torch.equal(x_adv, x):  # no perturbation: the clean predictions of these images
             mean = clean_mean
         else:
@@ -455,6 +469,7 @@ def evaluate(method: Method, test: Batches, *, ood: Batches | Mapping[str, Batch
             stack.enter_context(torch.random.fork_rng(devices=devices))
             _seed(seed, devices)
         stack.enter_context(method.evaluating())
+        stack.enter_context(method.reusing_draws())  # one set of n draws for every batch, set and ε
         return _run(method, test, sets, specs, n, chunk_size, batch_size, transform, seed, bins, progress)
 
 

@@ -83,7 +83,7 @@ def _check(method: Method, x: Tensor, y: Tensor, epsilon: float, n_samples: int,
             raise ValueError(f"clamp must be a pair (low, high) with low <= high, got {clamp!r}")
 
 
-def _apply_clamp(x: Tensor, clamp: tuple[float, float] | None) -> Tensor:
+def apply_clamp(x: Tensor, clamp: tuple[float, float] | None) -> Tensor:
     return x if clamp is None else x.clamp(float(clamp[0]), float(clamp[1]))
 
 
@@ -165,19 +165,29 @@ def fgsm(method: Method, x: Tensor, y: Tensor, epsilon: float, *, n_samples: int
         chunk_size: evaluate at most this many posterior samples at once.
     """
     _check(method, x, y, epsilon, n_samples, clamp)
+    x = x.detach()
+    if float(epsilon) == 0.0:
+        if gradient not in GRADIENTS:
+            raise ValueError(f"unknown gradient {gradient!r}; expected one of {', '.join(map(repr, GRADIENTS))}")
+        return apply_clamp(x.clone(), clamp)
+    direction = fgsm_direction(method, x, y, n_samples=n_samples, gradient=gradient, chunk_size=chunk_size)
+    return apply_clamp(x + float(epsilon) * direction, clamp).detach()
+
+
+def fgsm_direction(method: Method, x: Tensor, y: Tensor, *, n_samples: int = 100, gradient: str = "authors",
+                   chunk_size: int | None = None) -> Tensor:
+    """FGSM's step direction d at x, so that ``fgsm(..., ε) = clamp(x + ε d)`` for every ε: ``mean_s sign(g_s)``
+    (``"authors"``) or ``sign(∇_x mean_s CE_s)`` (``"expectation"``). It does not depend on ε, so a whole FGSM
+    curve needs one gradient computation (:func:`bbh.evaluate` computes it once per curve)."""
     if gradient not in GRADIENTS:
         raise ValueError(f"unknown gradient {gradient!r}; expected one of {', '.join(map(repr, GRADIENTS))}")
     x = x.detach()
-    if float(epsilon) == 0.0:
-        return _apply_clamp(x.clone(), clamp)
     if gradient == "authors":
         total = sum(_draw_chunks(method, n_samples, chunk_size))
-        direction = per_sample_input_gradients(method, x, y, n_samples, chunk_size=chunk_size,
-                                               reduce=torch.sign) / total
-    else:
-        g, _ = expected_loss_gradient(method, x, y, n_samples, chunk_size=chunk_size)
-        direction = g.sign()
-    return _apply_clamp(x + float(epsilon) * direction, clamp).detach()
+        return per_sample_input_gradients(method, x, y, n_samples, chunk_size=chunk_size,
+                                          reduce=torch.sign) / total
+    g, _ = expected_loss_gradient(method, x, y, n_samples, chunk_size=chunk_size)
+    return g.sign()
 
 
 def pgd(method: Method, x: Tensor, y: Tensor, epsilon: float, *, steps: int = 10, step_size: float | None = None,
@@ -206,15 +216,15 @@ def pgd(method: Method, x: Tensor, y: Tensor, epsilon: float, *, steps: int = 10
         raise ValueError(f"step_size must be a finite number >= 0, got {step_size}")
     x = x.detach()
     if eps == 0.0:
-        return _apply_clamp(x.clone(), clamp)
+        return apply_clamp(x.clone(), clamp)
     x_adv = x.clone()
     if random_start:
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv = _apply_clamp(x + eps * (2 * noise - 1), clamp)
+        x_adv = apply_clamp(x + eps * (2 * noise - 1), clamp)
     for _ in range(int(steps)):
         g, _ = expected_loss_gradient(method, x_adv, y, n_samples, chunk_size=chunk_size)
         x_adv = x_adv + alpha * g.sign()
-        x_adv = _apply_clamp(x + (x_adv - x).clamp(-eps, eps), clamp)
+        x_adv = apply_clamp(x + (x_adv - x).clamp(-eps, eps), clamp)
     return x_adv.detach()
 
 

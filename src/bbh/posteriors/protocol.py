@@ -435,6 +435,18 @@ class Method(nn.Module):
             for m, mode in modes:
                 m.training = mode
 
+    @contextmanager
+    def reusing_draws(self, enabled: bool = True) -> Iterator[Method]:
+        """Within the block, every request for S posterior draws is served by one set of S draws, drawn at its
+        first use: the predictive of a whole test set then comes from the same S weight sets for every batch
+        (the S-draw Monte Carlo predictive, as an ensemble of S members), and an expensive draw (a BbH
+        hypernet pass generating every weight) is made once instead of once per batch. ``per_copy_outputs``
+        (attack gradients) is served by its own set, independent of the predictive's. Default: nothing to
+        reuse (the method's draws are cheap or tied to the inputs: MAP, ensembles, MC-Dropout's masks, MNF's
+        local noise); methods that draw whole weight sets override it. :func:`bbh.evaluate` uses it.
+        ``enabled=False`` suspends an enclosing block's reuse (fresh draws on every call, as PGD's steps want)."""
+        yield self
+
     def predict(self, x: Tensor, n_samples: int = 100, *,
                 chunk_size: int | None = None) -> Predictive | RegressionPredictive:
         """The posterior predictive on ``x``, as the likelihood builds it (``likelihood.predictive``):

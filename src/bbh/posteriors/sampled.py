@@ -3,6 +3,9 @@ own update, all from one ``sample(n) -> {name: Tensor[n, *shape]}``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -33,7 +36,42 @@ class WeightSampler(Method):
 
     def _sample_outputs(self, x: Tensor, n_samples: int, *, chunk_size: int | None = None) -> Tensor:
         """Outputs under ``n_samples`` weight draws, ``[S, B, ...]`` (vectorised over draws)."""
-        return chunked_sample_outputs(self.model, self.sample, x, n_samples, chunk_size)
+        cache = getattr(self, "_draw_cache", None)
+        if cache is None:
+            return chunked_sample_outputs(self.model, self.sample, x, n_samples, chunk_size)
+        draws = self._cached_draws("outputs", n_samples)
+        served = [0]
+
+        def serve(k: int) -> dict[str, Tensor]:  # the cached draws, chunk after chunk
+            start = served[0]
+            served[0] += k
+            return {name: t[start:start + k] for name, t in draws.items()}
+
+        return chunked_sample_outputs(self.model, serve, x, n_samples, chunk_size)
+
+    @contextmanager
+    def reusing_draws(self, enabled: bool = True) -> Iterator[WeightSampler]:
+        """See :meth:`Method.reusing_draws`: one set of S weight draws per purpose (predictive outputs,
+        per-copy attack outputs) and S, drawn without autograd at first use, kept until the block ends
+        (memory: S x the number of random weights, e.g. 172 MB for 100 LeNet-5 draws). Nested blocks share
+        the outer block's draws; ``enabled=False`` suspends them for the inner block."""
+        outer = getattr(self, "_draw_cache", None)
+        if enabled and outer is not None:
+            yield self
+            return
+        self._draw_cache: dict[tuple[str, int], dict[str, Tensor]] | None = {} if enabled else None
+        try:
+            yield self
+        finally:
+            self._draw_cache = outer
+
+    def _cached_draws(self, purpose: str, n: int) -> dict[str, Tensor]:
+        cache = self._draw_cache
+        assert cache is not None
+        if (purpose, n) not in cache:
+            with torch.no_grad():
+                cache[(purpose, n)] = {k: v.detach() for k, v in self.sample(n).items()}
+        return cache[(purpose, n)]
 
     def weight_samples(self, n: int) -> dict[str, Tensor]:
         """n draws of the weight posterior ``{name: Tensor[n, *shape]}`` (:meth:`sample`)."""
@@ -41,8 +79,11 @@ class WeightSampler(Method):
 
     def _per_copy_outputs(self, xs: Tensor) -> Tensor:
         """S weight draws (without autograd: attacks need input gradients only), draw s on ``xs[s]``."""
-        with torch.no_grad():
-            samples = self.sample(xs.shape[0])
+        if getattr(self, "_draw_cache", None) is not None:
+            samples = self._cached_draws("per-copy", xs.shape[0])
+        else:
+            with torch.no_grad():
+                samples = self.sample(xs.shape[0])
         return forward_samples_per_input(self.model, samples, xs)
 
     def post_step(self) -> dict[str, float]:
