@@ -58,7 +58,7 @@ def test_rows_with_one_configuration_share_one_run() -> None:
 
 def test_another_budget_in_the_same_folder_is_refused(tmp_path: Path) -> None:
     Reproduction.open(tmp_path / "out", "smoke")
-    with pytest.raises(ValueError, match="budget 'smoke'.*choose another --out"):
+    with pytest.raises(ValueError, match="made with budget 'smoke'; choose another --out for budget 'cpu'"):
         Reproduction.open(tmp_path / "out", "cpu")
     with pytest.raises(ValueError, match="unknown budget"):
         Reproduction.open(tmp_path / "other", "huge")

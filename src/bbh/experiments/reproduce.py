@@ -196,8 +196,10 @@ class Reproduction:
         folder = ensure_writable(out)
         state = read_json_object(folder / STATE_NAME)
         if state is not None and state.get("budget") != budget.describe():
-            raise ValueError(f"{folder} holds a reproduction at budget {state.get('budget', {}).get('name')!r} "
-                             f"({state.get('budget')}); choose another --out for budget {budget.name!r}")
+            made = (state.get("budget") or {}).get("name")
+            what = f"budget {made!r}" if made != budget.name else f"other settings of budget {made!r} (older bbh)"
+            raise ValueError(f"{folder} holds a reproduction made with {what}; choose another --out for budget "
+                             f"{budget.name!r}")
         if state is None:
             write_json(folder / STATE_NAME, {"budget": budget.describe()})
         data_dir = kwargs.pop("data_dir", None)
