@@ -61,10 +61,11 @@ def test_an_fgsm_curve_takes_one_gradient_and_matches_fgsm(monkeypatch: pytest.M
 
 
 def test_the_cpu_loop_over_samples_equals_vmap_for_a_conv_net() -> None:
+    """The CPU path for conv nets (per draw, channels-last, slices of 128) gives vmap's numbers."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
     samples = {k: v.detach() + 0.1 * torch.randn(4, *v.shape) for k, v in net.named_parameters()}
-    x = torch.randn(5, 1, 6, 6)
+    x = torch.randn(300, 1, 6, 6)  # more than one CPU slice (CPU_CONV_SLICE = 128)
     by_vmap = vmap(lambda p: functional_call(net, p, (x,)))(samples)
     assert torch.allclose(forward_samples(net, samples, x), by_vmap, atol=1e-6)
     xs = torch.randn(4, 5, 1, 6, 6)
