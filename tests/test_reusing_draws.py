@@ -71,3 +71,17 @@ def test_the_cpu_loop_over_samples_equals_vmap_for_a_conv_net() -> None:
     xs = torch.randn(4, 5, 1, 6, 6)
     per_input = vmap(lambda p, xi: functional_call(net, p, (xi,)))(samples, xs)
     assert torch.allclose(forward_samples_per_input(net, samples, xs), per_input, atol=1e-6)
+
+
+def test_fgsm_gradients_in_slices_of_images_give_the_same_curve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The curve's gradient is taken GRADIENT_IMAGES images at a time; with the evaluation's draws that changes
+    nothing (each image's direction depends on its own loss only)."""
+    import bbh.evaluation.api as api
+
+    method, x, y = _bbb(), torch.randn(12, 3), torch.randint(0, 4, (12,))
+    spec = [AttackSpec("fgsm", epsilons=(0.0, 0.2, 0.5), images=12, samples=5, gradient="expectation")]
+    whole = bbh.evaluate(method, (x, y), attacks=spec, n_samples=5, seed=1).adversarial["fgsm"].points
+    monkeypatch.setattr(api, "GRADIENT_IMAGES", 5)
+    sliced = bbh.evaluate(method, (x, y), attacks=spec, n_samples=5, seed=1).adversarial["fgsm"].points
+    assert [p.accuracy for p in sliced] == [p.accuracy for p in whole]
+    assert [p.entropy for p in sliced] == pytest.approx([p.entropy for p in whole], abs=1e-6)

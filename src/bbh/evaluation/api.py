@@ -383,6 +383,20 @@ def _point(epsilon: float, mean: Tensor, y: Tensor, num_classes: int) -> AttackP
                        entropy_auc=metrics.entropy_auc(h, num_classes))
 
 
+GRADIENT_IMAGES = 100
+"""Images per FGSM gradient pass in :func:`bbh.evaluate`: the pass keeps S x images activations for the
+backward, so slices keep it in memory (and cache) whatever the number of attacked images."""
+
+
+def _fgsm_direction(method: Method, spec: AttackSpec, x: Tensor, y: Tensor, chunk_size: int | None) -> Tensor:
+    """FGSM's direction at every attacked image, :data:`GRADIENT_IMAGES` images at a time (each image's
+    direction depends on its own loss only, and the draws are the evaluation's, so slicing changes nothing)."""
+    return torch.cat([_attacks.fgsm_direction(method, x[i:i + GRADIENT_IMAGES], y[i:i + GRADIENT_IMAGES],
+                                              n_samples=spec.samples or 1, gradient=spec.gradient,
+                                              chunk_size=chunk_size)
+                      for i in range(0, x.shape[0], GRADIENT_IMAGES)])
+
+
 def _attack_curve(method: Method, spec: AttackSpec, x: Tensor, y: Tensor, clean_mean: Tensor, num_classes: int, *,
                   n_samples: int, chunk_size: int | None, batch_size: int) -> AttackCurve:
     device = x.device
@@ -394,8 +408,7 @@ def _attack_curve(method: Method, spec: AttackSpec, x: Tensor, y: Tensor, clean_
                 x_adv = _attacks.apply_clamp(x.clone(), spec.clamp)
             else:
                 if direction is None:  # one gradient for the whole curve: x_adv(ε) = clamp(x + ε d)
-                    direction = _attacks.fgsm_direction(method, x, y.to(device), n_samples=spec.samples,
-                                                        gradient=spec.gradient, chunk_size=chunk_size)
+                    direction = _fgsm_direction(method, spec, x, y.to(device), chunk_size)
                 x_adv = _attacks.apply_clamp(x + float(eps) * direction, spec.clamp).detach()
         else:
             with method.reusing_draws(False):  # PGD: fresh draws at every step (expectation over transformation)
