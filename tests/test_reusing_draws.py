@@ -85,3 +85,15 @@ def test_fgsm_gradients_in_slices_of_images_give_the_same_curve(monkeypatch: pyt
     sliced = bbh.evaluate(method, (x, y), attacks=spec, n_samples=5, seed=1).adversarial["fgsm"].points
     assert [p.accuracy for p in sliced] == [p.accuracy for p in whole]
     assert [p.entropy for p in sliced] == pytest.approx([p.entropy for p in whole], abs=1e-6)
+
+
+def test_the_cpu_path_keeps_a_batch_statistics_norm_on_the_whole_batch() -> None:
+    """BatchNorm with track_running_stats=False (the authors' ResNet norm "batch") normalises with the batch it
+    is given, also in eval mode: the CPU path must not slice that batch."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, track_running_stats=False), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).eval()
+    samples = {k: v.detach() + 0.1 * torch.randn(4, *v.shape) for k, v in net.named_parameters()}
+    x = torch.randn(300, 1, 6, 6)
+    by_vmap = vmap(lambda p: functional_call(net, p, (x,)))(samples)
+    assert torch.allclose(forward_samples(net, samples, x), by_vmap, atol=1e-5)

@@ -5,7 +5,7 @@ the module once per sample and stacks the outputs into ``[S, B, ...]``. The path
 ``torch.func.vmap`` over ``torch.func.functional_call``: PyTorch's batching rules turn a linear layer with
 batched weights into a batched matmul and a convolution into one grouped convolution, so there is no
 Python loop over samples. On the CPU a convolutional network is evaluated sample by sample instead (one
-ordinary convolution per sample is faster there than the grouped one; see :func:`_loops_over_samples`).
+ordinary convolution per sample is faster there than the grouped one; see :func:`_is_cpu_conv`).
 ``chunk_size`` bounds memory by evaluating that many samples at a time.
 Parameters and buffers not in the dict are the module's own (shared by all samples). One exception: a
 module in training mode with BatchNorm layers that update running statistics cannot run under ``vmap``
@@ -49,14 +49,19 @@ def _updates_running_stats(module: nn.Module) -> bool:
                for m in module.modules())
 
 
-def _loops_over_samples(module: nn.Module, x: Tensor) -> bool:
-    """Whether to evaluate sample by sample instead of under ``vmap``: a module in training mode whose BatchNorm
-    layers update running statistics (which ``vmap`` cannot), and a convolutional network on the CPU, where
-    ``vmap``'s grouped convolution is slower than one ordinary convolution per sample (LeNet-5, 50 draws x 200
-    images, one thread: 1.6-2.0x faster forward, 1.3x forward + input gradient; ``benchmarks/eval_phases.py``).
-    On a GPU, and for networks of linear layers (batched matmuls), ``vmap`` is kept."""
-    if _updates_running_stats(module):
-        return True
+def _uses_batch_statistics(module: nn.Module) -> bool:
+    """Whether a BatchNorm layer normalises with the statistics of the current batch (training mode, or
+    ``track_running_stats=False`` in any mode): its outputs then depend on which examples share a pass."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats)
+               for m in module.modules())
+
+
+def _is_cpu_conv(module: nn.Module, x: Tensor) -> bool:
+    """A convolutional network on the CPU: evaluated draw by draw (:func:`_cpu_conv_forward`) instead of under
+    ``vmap``, whose grouped convolution is slower there than one ordinary convolution per draw (LeNet-5, 50
+    draws x 200 images, one thread: 1.6-2.0x faster forward, 1.3x forward + input gradient;
+    ``benchmarks/eval_phases.py``). On a GPU, and for networks of linear layers (batched matmuls), ``vmap`` is
+    kept."""
     return x.device.type == "cpu" and any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
 
 
@@ -82,7 +87,7 @@ def forward_samples(module: nn.Module, samples: Mapping[str, Tensor], x: Tensor,
 
     if _updates_running_stats(module):
         return torch.stack([one({k: v[i] for k, v in samples.items()}) for i in range(n)])
-    if _loops_over_samples(module, x):
+    if _is_cpu_conv(module, x):
         return torch.stack([_cpu_conv_forward(module, {k: v[i] for k, v in samples.items()}, x) for i in range(n)])
 
     batched = vmap(one, in_dims=(0,), randomness="different")
@@ -101,12 +106,14 @@ def _cpu_conv_forward(module: nn.Module, params: dict[str, Tensor], x: Tensor) -
     """``module(x)`` with ``params``, as fast as a CPU runs a convolutional network: inputs and 4-D weights in
     channels-last layout (oneDNN's fast path) and at most :data:`CPU_CONV_SLICE` examples per pass, so that the
     activations stay in cache. LeNet-5, one thread: 3,300 images/s in one pass of 500 in the default layout,
-    10,300/s like this (the same numbers up to float rounding)."""
+    10,300/s like this (the same numbers up to float rounding). A network whose BatchNorm uses the current
+    batch's statistics (:func:`_uses_batch_statistics`, e.g. the authors' ResNet norm ``"batch"``) runs the
+    whole batch in one pass, so that its outputs are those of the batch it was given."""
     cl = torch.channels_last
     if x.dim() == 4:
         x = x.contiguous(memory_format=cl)
     params = {k: v.contiguous(memory_format=cl) if v.dim() == 4 else v for k, v in params.items()}
-    if x.shape[0] <= CPU_CONV_SLICE:
+    if x.shape[0] <= CPU_CONV_SLICE or _uses_batch_statistics(module):
         return functional_call(module, params, (x,)).contiguous()
     return torch.cat([functional_call(module, params, (x[i:i + CPU_CONV_SLICE],)).contiguous()
                       for i in range(0, x.shape[0], CPU_CONV_SLICE)])
@@ -122,7 +129,7 @@ def forward_samples_per_input(module: nn.Module, samples: Mapping[str, Tensor], 
     if _updates_running_stats(module):
         return torch.stack([functional_call(module, {k: v[s] for k, v in samples.items()}, (xs[s],))
                             for s in range(xs.shape[0])])
-    if _loops_over_samples(module, xs):
+    if _is_cpu_conv(module, xs):
         return torch.stack([_cpu_conv_forward(module, {k: v[s] for k, v in samples.items()}, xs[s])
                             for s in range(xs.shape[0])])
 
