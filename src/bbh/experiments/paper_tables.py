@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..reports.runs import PAPER_TABLES
+
 Metrics = Mapping[str, Any]
 """One row's measured numbers: ``error_percent``, ``auc_in``, ``auc_out``, ``ood_auroc``, ``nll``, ``ece``,
 ``train_seconds``, ... (see :func:`bbh.experiments.reproduce.row_metrics`)."""
@@ -129,12 +131,7 @@ def _shared(layout: str) -> dict[str, Any]:
 _BBH_T3 = {"method.layout": "layerwise", "method.noise": "independent", "method.noise_dim": 1}
 _METHODS = ("map", "ensemble", "bbb", "mc-dropout", "mnf", "bbh")
 _LABELS = {"map": "MAP", "ensemble": "Ensemble", "bbb": "BbB", "mc-dropout": "Dropout", "mnf": "MNF", "bbh": "BbH"}
-_T3_PAPER = {"map": (0.80, 0.99, 0.71, 710), "ensemble": (0.49, 0.99, 0.65, 2721), "bbb": (0.72, 0.97, 0.41, 2892),
-             "mc-dropout": (0.47, 0.99, 0.58, 1224), "mnf": (0.63, 0.99, 0.58, 21811),
-             "bbh": (0.56, 0.97, 0.48, 11504)}
-_T4_PAPER = {"map": (13.58, 0.83, 0.68, 5269), "ensemble": (10.18, 0.77, 0.55, 51755),
-             "bbb": (13.78, 0.65, 0.44, 10562), "mc-dropout": (24.74, 0.46, 0.35, 6189),
-             "mnf": (12.82, 0.82, 0.62, 15743), "bbh": (13.62, 0.68, 0.51, 7896)}
+_T3_PAPER, _T4_PAPER = PAPER_TABLES["mnist"], PAPER_TABLES["cifar5"]  # the one copy, also read by bbh compare
 
 
 def _method_rows(task: str, paper: Mapping[str, tuple[float, float, float, float]]) -> tuple[Row, ...]:
@@ -180,7 +177,7 @@ TABLES: dict[str, TableSpec] = {
                max(_METHODS, key=lambda k: float(r[k]["error_percent"])) == "mc-dropout"))),
     "table5": TableSpec(
         "table5", "Table 5: KL estimators for Bayes by Backprop (MNIST, LeNet-5)", "mnist",
-        (Row("analytic", "Analytical", "mnist-bbb", {}, (0.72, 0.97, 0.41, 2892)),  # BbB's default KL
+        (Row("analytic", "Analytical", "mnist-bbb", {}, _T3_PAPER["bbb"]),  # BbB's default KL: Table 3's BbB row
          Row("avb", "Adversarial Variational Bayes", "mnist-bbb", {"method.kl": "adversarial"},
              (0.97, 1.00, 0.95, 22187)),
          Row("kernel-independent", "Kernel with independent prior", "mnist-bbb", {"method.kl": "nn-per-weight"},
