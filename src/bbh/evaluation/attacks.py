@@ -83,6 +83,11 @@ def _check(method: Method, x: Tensor, y: Tensor, epsilon: float, n_samples: int,
             raise ValueError(f"clamp must be a pair (low, high) with low <= high, got {clamp!r}")
 
 
+def _check_gradient(gradient: str) -> None:
+    if gradient not in GRADIENTS:
+        raise ValueError(f"unknown gradient {gradient!r}; expected one of {', '.join(map(repr, GRADIENTS))}")
+
+
 def apply_clamp(x: Tensor, clamp: tuple[float, float] | None) -> Tensor:
     return x if clamp is None else x.clamp(float(clamp[0]), float(clamp[1]))
 
@@ -165,10 +170,9 @@ def fgsm(method: Method, x: Tensor, y: Tensor, epsilon: float, *, n_samples: int
         chunk_size: evaluate at most this many posterior samples at once.
     """
     _check(method, x, y, epsilon, n_samples, clamp)
+    _check_gradient(gradient)
     x = x.detach()
     if float(epsilon) == 0.0:
-        if gradient not in GRADIENTS:
-            raise ValueError(f"unknown gradient {gradient!r}; expected one of {', '.join(map(repr, GRADIENTS))}")
         return apply_clamp(x.clone(), clamp)
     direction = fgsm_direction(method, x, y, n_samples=n_samples, gradient=gradient, chunk_size=chunk_size)
     return apply_clamp(x + float(epsilon) * direction, clamp).detach()
@@ -179,8 +183,7 @@ def fgsm_direction(method: Method, x: Tensor, y: Tensor, *, n_samples: int = 100
     """FGSM's step direction d at x, so that ``fgsm(..., ε) = clamp(x + ε d)`` for every ε: ``mean_s sign(g_s)``
     (``"authors"``) or ``sign(∇_x mean_s CE_s)`` (``"expectation"``). It does not depend on ε, so a whole FGSM
     curve needs one gradient computation (:func:`bbh.evaluate` computes it once per curve)."""
-    if gradient not in GRADIENTS:
-        raise ValueError(f"unknown gradient {gradient!r}; expected one of {', '.join(map(repr, GRADIENTS))}")
+    _check_gradient(gradient)
     x = x.detach()
     if gradient == "authors":
         total = sum(_draw_chunks(method, n_samples, chunk_size))
