@@ -27,7 +27,6 @@ chosen device times the steps planned) before it starts.
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import math
@@ -427,18 +426,14 @@ def _time_steps(config: dict[str, Any], task: Any, steps: int = 3) -> float:
     """Seconds per training step of ``config`` on its device (one warm-up step, then ``steps`` timed)."""
     from ..models.registry import build_model
     from ..posteriors import create
-    from ..training.trainer import Trainer, resolve_device
-    from .run import build_schedule
+    from ..training.trainer import resolve_device
+    from .run import config_trainer
 
-    config = copy.deepcopy(config)
     device = resolve_device(config["train"]["device"])
     batch = config["train"]["batch_size"]
     method = create(config["experiment"]["method"], build_model(config["model"], task.num_classes),
                     **config["method"])
-    trainer = Trainer(method, optimizer=config["train"]["optimizer"], lr=config["train"]["lr"],
-                      eps=config["train"]["eps"], steps=steps + 1,
-                      kl_anneal=build_schedule(config["train"]["kl_anneal"]), device=device, progress=False,
-                      handle_signals=False)
+    trainer = config_trainer(config, method, device, steps=steps + 1, progress=False, handle_signals=False)
     times: list[float] = []
     trainer.callbacks.append(lambda rec: times.append(time.perf_counter()) if rec.get("event") == "step" else None)
     n = batch * (steps + 1)

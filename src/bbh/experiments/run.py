@@ -97,6 +97,16 @@ def predict_probs(method: Method, x: Tensor, transform: Callable[[Tensor], Tenso
         return predict_batches(method, iter_batches(x, batch_size), n_samples, transform=transform)["mean"]
 
 
+def config_trainer(config: dict[str, Any], method: Method, device: torch.device | str, **kwargs: Any) -> Trainer:
+    """The :class:`Trainer` of a resolved configuration's ``[train]`` table (optimizer, lr, eps, KL schedule,
+    factored gradients, AMP, gradient clipping) for ``method`` on ``device``; ``kwargs`` add the rest (epochs or
+    steps, seed, checkpoints, ...)."""
+    train = config["train"]
+    return Trainer(method, optimizer=train["optimizer"], lr=train["lr"], eps=train["eps"],
+                   kl_anneal=build_schedule(train["kl_anneal"]), device=device, factored_grads=train["factored_grads"],
+                   amp=train["amp"], clip_grad_norm=train["clip_grad_norm"], **kwargs)
+
+
 class Run:
     """One training run of a resolved configuration in ``run_dir`` (see the module docstring).
 
@@ -157,11 +167,9 @@ class Run:
                              "use the Python API with bbh.data.MemberBatches")
         self.world, self.rank = dist.world_size(), dist.rank()
         # posterior noise, dropout masks and augmentation: seed + 1 + rank (the Trainer adds the rank)
-        self.trainer = Trainer(self.method, optimizer=train["optimizer"], lr=train["lr"], eps=train["eps"],
-                               epochs=train["epochs"], kl_anneal=build_schedule(train["kl_anneal"]), device=device,
-                               seed=self.seed + 1, progress=self.progress, factored_grads=train["factored_grads"],
-                               amp=train["amp"], clip_grad_norm=train["clip_grad_norm"],
-                               checkpoint_dir=self.run_dir, metadata={"config": self.config})
+        self.trainer = config_trainer(self.config, self.method, device, epochs=train["epochs"], seed=self.seed + 1,
+                                      progress=self.progress, checkpoint_dir=self.run_dir,
+                                      metadata={"config": self.config})
 
     @property
     def epoch(self) -> int:
@@ -299,4 +307,4 @@ class Run:
         return summary
 
 
-__all__ = ["Run", "build_model", "build_schedule", "predict_probs", "read_status"]
+__all__ = ["Run", "build_model", "build_schedule", "config_trainer", "predict_probs", "read_status"]
