@@ -264,7 +264,7 @@ class Reproduction:
         runs; kept in ``runs/<task>-laplace/eval/results.json``."""
         from ..evaluation.api import AttackSpec, evaluate, json_safe
         from ..posteriors.laplace import fit_last_layer_laplace
-        from ..reports.runs import _results, load_run
+        from ..reports.runs import load_run, results_record
 
         map_row = next(r for r in table.rows if r.key == "map")
         folder = self.out / "runs" / f"{table.task}-{LAPLACE}"
@@ -285,7 +285,7 @@ class Reproduction:
                        attacks=[AttackSpec("fgsm", images=self.budget.adv_images, samples=self.budget.samples)],
                        n_samples=self.budget.samples, transform=task.eval_transform, seed=0)
         lconfig = {"experiment": {"method": LAPLACE, "task": table.task}}
-        results = _results(res, f"{table.task}-{LAPLACE}", table.task, lconfig, folder)
+        results = results_record(res, f"{table.task}-{LAPLACE}", table.task, lconfig, folder)
         map_final = read_json_object(map_dir / "final.json") or {}
         results["train_seconds"] = float(map_final.get("train_seconds", math.nan)) + fit_seconds
         results["fit_seconds"] = fit_seconds

@@ -216,7 +216,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
         res = evaluate(method, (task.test_x, task.test_y), ood=None if outliers is None else {"outliers": outliers},
                        attacks=specs, n_samples=n, chunk_size=chunk_size, batch_size=batch_size,
                        transform=task.eval_transform, seed=seed, progress=steps)
-        results = _results(res, name, task_name, config, run_dir)
+        results = results_record(res, name, task_name, config, run_dir)
         with _fresh_dir(run_dir / "eval") as out_dir:
             _figures(res, results, out_dir, name)
             if run_probes:
@@ -236,7 +236,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
     return results
 
 
-def _results(res: EvaluationResults, name: str, task_name: str, config: dict[str, Any],
+def results_record(res: EvaluationResults, name: str, task_name: str, config: dict[str, Any],
              run_dir: Path) -> dict[str, Any]:
     """The layout of ``results.json`` (as :func:`compare_runs` and older results read it)."""
     results: dict[str, Any] = {"run": name, "task": task_name, "method": config["experiment"]["method"],
@@ -401,4 +401,4 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
     return text
 
 
-__all__ = ["PAPER_TABLES", "compare_runs", "evaluate_run", "load_run"]
+__all__ = ["PAPER_TABLES", "compare_runs", "evaluate_run", "load_run", "results_record"]
