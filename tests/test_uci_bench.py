@@ -266,3 +266,55 @@ def test_more_splits_than_the_folder_has_warns(data_dir: Path, tmp_path: Path) -
     with pytest.warns(UserWarning, match="alpha has 3 standard splits; --splits 5 runs all 3"):
         run_uci(data_dir, tmp_path / "out", datasets=["alpha"], methods=["map"], splits=5, budget=TINY,
                 progress=False, train=False)
+
+
+def test_selection_grid_is_factors_of_the_budget_length() -> None:
+    bbh = uci.uci_settings()["bbh"]
+    assert uci.selection_grid(bbh, uci.BUDGETS["full"]) == [2000, 4000, 8000, 16000]
+    assert uci.selection_grid(bbh, Budget(None, 20, 40, 1)) == [10, 20, 40, 80]
+    with pytest.raises(ValueError, match="select_steps"):
+        uci.selection_grid(uci.uci_settings()["map"], TINY)
+
+
+def test_selection_scores_the_carve_out_at_each_length_without_test_data(data_dir: Path) -> None:
+    """Each grid length's validation LL is what a run of that length scores on the carve-out (the scoring on the
+    way leaves the training as it is), the choice is the best mean, and test targets are never read (NaN there
+    changes nothing)."""
+    dataset = load_uci(data_dir / "uci" / "alpha")
+    chosen = uci.select_training_steps(dataset, "bbh", budget=TINY)
+    assert chosen["grid"] == [10, 20, 40, 80] and chosen["splits"] == [0, 1]
+    assert chosen["steps"] == max(chosen["grid"], key=lambda g: chosen["mean_val_ll"][str(g)])
+    for g in (10, 80):
+        again = run_cell(dataset, "bbh", 1, budget=TINY, validation=0.2, steps=g)
+        assert again["scored"] == "validation" and again["selected_steps"] == g
+        assert chosen["val_ll"][str(g)][1] == pytest.approx(again["test_ll"], abs=1e-9)
+    one = Budget(splits=1, min_steps=20, max_steps=40, n_samples=4)  # split 0 only: poison its test rows
+    clean = uci.select_training_steps(dataset, "bbh", budget=one)
+    assert clean["splits"] == [0]
+    poisoned = load_uci(data_dir / "uci" / "alpha")
+    poisoned.y[poisoned.split(0).test_idx] = float("nan")
+    assert uci.select_training_steps(poisoned, "bbh", budget=one)["val_ll"] == clean["val_ll"]
+
+
+def test_run_chooses_the_length_once_per_dataset_and_records_it(data_dir: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    select = uci.select_training_steps
+
+    def counted(dataset: object, method: str, **kwargs: object) -> dict[str, object]:
+        calls.append(getattr(dataset, "name"))
+        return select(dataset, method, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(uci, "select_training_steps", counted)
+    out = tmp_path / "out"
+    results = run_uci(data_dir, out, datasets=["alpha"], methods=["bbh"], budget=TINY, progress=False)
+    assert calls == ["alpha"]
+    stored = json.loads(uci.selection_path(out, "standard", "alpha", "bbh").read_text())
+    cells = [json.loads(cell_path(out, "standard", "alpha", "bbh", k).read_text()) for k in range(2)]
+    assert all(c["selected_steps"] == stored["steps"] for c in cells)
+    assert all(c["steps"] >= stored["steps"] for c in cells)
+    assert results["datasets"]["alpha"]["bbh"]["selected_steps"] == stored["steps"]
+    assert f"alpha {stored['steps']} steps" in (out / "report.md").read_text()
+    cell_path(out, "standard", "alpha", "bbh", 1).unlink()  # resume: the stored choice is reused
+    run_uci(data_dir, out, datasets=["alpha"], methods=["bbh"], budget=TINY, progress=False)
+    assert calls == ["alpha"]

@@ -14,8 +14,10 @@ Every (dataset, method, split) cell is trained and scored under the protocol of 
 
   reported as mean ± standard error (sample std with ddof 1 / sqrt(#splits)) over the splits.
 
-Hyper-parameters are fixed defaults (:func:`uci_settings`), the same for every dataset; none is chosen by
-looking at test data. The budget (:data:`BUDGETS`) sets the splits, the training length and the posterior
+Hyper-parameters are fixed defaults (:func:`uci_settings`), the same for every dataset, except the training
+length of a setting with ``select_steps`` (BbH's): it is chosen per dataset on validation carve-outs of the
+training splits (:func:`select_training_steps`), as the 2018 re-run of MC-Dropout chose its settings. None is
+chosen by looking at test data. The budget (:data:`BUDGETS`) sets the splits, the training length and the posterior
 samples. Every finished cell is written atomically to ``OUT/cells/<kind>/<dataset>/<method>/split_<k>.json``
 and never redone, so an interrupted run continues where it stopped; ``OUT/results.json`` and
 ``OUT/report.md`` (``results-gap.json`` / ``report-gap.md`` for the gap splits) are rewritten after every
@@ -99,7 +101,11 @@ BUDGETS: dict[str, Budget] = {
 }
 """``full``: the 20 standard splits (all gap splits), ``n_epochs.txt`` epochs (40) but at least 4,000 and
 at most 8,000 steps (the cap shortens kin8nm, naval and power to 23-34 epochs of their 40, protein to 6).
-``quick``: 2 splits, 600-1,200 steps, 50 draws: a smoke run of the whole grid in minutes."""
+``quick``: 2 splits, 600-1,200 steps, 50 draws: a smoke run of the whole grid in minutes. A setting with
+``select_steps`` chooses its length from multiples of ``min_steps`` instead (BbH, full: 2,000-16,000 steps)."""
+SELECT_SPLITS = 3
+"""The training length of a setting with ``select_steps`` is chosen on the carve-outs of the first 3 splits (at
+most the budget's splits)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,9 @@ class UCISetting:
         batch_size: minibatch size.
         kl_weight: multiplies the KL term (1: the ELBO).
         min_steps: the least number of steps (``None``: the budget's; 0: just the protocol's epochs).
+        select_steps: factors of the budget's ``min_steps``: the training length is chosen per dataset among
+            them on validation carve-outs (:func:`select_training_steps`) instead of the budget's ``min_steps``
+            / ``max_steps``. Empty: not chosen.
     """
 
     method: str
@@ -125,10 +134,17 @@ class UCISetting:
     batch_size: int = 32
     kl_weight: float = 1.0
     min_steps: int | None = None
+    select_steps: tuple[float, ...] = ()
 
     def describe(self) -> dict[str, Any]:
+        """The setting as plain data (recorded in every cell; resuming compares it). ``select_steps`` appears only
+        when set, so cells made before it existed still match their setting."""
         d = asdict(self)
         d["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()}
+        if self.select_steps:
+            d["select_steps"] = list(self.select_steps)
+        else:
+            del d["select_steps"]
         return d
 
 
@@ -143,7 +159,10 @@ def uci_settings() -> dict[str, UCISetting]:
     and hidden units (Gal & Ghahramani 2016). BbH uses the settings that bring it to HMC on the toy
     (docs/toy.md): the entropy-based KL (``kl="nn-entropy"``), 20 posterior samples per step, all of them in
     the likelihood term. These were chosen on the validation carve-out (20 %) of split 0 of
-    boston, concrete and energy (``run_cell(..., validation=0.2)``; docs/uci.md), never on test data.
+    boston, concrete and energy (``run_cell(..., validation=0.2)``; docs/uci.md), never on test data. Its
+    training length is chosen per dataset the same way (``select_steps``): a fixed length cannot serve both
+    boston, where 16,000 steps over-fit the learned noise level (validation LL -3.03 against -2.61 at 4,000
+    on split 0), and concrete, where they are needed (-3.02 against -3.12 over three splits).
     """
     return {
         "map": UCISetting("map", dict(prior_scale=1.0), lr=3e-3),
@@ -153,7 +172,8 @@ def uci_settings() -> dict[str, UCISetting]:
         "bbb": UCISetting("bbb", dict(prior=1.0, estimator="local", init_log_var=-6.0), lr=3e-3),
         "mnf": UCISetting("mnf", dict(), lr=3e-3),
         "bbh": UCISetting("bbh", dict(hidden=(16, 32, 64), noise="shared", noise_dim=8, num_samples=20,
-                                      likelihood_samples="average", kl="nn-entropy"), lr=3e-3),
+                                      likelihood_samples="average", kl="nn-entropy"), lr=3e-3,
+                           select_steps=(0.5, 1.0, 2.0, 4.0)),
     }
 
 
@@ -197,9 +217,85 @@ def score(predictive: RegressionPredictive, split: UCISplit, y: Tensor, y_raw: T
     }
 
 
+def _train(setting: UCISetting, dataset: UCIDataset, split: UCISplit, epochs: int, batch_size: int, seed: int,
+           at_epoch: Callable[[Method, int], None] | None = None) -> tuple[Method, dict[str, Any]]:
+    """Build ``setting``'s method for ``dataset`` and train it on ``split``'s training part for ``epochs``;
+    ``at_epoch(model, finished_epochs)`` is called after every epoch. Returns the model and the last epoch's
+    history record."""
+    torch.manual_seed(seed)
+    model = build_method(setting, dataset.x.shape[1], protocol_hidden(dataset))
+    trainer = Trainer(model, optimizer="adam", lr=setting.lr, epochs=epochs, kl_anneal=setting.kl_weight,
+                      device="cpu", seed=seed, progress=False, handle_signals=False)
+    if at_epoch is not None:
+        trainer.callbacks.append(lambda record: at_epoch(model, trainer.epoch) if record["event"] == "epoch" else None)
+    history = trainer.fit((split.x_train.float(), split.y_train.float().unsqueeze(-1)), batch_size=batch_size)
+    return model, history[-1]
+
+
+def selection_grid(setting: UCISetting, budget: Budget) -> list[int]:
+    """The training lengths (steps) ``setting`` chooses from: its ``select_steps`` factors times the budget's
+    ``min_steps`` (BbH at the full budget: 2,000, 4,000, 8,000, 16,000)."""
+    if not setting.select_steps or min(setting.select_steps) <= 0:
+        raise ValueError(f"{setting.method}: select_steps must hold positive factors, got {setting.select_steps}")
+    return sorted({max(1, round(f * budget.min_steps)) for f in setting.select_steps})
+
+
+def select_training_steps(dataset: UCIDataset, method: str, *, kind: str = "standard",
+                          budget: Budget = BUDGETS["full"], setting: UCISetting | None = None, seed: int = 0,
+                          validation: float = 0.2) -> dict[str, Any]:
+    """Choose the training length of ``method`` on ``dataset`` without test data.
+
+    On each of the first :data:`SELECT_SPLITS` splits (at most the budget's), the last ``validation`` part of
+    the training split (:meth:`UCIDataset.split`) is held out, the method trains on the rest for the longest of
+    :func:`selection_grid` (in whole epochs), and the validation LL (:func:`score`) is measured after the epoch
+    that first reaches each grid length: one training run per split, scored on the way (the scoring draws come
+    from a forked random state, so they leave the training as it would be without them). The chosen length
+    maximises the validation LL averaged over those splits (ties: the shorter); the cells then train for it on
+    the whole training split.
+
+    Returns ``{"steps", "grid", "val_ll" (per grid length: per split), "mean_val_ll", "splits", "validation",
+    "seconds"}`` (JSON-ready; grid lengths as string keys).
+
+    Raises:
+        ValueError: the setting has no ``select_steps``.
+    """
+    setting = setting or uci_settings()[method]
+    grid = selection_grid(setting, budget)
+    available = dataset.n_splits if kind == "standard" else dataset.x.shape[1]
+    splits = list(range(min(SELECT_SPLITS, budget.splits or SELECT_SPLITS, available)))
+    start = time.perf_counter()
+    val_ll: dict[int, list[float]] = {g: [] for g in grid}
+    for k in splits:
+        split = dataset.split(k, kind=kind, validation=validation, seed=seed)
+        assert split.x_val is not None and split.y_val is not None and split.val_idx is not None
+        x_val, y_val, y_raw = split.x_val.float(), split.y_val, dataset.y[split.val_idx]
+        batch_size = min(setting.batch_size, len(split.x_train))
+        per_epoch = max(1, len(split.x_train) // batch_size)
+        reached = {g: max(1, math.ceil(g / per_epoch)) for g in grid}  # the epoch that first reaches each length
+
+        def at_epoch(model: Method, finished: int) -> None:
+            lengths = [g for g, e in reached.items() if e == finished]  # noqa: B023 (used within this split)
+            if lengths:
+                with torch.random.fork_rng():
+                    ll = score(model.predict(x_val, n_samples=budget.n_samples), split, y_val, y_raw)["test_ll"]  # noqa: B023
+                for g in lengths:
+                    val_ll[g].append(ll)
+
+        _train(setting, dataset, split, max(reached.values()), batch_size, seed + k, at_epoch)
+    means = {g: sum(v) / len(v) for g, v in val_ll.items()}
+    best = max(grid, key=lambda g: (means[g], -g))
+    return {"steps": best, "grid": grid, "val_ll": {str(g): v for g, v in val_ll.items()},
+            "mean_val_ll": {str(g): m for g, m in means.items()}, "splits": splits, "validation": validation,
+            "seconds": time.perf_counter() - start}
+
+
 def run_cell(dataset: UCIDataset, method: str, k: int, *, kind: str = "standard", budget: Budget = BUDGETS["full"],
-             setting: UCISetting | None = None, seed: int = 0, validation: float | None = None) -> dict[str, Any]:
+             setting: UCISetting | None = None, seed: int = 0, validation: float | None = None,
+             steps: int | None = None) -> dict[str, Any]:
     """Train ``method`` on split ``k`` of ``dataset`` and score it; a JSON-ready record of the cell.
+
+    ``steps``: train for the first whole epoch that reaches this many steps (a length chosen by
+    :func:`select_training_steps`) instead of the budget's length.
 
     Raises :class:`FloatingPointError` (the Trainer's ``NonFiniteLossError`` is one) when training diverges or
     the scores are not finite; :func:`run_uci` records such a cell as failed and goes on.
@@ -220,20 +316,20 @@ def run_cell(dataset: UCIDataset, method: str, k: int, *, kind: str = "standard"
         record = _run_hmc_cell(split, x_eval, y_eval, y_raw, n_hidden, budget, seed=seed + k)
     else:
         setting = setting or uci_settings()[method]
-        torch.manual_seed(seed + k)
-        model = build_method(setting, dataset.x.shape[1], n_hidden)
         batch_size = min(setting.batch_size, len(split.x_train))  # a tiny dataset trains full-batch
-        epochs, per_epoch = training_steps(len(split.x_train), batch_size, dataset.n_epochs or 40, budget,
-                                           setting.min_steps)
-        trainer = Trainer(model, optimizer="adam", lr=setting.lr, epochs=epochs, kl_anneal=setting.kl_weight,
-                          device="cpu", seed=seed + k, progress=False, handle_signals=False)
-        history = trainer.fit((split.x_train.float(), split.y_train.float().unsqueeze(-1)),
-                              batch_size=batch_size)
-        last = history[-1]
+        if steps is None:
+            epochs, per_epoch = training_steps(len(split.x_train), batch_size, dataset.n_epochs or 40, budget,
+                                               setting.min_steps)
+        else:
+            per_epoch = max(1, len(split.x_train) // batch_size)
+            epochs = max(1, math.ceil(steps / per_epoch))
+        model, last = _train(setting, dataset, split, epochs, batch_size, seed + k)
         train_seconds = time.perf_counter() - start
         record = score(model.predict(x_eval.float(), n_samples=budget.n_samples), split, y_eval, y_raw)
         record.update(train_seconds=train_seconds, epochs=epochs, steps=epochs * per_epoch,
                       final_nll=float(last["nll"]), final_kl=float(last["kl"]), setting=setting.describe())
+        if steps is not None:
+            record["selected_steps"] = steps
     if not (math.isfinite(record["test_ll"]) and math.isfinite(record["rmse"])):
         raise FloatingPointError(f"non-finite test score (test LL {record['test_ll']}, RMSE {record['rmse']})")
     record.update(dataset=dataset.name, method=method, split=k, kind=kind, n_train=len(split.x_train),
@@ -319,6 +415,9 @@ def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                                for r in records]),
                      "failed_splits": failed, "n_splits": len(records), "splits": [r["split"] for r in records],
                      "seconds": sum(r["seconds"] for r in records)}
+            chosen = sorted({r["selected_steps"] for r in records if "selected_steps" in r})
+            if chosen:
+                entry["selected_steps"] = chosen[0] if len(chosen) == 1 else chosen
             if method == "hmc" and all("diagnostics" in r for r in records):
                 diagnostics = [r["diagnostics"] for r in records]
                 entry["rhat_f_max"] = max(d["rhat_f_max"] for d in diagnostics)
@@ -402,6 +501,12 @@ def render_report(results: dict[str, Any]) -> str:
                   "its splits): " + "; ".join(
                       f"{n}: R-hat max {(h := table[n]['hmc'])['rhat_f_max']:.2f}, median {h['rhat_f_median']:.3f}, "
                       f"ESS min {h['ess_f_min']:.0f}, {h['divergences']} divergences" for n in with_hmc) + "."]
+    chosen = {m: {n: table[n][m]["selected_steps"] for n in sorted(table) if "selected_steps" in table[n].get(m, {})}
+              for m in methods}
+    for m, lengths in chosen.items():
+        if lengths:
+            lines += ["", f"Training length of {m}, chosen per dataset on validation carve-outs of the training splits "
+                      "(no test data): " + ", ".join(f"{n} {v} steps" for n, v in lengths.items()) + "."]
     lines += ["", f"Published: {PUBLISHED_SOURCES}", "", "Settings (every dataset): "
               + "; ".join(f"{m}: {results['settings'][m]}" for m in methods if m in results["settings"]), ""]
     return "\n".join(lines)
@@ -488,8 +593,12 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
               unit="cell") as bar:
         for n, m, k in todo:
             bar.set_postfix_str(f"{n} {m} split {k}")
+            steps = None
+            if m in UCI_METHODS and uci_settings()[m].select_steps:
+                bar.set_postfix_str(f"{n} {m}: choosing the training length on validation")
+                steps = _selection(out_dir, loaded[n], m, split_kind, plan, seed, settings[m])["steps"]
             try:
-                record = run_cell(loaded[n], m, k, kind=split_kind, budget=plan, seed=seed)
+                record = run_cell(loaded[n], m, k, kind=split_kind, budget=plan, seed=seed, steps=steps)
             except FloatingPointError as err:  # a diverged cell is recorded (and not retried: its seed is fixed)
                 record = {"dataset": n, "method": m, "split": k, "kind": split_kind, "failed": str(err),
                           "seconds": 0.0, "setting": settings.get(m)}
@@ -504,6 +613,25 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
             bar.update(1)
     _write_results(out_dir, results)
     return results
+
+
+def selection_path(out: Path, kind: str, dataset: str, method: str) -> Path:
+    """Where the training length chosen for (dataset, method) lives (:func:`select_training_steps`)."""
+    return out / "selection" / kind / dataset / f"{method}.json"
+
+
+def _selection(out: Path, dataset: UCIDataset, method: str, kind: str, plan: Budget, seed: int,
+               setting: dict[str, Any]) -> dict[str, Any]:
+    """The stored choice of training length for (dataset, method), made once and reused by every split (and by a
+    resumed run)."""
+    path = selection_path(out, kind, dataset.name, method)
+    stored = read_json_object(path)
+    if stored is not None and stored.get("setting") == setting and stored.get("budget") == asdict(plan):
+        return stored
+    chosen = select_training_steps(dataset, method, kind=kind, budget=plan, seed=seed)
+    chosen.update(dataset=dataset.name, method=method, kind=kind, setting=setting, budget=asdict(plan), seed=seed)
+    write_json(path, chosen)
+    return chosen
 
 
 def uci_root(data_dir: str | Path) -> Path:
@@ -543,4 +671,5 @@ def _write_results(out: Path, results: dict[str, Any]) -> None:
 
 
 __all__ = ["BUDGETS", "HMC_MAX_ROWS", "UCI_METHODS", "Budget", "UCISetting", "aggregate", "build_method",
-           "mean_se", "render_report", "run_cell", "run_uci", "score", "training_steps", "uci_settings"]
+           "mean_se", "render_report", "run_cell", "run_uci", "score", "select_training_steps", "selection_grid",
+           "selection_path", "training_steps", "uci_settings", "SELECT_SPLITS"]
