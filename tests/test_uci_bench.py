@@ -282,18 +282,16 @@ def test_selection_scores_the_carve_out_at_each_length_without_test_data(data_di
     changes nothing)."""
     dataset = load_uci(data_dir / "uci" / "alpha")
     chosen = uci.select_training_steps(dataset, "bbh", budget=TINY)
-    assert chosen["grid"] == [10, 20, 40, 80] and chosen["splits"] == [0, 1]
+    assert chosen["grid"] == [10, 20, 40, 80] and chosen["splits"] == [0]  # TINY runs 2 splits: half of them
     assert chosen["steps"] == max(chosen["grid"], key=lambda g: chosen["mean_val_ll"][str(g)])
+    assert uci.select_training_steps(dataset, "bbh", budget=Budget(None, 20, 40, 4))["splits"] == [0, 1, 2]
     for g in (10, 80):
-        again = run_cell(dataset, "bbh", 1, budget=TINY, validation=0.2, steps=g)
+        again = run_cell(dataset, "bbh", 0, budget=TINY, validation=0.2, steps=g)
         assert again["scored"] == "validation" and again["selected_steps"] == g
-        assert chosen["val_ll"][str(g)][1] == pytest.approx(again["test_ll"], abs=1e-9)
-    one = Budget(splits=1, min_steps=20, max_steps=40, n_samples=4)  # split 0 only: poison its test rows
-    clean = uci.select_training_steps(dataset, "bbh", budget=one)
-    assert clean["splits"] == [0]
-    poisoned = load_uci(data_dir / "uci" / "alpha")
+        assert chosen["val_ll"][str(g)][0] == pytest.approx(again["test_ll"], abs=1e-9)
+    poisoned = load_uci(data_dir / "uci" / "alpha")  # split 0 only is used: poison its test rows
     poisoned.y[poisoned.split(0).test_idx] = float("nan")
-    assert uci.select_training_steps(poisoned, "bbh", budget=one)["val_ll"] == clean["val_ll"]
+    assert uci.select_training_steps(poisoned, "bbh", budget=TINY)["val_ll"] == chosen["val_ll"]
 
 
 def test_run_chooses_the_length_once_per_dataset_and_records_it(data_dir: Path, tmp_path: Path,
@@ -301,8 +299,8 @@ def test_run_chooses_the_length_once_per_dataset_and_records_it(data_dir: Path, 
     calls: list[str] = []
     select = uci.select_training_steps
 
-    def counted(dataset: object, method: str, **kwargs: object) -> dict[str, object]:
-        calls.append(getattr(dataset, "name"))
+    def counted(dataset: uci.UCIDataset, method: str, **kwargs: object) -> dict[str, object]:
+        calls.append(dataset.name)
         return select(dataset, method, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(uci, "select_training_steps", counted)

@@ -104,8 +104,8 @@ at most 8,000 steps (the cap shortens kin8nm, naval and power to 23-34 epochs of
 ``quick``: 2 splits, 600-1,200 steps, 50 draws: a smoke run of the whole grid in minutes. A setting with
 ``select_steps`` chooses its length from multiples of ``min_steps`` instead (BbH, full: 2,000-16,000 steps)."""
 SELECT_SPLITS = 3
-"""The training length of a setting with ``select_steps`` is chosen on the carve-outs of the first 3 splits (at
-most the budget's splits)."""
+"""The training length of a setting with ``select_steps`` is chosen on the carve-outs of the first 3 splits (a
+budget of fewer splits: half of them, at least one; ``quick``: 1)."""
 
 
 @dataclass(frozen=True)
@@ -245,13 +245,13 @@ def select_training_steps(dataset: UCIDataset, method: str, *, kind: str = "stan
                           validation: float = 0.2) -> dict[str, Any]:
     """Choose the training length of ``method`` on ``dataset`` without test data.
 
-    On each of the first :data:`SELECT_SPLITS` splits (at most the budget's), the last ``validation`` part of
-    the training split (:meth:`UCIDataset.split`) is held out, the method trains on the rest for the longest of
-    :func:`selection_grid` (in whole epochs), and the validation LL (:func:`score`) is measured after the epoch
-    that first reaches each grid length: one training run per split, scored on the way (the scoring draws come
-    from a forked random state, so they leave the training as it would be without them). The chosen length
-    maximises the validation LL averaged over those splits (ties: the shorter); the cells then train for it on
-    the whole training split.
+    On each of the first :data:`SELECT_SPLITS` splits (fewer for a budget of few splits), the last
+    ``validation`` part of the training split (:meth:`UCIDataset.split`) is held out, the method trains on the
+    rest for the longest of :func:`selection_grid` (in whole epochs), and the validation LL (:func:`score`) is
+    measured after the epoch that first reaches each grid length: one training run per split, scored on the
+    way (the scoring draws come from a forked random state, so they leave the training as it would be without
+    them). The chosen length maximises the validation LL averaged over those splits (ties: the shorter); the
+    cells then train for it on the whole training split.
 
     Returns ``{"steps", "grid", "val_ll" (per grid length: per split), "mean_val_ll", "splits", "validation",
     "seconds"}`` (JSON-ready; grid lengths as string keys).
@@ -262,7 +262,8 @@ def select_training_steps(dataset: UCIDataset, method: str, *, kind: str = "stan
     setting = setting or uci_settings()[method]
     grid = selection_grid(setting, budget)
     available = dataset.n_splits if kind == "standard" else dataset.x.shape[1]
-    splits = list(range(min(SELECT_SPLITS, budget.splits or SELECT_SPLITS, available)))
+    wanted = SELECT_SPLITS if budget.splits is None else max(1, min(SELECT_SPLITS, budget.splits // 2))
+    splits = list(range(min(wanted, available)))
     start = time.perf_counter()
     val_ll: dict[int, list[float]] = {g: [] for g in grid}
     for k in splits:
