@@ -590,14 +590,16 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
     results = _results(cells, budget, plan, split_kind, settings, missing=len(todo))
     if not train:
         todo = []
+    selecting = {m for m in methods if m in UCI_METHODS and uci_settings()[m].select_steps}
+    chosen: dict[tuple[str, str], int] = {}  # (dataset, method) -> steps, read or made once per run
     with tqdm(total=len(grid), initial=len(grid) - len(todo), desc="bbh uci", disable=not progress,
               unit="cell") as bar:
         for n, m, k in todo:
             bar.set_postfix_str(f"{n} {m} split {k}")
-            steps = None
-            if m in UCI_METHODS and uci_settings()[m].select_steps:
+            if m in selecting and (n, m) not in chosen:
                 bar.set_postfix_str(f"{n} {m}: choosing the training length on validation")
-                steps = _selection(out_dir, loaded[n], m, split_kind, plan, seed, settings[m])["steps"]
+                chosen[n, m] = _selection(out_dir, loaded[n], m, split_kind, plan, seed, settings[m])["steps"]
+            steps = chosen.get((n, m))
             try:
                 record = run_cell(loaded[n], m, k, kind=split_kind, budget=plan, seed=seed, steps=steps)
             except FloatingPointError as err:  # a diverged cell is recorded (and not retried: its seed is fixed)
