@@ -4,5 +4,6 @@ from .lenet import LeNet5
 from .mlp import MLP
 from .registry import build_model
 from .resnet import ResNet32
+from .resnet18 import ResNet18
 
-__all__ = ["LeNet5", "MLP", "ResNet32", "build_model"]
+__all__ = ["LeNet5", "MLP", "ResNet18", "ResNet32", "build_model"]

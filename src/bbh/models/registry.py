@@ -14,8 +14,9 @@ from torch import nn
 from .lenet import LeNet5
 from .mlp import MLP
 from .resnet import ResNet32
+from .resnet18 import ResNet18
 
-MODEL_NAMES = ("lenet5", "resnet32", "mlp")
+MODEL_NAMES = ("lenet5", "resnet32", "mlp", "resnet20", "resnet18")
 """The names :func:`build_model` accepts."""
 
 
@@ -23,15 +24,17 @@ def build_model(options: Mapping[str, Any], num_classes: int) -> nn.Module:
     """Build the network named by ``options["name"]`` with the remaining options.
 
     Args:
-        options: a ``[model]`` table: ``name`` ("lenet5", "resnet32" or "mlp") and constructor options
-            (``mlp`` takes ``in_features`` and ``hidden`` and expects flat inputs).
+        options: a ``[model]`` table: ``name`` (one of :data:`MODEL_NAMES`) and constructor options
+            (``mlp`` takes ``in_features`` and ``hidden`` and expects flat inputs). ``resnet20`` is He et al.'s
+            CIFAR ResNet-20, ``ResNet32(variant="standard", depth=20)`` (options may override the variant);
+            ``resnet18`` is the CIFAR :class:`~bbh.models.resnet18.ResNet18` (option ``width``).
         num_classes: the number of output classes.
 
     Returns:
         A freshly initialised network (parameters drawn from torch's global generator).
 
     Raises:
-        ValueError: unknown name, or ``mlp`` without ``in_features``.
+        ValueError: unknown name, ``mlp`` without ``in_features``, or ``resnet20`` with a ``depth``.
     """
     opts = {k: v for k, v in options.items() if k != "name"}
     name = options.get("name", "")
@@ -39,6 +42,12 @@ def build_model(options: Mapping[str, Any], num_classes: int) -> nn.Module:
         return LeNet5(num_classes=num_classes, **opts)
     if name == "resnet32":
         return ResNet32(num_classes=num_classes, **opts)
+    if name == "resnet20":
+        if "depth" in opts:
+            raise ValueError("model 'resnet20' has depth 20; name 'resnet32' with a depth option gives other depths")
+        return ResNet32(num_classes=num_classes, **{"variant": "standard", "depth": 20, **opts})
+    if name == "resnet18":
+        return ResNet18(num_classes=num_classes, **opts)
     if name == "mlp":
         if "in_features" not in opts:
             raise ValueError("model 'mlp' needs in_features")

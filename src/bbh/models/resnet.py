@@ -1,6 +1,10 @@
-"""ResNet-32 for the paper's CIFAR-5 experiments (paper-protocol 1.2, 1.3, 4.2) and He et al.'s CIFAR ResNet-32.
+"""ResNet-32 for the paper's CIFAR-5 experiments (paper-protocol 1.2, 1.3, 4.2) and He et al.'s CIFAR ResNets.
 
-Two architectures share one class, :class:`ResNet32`, chosen by ``variant``:
+Two architectures share one class, :class:`ResNet32`, chosen by ``variant``; both are described below at their
+default depth, 32. ``depth`` = 6n + 2 (8, 14, 20, 32, 44, 56, 110, ...) sets the n units per stage (5 at depth 32):
+the stem, 2 convs per unit and the dense layer are the ``depth`` weight layers. ``ResNet32(variant="standard",
+depth=20)`` is He et al.'s ResNet-20 (269,722 parameters with 10 classes, their "0.27M"); depth 56 and 110 are
+their ResNet-56 and ResNet-110.
 
 * ``"paper"`` — the authors' network (their ``get_*_cifar_resnet``), on 24x24 crops:
 
@@ -23,6 +27,8 @@ Two architectures share one class, :class:`ResNet32`, chosen by ``variant``:
   ``ReLU(norm2(conv2(ReLU(norm1(conv1(x))))) + shortcut(x))``), option-A shortcuts (subsample every
   second pixel, zero-pad channels), convs without bias, global average pool, dense. 464,154 parameters
   with 10 classes (the "0.46M" of He et al.'s Table 6).
+
+Reference: K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image Recognition", CVPR 2016, Sec. 4.2.
 """
 
 from __future__ import annotations
@@ -42,12 +48,22 @@ PADDINGS = ("tf", "torch")
 """``ResNet32(padding=...)``: how the stride-2 3x3 convolutions pad their input."""
 INITS = ("variance-scaling", "kaiming", "torch")
 """``ResNet32(init=...)``: initialisation of the conv and dense layers."""
+DEPTH = 32
+"""``ResNet32(depth=...)``'s default: 6n + 2 weight layers with n = 5 units per stage."""
 
 
 def _check(value: str, valid: tuple[str, ...], name: str) -> str:
     if value not in valid:
         raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, valid))}")
     return value
+
+
+def units_per_stage(depth: int) -> int:
+    """n for a CIFAR ResNet of ``depth`` = 6n + 2 weight layers (n >= 1); ValueError for any other depth."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"depth must be 6n + 2 with n >= 1 units per stage (8, 14, 20, 32, 44, 56, 110, ...), "
+                         f"got {depth!r}")
+    return (depth - 2) // 6
 
 
 def make_norm(kind: str, channels: int, eps: float, momentum: float) -> nn.Module:
@@ -186,11 +202,13 @@ class BasicBlock(_Unit):
 
 
 class ResNet32(nn.Module):
-    """ResNet-32 on CIFAR-sized images: the authors' network (``variant="paper"``) or He et al.'s.
+    """ResNet-32 on CIFAR-sized images: the authors' network (``variant="paper"``) or He et al.'s, at 32 or any
+    other 6n + 2 layers (``depth``; ``variant="standard", depth=20`` is He et al.'s ResNet-20).
 
     See the module docstring for both architectures. Input ``[B, 3, 24, 24]`` (paper) or ``[B, 3, 32, 32]``
     (standard); output logits ``[B, num_classes]``. Modules: ``stem`` (conv), ``stem_norm`` (standard only),
-    ``stage1``..``stage3`` (``nn.Sequential`` of 5 units each), ``final_norm`` (or None), ``fc``.
+    ``stage1``..``stage3`` (``nn.Sequential`` of n = (depth - 2) / 6 units each, 5 at depth 32), ``final_norm``
+    (or None), ``fc``.
 
     Args:
         num_classes: outputs of the dense layer (CIFAR-5: 5).
@@ -219,14 +237,18 @@ class ResNet32(nn.Module):
             biases) or ``"torch"`` (PyTorch's defaults). Default: ``"variance-scaling"`` for the paper variant,
             ``"kaiming"`` for the standard one. Re-initialisation (``reset_parameters``, e.g. of ensemble
             members) keeps the scheme.
+        depth: weight layers, 6n + 2 with n >= 1 units per stage (:func:`units_per_stage`; ValueError
+            otherwise). Default 32 (n = 5), the paper's network; 20, 44, 56, 110 are He et al.'s other CIFAR
+            ResNets. Every other option means the same at any depth.
 
     ``dropout_sites`` (instance attribute): the names of the chosen identity modules, e.g. ``"stem_drop"``,
-    ``"stage1.0.drop1"``, ``"stage1.0.drop2"``, ...; they do nothing unless MC-Dropout hooks them.
+    ``"stage1.0.drop1"``, ``"stage1.0.drop2"``, ...; they do nothing unless MC-Dropout hooks them (6n + 1 sites
+    with ``"every-conv"``, 3n with ``"one-per-unit"``: 31 and 15 at depth 32).
     """
 
     def __init__(self, num_classes: int = 5, variant: str = "paper", norm: str = "running",
                  final_norm: bool = False, dropout_placement: str = "every-conv", padding: str | None = None,
-                 init: str | None = None) -> None:
+                 init: str | None = None, depth: int = DEPTH) -> None:
         super().__init__()
         self.variant = _check(variant, VARIANTS, "variant")
         self.norm = _check(norm, NORMS, "norm")
@@ -240,6 +262,8 @@ class ResNet32(nn.Module):
             raise ValueError("final_norm=True applies to the pre-activation paper variant only; the standard "
                              "variant already normalises the output of every block")
         self.num_classes = int(num_classes)
+        self.depth = depth
+        n = units_per_stage(depth)
         self.input_size = 24 if paper else 32
         eps, momentum = (1e-3, 0.01) if paper else (1e-5, 0.1)
         unit = PreActUnit if paper else BasicBlock
@@ -252,7 +276,7 @@ class ResNet32(nn.Module):
         channels, stages = 16, []
         for width, stride in zip((16, 32, 64), (2, 2, 2) if paper else (1, 2, 2)):
             units = []
-            for k in range(5):
+            for k in range(n):
                 units.append(unit(channels, width, stride if k == 0 else 1, **options))
                 channels = width
             stages.append(nn.Sequential(*units))
@@ -260,7 +284,7 @@ class ResNet32(nn.Module):
         self.final_norm = make_norm(norm, 64, eps, momentum) if final_norm else None
         self.fc = InitLinear(64, self.num_classes, init=self.init)
 
-        units = [f"stage{s}.{k}" for s in (1, 2, 3) for k in range(5)]
+        units = [f"stage{s}.{k}" for s in (1, 2, 3) for k in range(n)]
         if dropout_placement == "every-conv":
             pairs = (f"{u}.{d}" for u in units for d in ("drop1", "drop2"))
             self.dropout_sites: tuple[str, ...] = ("stem_drop", *pairs)
@@ -270,7 +294,8 @@ class ResNet32(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         size = self.input_size
         if x.dim() != 4 or tuple(x.shape[1:]) != (3, size, size):
-            raise ValueError(f"ResNet32(variant={self.variant!r}) expects images [B, 3, {size}, {size}], "
+            depth = "" if self.depth == DEPTH else f", depth={self.depth}"
+            raise ValueError(f"ResNet32(variant={self.variant!r}{depth}) expects images [B, 3, {size}, {size}], "
                              f"got {tuple(x.shape)}")
         x = self.stem_drop(self.stem(x))
         if self.stem_norm is not None:
@@ -283,8 +308,9 @@ class ResNet32(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
     def extra_repr(self) -> str:
-        return (f"variant={self.variant!r}, norm={self.norm!r}, padding={self.padding!r}, init={self.init!r}, "
-                f"dropout_placement={self.dropout_placement!r}")
+        return (f"variant={self.variant!r}, depth={self.depth}, norm={self.norm!r}, padding={self.padding!r}, "
+                f"init={self.init!r}, dropout_placement={self.dropout_placement!r}")
 
 
-__all__ = ["BasicBlock", "InitConv2d", "InitLinear", "PreActUnit", "ResNet32", "Shortcut", "make_norm"]
+__all__ = ["BasicBlock", "InitConv2d", "InitLinear", "PreActUnit", "ResNet32", "Shortcut", "make_norm",
+           "units_per_stage"]
