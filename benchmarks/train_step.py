@@ -28,23 +28,25 @@ import bbh
 from bbh.training.optim import make_optimizer
 
 
-def make_step(method: bbh.Method, optimizer: str, device: str, native: bool = True):
+def make_step(method: bbh.Method, optimizer: str, device: str, native: bool = True, *,
+              input_shape: tuple[int, ...] = (1, 28, 28), batch: int = 100, classes: int = 10,
+              num_data: int = 55_000):
     """A closure running one training step (the Trainer's, see the module docstring) on a fixed synthetic
-    MNIST-shaped batch of 100 and returning its seconds (``native=False``: with
+    batch (default MNIST-shaped, 100 images) and returning its seconds (``native=False``: with
     :mod:`bbh.backends.native`'s CPU kernels switched off for the step)."""
     dev = torch.device(device)
     method = method.to(dev).train()
     lr = method.default_lr.get(optimizer)
     opt = make_optimizer(optimizer, method.trainable_parameters(), lr=lr)
-    x = torch.rand(100, 1, 28, 28, device=dev)
-    y = torch.randint(0, 10, (100,), device=dev)
+    x = torch.rand(batch, *input_shape, device=dev)
+    y = torch.randint(0, classes, (batch,), device=dev)
 
     def step() -> float:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         previous = bbh.backends.native.set_enabled(native)
         start = time.perf_counter()
-        terms = method.loss(x, y, num_data=55_000, kl_weight=1.0)
+        terms = method.loss(x, y, num_data=num_data, kl_weight=1.0)
         if not all(math.isfinite(v) for v in terms.as_floats().values()):
             raise FloatingPointError(f"non-finite loss in the benchmark: {terms.as_floats()}")
         opt.zero_grad(set_to_none=True)

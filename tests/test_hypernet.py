@@ -233,9 +233,11 @@ def test_wrong_shapes_fail_with_clear_messages():
         method.loss(torch.rand(4, 784), torch.zeros(4, dtype=torch.long), num_data=0)
 
 
-def test_state_dict_round_trip_reproduces_samples():
-    a = bbh.create("bbh", tiny_mlp(), hidden=(8,))
-    b = bbh.create("bbh", tiny_mlp(), hidden=(8,))
+@pytest.mark.parametrize("layout", ["layerwise", "chunked", "rank1"])
+def test_state_dict_round_trip_reproduces_samples(layout):
+    a = bbh.create("bbh", tiny_mlp(), hidden=(8,), layout=layout, chunk_size=16)
+    b = bbh.create("bbh", tiny_mlp(), hidden=(8,), layout=layout, chunk_size=16)
+    assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     b.load_state_dict(a.state_dict())
     torch.manual_seed(5)
     sa = a.sample(3)
@@ -281,13 +283,13 @@ def test_hidden_activation_is_an_option_and_hyperfan_still_matches_the_scale(act
         bbh.create("bbh", tiny_mlp(), activation="gelu")
 
 
-@pytest.mark.parametrize("layout", ["layerwise", "sliced", "single"])
+@pytest.mark.parametrize("layout", ["layerwise", "sliced", "single", "chunked", "rank1"])
 @pytest.mark.parametrize("noise", ["shared", "independent"])
 def test_every_layout_and_noise_trains_beyond_chance(layout, noise):
     x, y = make_blobs(n=256, classes=4, dim=2, seed=2, spread=0.7)
     torch.manual_seed(0)
     method = bbh.create("bbh", bbh.models.MLP(2, 4, hidden=(16,)), layout=layout, noise=noise,
-                        hidden=(16, 32), num_chunks=5)
+                        hidden=(16, 32), num_chunks=5, chunk_size=24)
     bbh.Trainer(method, lr=3e-3, steps=80, kl_anneal=0.0, progress=False).fit((x, y))
     with torch.no_grad():
         acc = (method.sample_outputs(x, 20).softmax(-1).mean(0).argmax(-1) == y).float().mean()

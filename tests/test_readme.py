@@ -10,9 +10,9 @@ import torch
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_python_examples_run(tmp_path, monkeypatch):
+def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 5, "README's python examples changed: update this test"
+    assert len(blocks) == 6, "README's python examples changed: update this test"
     monkeypatch.chdir(tmp_path)  # the checkpoint example writes runs/my-bbh
     namespace: dict = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)
@@ -27,8 +27,19 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     exec(compile(blocks[2], "README.md", "exec"), namespace)  # Trainer with checkpoints, then resume
     assert (tmp_path / "runs" / "my-bbh" / "checkpoint.pt").is_file()
 
+    import bbh.posteriors.sizing as sizing  # "Large networks": as on a 16 GB machine, whatever this one has
+
+    monkeypatch.setattr(sizing, "available_memory", lambda device="cpu": 16 * 2**30)
+    large: dict = {}
+    capsys.readouterr()
+    exec("import bbh", large)
+    exec(compile(blocks[3], "README.md", "exec"), large)
+    printed = capsys.readouterr().out
+    assert large["method"].layout.value == "rank1" and str(large["method"].size) in printed
+    assert "5,730,582,858 parameters" in printed and "91.69 GB to train with Adam — more than" in printed
+
     regression: dict = {}  # the Regression section is self-contained: its own namespace
-    exec(compile(blocks[3], "README.md", "exec"), regression)
+    exec(compile(blocks[4], "README.md", "exec"), regression)
     pred = regression["pred"]
     assert type(pred).__name__ == "RegressionPredictive" and pred.mean.shape == (9, 1)
     assert regression["method"].likelihood.sigma != 1.0  # σ was trained
@@ -38,6 +49,6 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert torch.isfinite(regression["method"].predict(regression["x"], 10).log_density(regression["y"])).all()
 
     exec("x_test, y_test, x_ood = x[:64], y[:64], 5 + 3 * torch.randn(32, 2)", namespace)
-    exec(compile(blocks[4], "README.md", "exec"), namespace)  # bbh.evaluate
+    exec(compile(blocks[5], "README.md", "exec"), namespace)  # bbh.evaluate
     results = namespace["results"]
     assert results.num_classes == 4 and results.test.error_percent < 20

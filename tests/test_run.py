@@ -27,8 +27,14 @@ def test_every_shipped_experiment_is_a_valid_config():
             } <= set(names)
     for name in names:
         config = load_config(name)
+        if "resnet20" in name:  # issue 11's scale comparison (docs/scale.md), at its CPU budget
+            assert config["model"]["name"] == "resnet20" and config["data"]["preprocessing"] == "standard"
+            assert (config["train"]["batch_size"], config["train"]["epochs"]) == (128, 3)
+            continue
         assert config["train"]["batch_size"] == 100
         assert config["train"]["epochs"] == (100 if name.startswith("mnist") else 200)
+    assert {f"cifar5-resnet20-{m}" for m in ("map", "mc-dropout", "ensemble", "bbh")} <= set(names)
+    assert load_config("cifar5-resnet20-bbh")["method"]["layout"] == "rank1"
     authors = load_config("mnist-bbh-authors")
     assert authors["train"]["optimizer"] == "rmsprop-tf" and authors["method"]["init"] == "glorot"
     assert load_config("cifar5-bbb")["method"]["init_log_var"] == -30.0

@@ -15,7 +15,15 @@ from .elbo import ConstantWeight, LinearAnneal, LossTerms, ToyAnneal, elbo
 from .evaluation.api import EvaluationResults, evaluate
 from .evaluation.predictive import Predictive, RegressionPredictive
 from .options import Init, Layout, LikelihoodSamples, Noise, OptimizerName
-from .posteriors import MAP, BayesByHypernet, HypernetPosterior, Method, available_methods, create
+from .posteriors import (
+    MAP,
+    BayesByHypernet,
+    HypernetPosterior,
+    HypernetTooLargeError,
+    Method,
+    available_methods,
+    create,
+)
 from .posteriors.protocol import NonFiniteInputError
 from .priors import NormalPrior
 from .training.trainer import NonFiniteLossError, Trainer
@@ -23,7 +31,8 @@ from .training.trainer import NonFiniteLossError, Trainer
 __version__ = "0.1.0"
 
 __all__ = [
-    "MAP", "BayesByHypernet", "ConstantWeight", "EvaluationResults", "HypernetPosterior", "Init", "Layout",
+    "MAP", "BayesByHypernet", "ConstantWeight", "EvaluationResults", "HypernetPosterior", "HypernetTooLargeError",
+    "Init", "Layout",
     "LikelihoodSamples", "LinearAnneal", "LossTerms", "Method", "Noise", "NonFiniteInputError",
     "NonFiniteLossError", "NormalPrior", "OptimizerName", "Predictive", "RegressionPredictive", "ToyAnneal",
     "Trainer", "available_methods", "create", "elbo", "evaluate", "kl", "likelihoods", "models", "native", "priors",

@@ -26,6 +26,15 @@ class Layout(str, Enum):
     """One hypernet per tensor, conditioned on a one-hot index of an output-channel slice."""
     SINGLE = "single"
     """One hypernet for all parameters, conditioned on a chunk index over the flat parameter vector."""
+    CHUNKED = "chunked"
+    """One hypernet for all parameters, conditioned on a learned embedding of the chunk index (instead of a
+    one-hot vector); all chunks of all samples are generated in one batched call. Scales to any network."""
+    RANK1 = "rank1"
+    """A point-estimated base weight per tensor modulated by rank-1 factors that layer-wise hypernets generate
+    from noise: W = W0 * ((1 + a)(1 + b)^T). Only the factors are random. Scales to any network."""
+    AUTO = "auto"
+    """``layerwise`` where its hypernets fit the budget of :data:`bbh.posteriors.sizing.AUTO_BUDGET_BYTES`,
+    ``rank1`` above it (the default of ``bbh.create("bbh", model)``)."""
 
 
 class Noise(str, Enum):

@@ -10,7 +10,10 @@ from .laplace import LastLayerLaplace, fit_last_layer_laplace
 from .mnf import MNF
 from .point import MAP
 from .protocol import Method, select_parameters
+from .rank1 import Rank1Posterior
+from .sizing import HypernetSize, HypernetTooLargeError
 
 __all__ = ["MAP", "MNF", "BayesByBackprop", "BayesByHypernet", "DeepEnsemble", "HypernetPosterior",
-           "LastLayerLaplace", "MCDropout", "Method", "available_methods", "create", "fit_last_layer_laplace",
+           "HypernetSize", "HypernetTooLargeError", "LastLayerLaplace", "MCDropout", "Method", "Rank1Posterior",
+           "available_methods", "create", "fit_last_layer_laplace",
            "register", "select_parameters"]

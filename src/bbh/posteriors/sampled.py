@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..functional import chunked_sample_outputs, forward_samples_per_input
 from ..kl import KLEstimator
+from ..priors import Prior
 from .protocol import Method
 
 
@@ -73,6 +74,10 @@ class WeightSampler(Method):
                 cache[(purpose, n)] = {k: v.detach() for k, v in self.sample(n).items()}
         return cache[(purpose, n)]
 
+    def estimator_prior(self) -> Prior:
+        """The prior of the variables the KL estimator sees (the weight prior unless a subclass says otherwise)."""
+        return self.prior
+
     def weight_samples(self, n: int) -> dict[str, Tensor]:
         """n draws of the weight posterior ``{name: Tensor[n, *shape]}`` (:meth:`sample`)."""
         return self.sample(n)
@@ -90,7 +95,7 @@ class WeightSampler(Method):
         """A trainable KL estimator's own update on the step's detached samples."""
         estimator, samples = self._estimator(), getattr(self, "_last_samples", None)
         if estimator is not None and estimator.trainable and samples is not None:
-            return estimator.update(samples, self.prior)
+            return estimator.update(samples, self.estimator_prior())
         return {}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
