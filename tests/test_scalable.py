@@ -14,7 +14,9 @@ from test_baselines import orthogonal_regression
 from torch import nn
 
 import bbh
+from bbh.data.sequence import token_order_task
 from bbh.models import LeNet5, ResNet18, ResNet32
+from bbh.models.transformer import TransformerClassifier
 from bbh.posteriors import sizing
 from bbh.posteriors.protocol import select_parameters
 from bbh.posteriors.rank1 import Rank1Posterior
@@ -252,39 +254,11 @@ def test_a_resnet_with_batchnorm_trains_and_predicts_with_the_scalable_layouts(l
 
 
 # ---- a transformer -------------------------------------------------------------------------------------------
-class TextClassifier(nn.Module):
-    """Token embedding + learned positions, a 2-layer ``nn.TransformerEncoder`` (d = 32, 4 heads), mean pooling,
-    a dense head. BbH makes the encoder's dense layers (feed-forward and attention output projections) and the
-    head random; the embeddings and the attention's packed input projection stay point estimates."""
-
-    def __init__(self, vocab: int = 20, d: int = 32, length: int = 16, classes: int = 2) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, d)
-        self.pos = nn.Parameter(torch.randn(length, d) * 0.02)
-        layer = nn.TransformerEncoderLayer(d, 4, dim_feedforward=64, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.head = nn.Linear(d, classes)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(self.embed(tokens) + self.pos).mean(1))
-
-
-def order_task(n: int, length: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random tokens 2..19 with a 0 and a 1 planted, one in each half; the label: the 1 comes first."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(2, 20, (n, length), generator=g)
-    y = torch.randint(0, 2, (n,), generator=g)
-    rows = torch.arange(n)
-    x[rows, torch.randint(0, length // 2, (n,), generator=g)] = y
-    x[rows, torch.randint(length // 2, length, (n,), generator=g)] = 1 - y
-    return x, y
-
-
 def test_a_transformer_text_classifier_learns_with_rank1_bbh_defaults():
-    x, y = order_task(2048)
-    x_test, y_test = order_task(512, seed=1)
+    x, y = token_order_task(2048)
+    x_test, y_test = token_order_task(512, seed=1)
     torch.manual_seed(0)
-    method = bbh.create("bbh", TextClassifier(), layout="rank1")
+    method = bbh.create("bbh", TransformerClassifier(), layout="rank1")
     assert method.default_lr["adam"] == 1e-3 and type(method.kl_estimator).__name__ == "EntropyKL"
     bbh.Trainer(method, epochs=5, progress=False, seed=0).fit((x, y), batch_size=64)
     with warnings.catch_warnings():
@@ -292,4 +266,6 @@ def test_a_transformer_text_classifier_learns_with_rank1_bbh_defaults():
         predictive = method.predict(x_test, n_samples=10)
     accuracy = float((predictive.mean.argmax(-1) == y_test).float().mean())
     assert accuracy > 0.95, accuracy  # measured 1.000 (MAP: 1.000; chance 0.5)
+    with pytest.raises(ValueError, match=r"token ids \[B, 16\]"):
+        TransformerClassifier()(x[:, :8])
     assert float(predictive.mutual_information.mean()) > 0  # the draws differ

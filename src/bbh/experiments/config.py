@@ -3,7 +3,7 @@
 A configuration has five tables (every key optional except ``experiment.task`` and ``experiment.method``)::
 
     [experiment]  name, task ("mnist" | "cifar5"), method (a bbh.create name), seed
-    [model]       name ("lenet5" | "resnet32" | "resnet20" | "resnet18" | "mlp") and its options (variant, norm, depth, ...)
+    [model]       name (a registry name: "lenet5", "resnet32", "resnet20", "resnet18", "mlp") and its options
     [method]      options passed to bbh.create(method, model, **options)
     [train]       optimizer, lr, eps, epochs, batch_size, kl_anneal, factored_grads, amp, deterministic, device,
                   keep_checkpoint, model_dtype
