@@ -301,9 +301,9 @@ def test_cifar5_task(tmp_path, preprocessing, size):
 
 
 def test_task_and_preprocessing_names(tmp_path):
-    assert available_tasks() == ("mnist", "cifar5")
-    with pytest.raises(ValueError, match="mnist, cifar5"):
-        load_task("cifar10", tmp_path)
+    assert available_tasks() == ("mnist", "cifar5", "cifar10")
+    with pytest.raises(ValueError, match="mnist, cifar5, cifar10"):
+        load_task("cifar100", tmp_path)
     with pytest.raises(ValueError, match="paper, standard"):
         load_task("cifar5", tmp_path, preprocessing="tf")
 

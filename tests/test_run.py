@@ -31,10 +31,20 @@ def test_every_shipped_experiment_is_a_valid_config():
             assert config["model"]["name"] == "resnet20" and config["data"]["preprocessing"] == "standard"
             assert (config["train"]["batch_size"], config["train"]["epochs"]) == (128, 3)
             continue
+        if name.startswith("cifar10-"):  # issue 11's scale comparison at the GPU budget (ResNet-18, WRN-28-10)
+            assert config["experiment"]["task"] == "cifar10" and config["data"]["preprocessing"] == "standard"
+            assert (config["train"]["batch_size"], config["train"]["epochs"]) == (128, 200)
+            assert config["model"]["name"] in ("resnet18", "wrn28-10") and config["eval"]["samples"] == 100
+            continue
         assert config["train"]["batch_size"] == 100
         assert config["train"]["epochs"] == (100 if name.startswith("mnist") else 200)
     assert {f"cifar5-resnet20-{m}" for m in ("map", "mc-dropout", "ensemble", "bbh")} <= set(names)
     assert load_config("cifar5-resnet20-bbh")["method"]["layout"] == "rank1"
+    assert {f"cifar10-{net}-{m}" for net in ("resnet18", "wrn28-10") for m in ("map", "bbh")} <= set(names)
+    for net in ("resnet18", "wrn28-10"):
+        method = load_config(f"cifar10-{net}-bbh")["method"]
+        assert (method["layout"], method["kl"], method["factor_prior"], method["num_samples"]) == (
+            "auto", "nn-entropy", 0.1, 5)
     authors = load_config("mnist-bbh-authors")
     assert authors["train"]["optimizer"] == "rmsprop-tf" and authors["method"]["init"] == "glorot"
     assert load_config("cifar5-bbb")["method"]["init_log_var"] == -30.0

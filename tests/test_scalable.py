@@ -255,6 +255,9 @@ def test_a_resnet_with_batchnorm_trains_and_predicts_with_the_scalable_layouts(l
 
 # ---- a transformer -------------------------------------------------------------------------------------------
 def test_a_transformer_text_classifier_learns_with_rank1_bbh_defaults():
+    """5 epochs of 32 steps, seed 0: measured 1.000 test accuracy (MAP 1.000). The task is at the edge of what
+    160 steps teach: with seeds 1 and 2, MAP reaches 0.994 / 0.584 and rank1 0.539 / 0.535; at 15 epochs every
+    seed reaches 1.000 with both (benchmarks/scale_transformer.py, docs/scale.md)."""
     x, y = token_order_task(2048)
     x_test, y_test = token_order_task(512, seed=1)
     torch.manual_seed(0)

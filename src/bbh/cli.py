@@ -191,7 +191,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         t = r["test"]
         print(f"{run}: error {t['error_percent']:.2f} %, NLL {t['nll']:.4f}, ECE {t['ece']:.4f}, entropy AUC "
               f"{t['entropy_auc']:.3f}" + (f", outlier AUC {r['outliers']['entropy_auc']:.3f}, OOD AUROC "
-                                           f"{r['ood']['entropy']['auroc']:.3f}" if "outliers" in r else "")
+                                           f"{r['ood']['entropy']['auroc']:.3f}" if "outliers" in r else
+                                           f"; {r['ood_skipped']}" if "ood_skipped" in r else "")
               + f"; wrote {run / 'eval' / 'report.md'}")
     return 0
 

@@ -1,4 +1,5 @@
-"""The paper's classification tasks: MNIST (+ notMNIST outliers) and CIFAR-5 (paper-protocol 5.2, 5.3, 6.3).
+"""The paper's classification tasks, MNIST (+ notMNIST outliers) and CIFAR-5 (paper-protocol 5.2, 5.3, 6.3),
+and full CIFAR-10 (issue 11's scale comparison; no outlier set).
 
 :func:`load_task` finds (or downloads) the files, loads them as uint8 tensors and returns a :class:`Task`
 whose ``train_transform`` / ``eval_transform`` turn uint8 batches into the network's float inputs (on the
@@ -21,8 +22,14 @@ from .transforms import PIPELINES
 MNIST_VALIDATION = 5_000
 CIFAR5_CLASSES = range(0, 5)
 CIFAR5_OUTLIER_CLASSES = range(5, 10)
+CIFAR10_CLASSES = range(0, 10)
 PREPROCESSING = ("paper", "standard")
-TASKS = ("mnist", "cifar5")
+TASKS = ("mnist", "cifar5", "cifar10")
+OUTLIER_SETS: dict[str, str | None] = {"mnist": "notMNIST test", "cifar5": "CIFAR-10 test classes 5-9",
+                                       "cifar10": None}
+"""Each task's out-of-distribution set; None: the task has none (CIFAR-10 uses every CIFAR-10 class, and bbh
+ships no other data set to hold out), so ``outlier_x`` is None even with ``load_task(..., outliers=True)`` and
+``bbh evaluate`` skips OOD detection, saying so."""
 
 
 @dataclass
@@ -30,13 +37,14 @@ class Task:
     """A classification task: uint8 images, int64 labels, and its preprocessing.
 
     Attributes:
-        name: ``"mnist"`` or ``"cifar5"``.
+        name: ``"mnist"``, ``"cifar5"`` or ``"cifar10"``.
         num_classes: K.
         input_shape: the shape of one preprocessed input, ``(C, H, W)``.
         train_x, train_y: training images ``[N, C, H0, W0]`` (uint8) and labels ``[N]`` (int64).
         test_x, test_y: the in-distribution test set.
         outlier_x: the out-of-distribution set (notMNIST test / CIFAR-10 test classes 5-9); ``None`` when the
-            task was loaded without it (``load_task(..., outliers=False)``: training needs no outliers).
+            task was loaded without it (``load_task(..., outliers=False)``: training needs no outliers) or has
+            none (``cifar10``, see :data:`OUTLIER_SETS`).
         outlier_y: its labels where it has any (notMNIST letters 0..9, CIFAR classes 5..9), else ``None``.
         val_x, val_y: the validation split, if any (MNIST: TF's 5,000 held-out training images).
         preprocessing: ``"paper"`` or ``"standard"``.
@@ -81,11 +89,15 @@ class Task:
                  if isinstance(getattr(self, f.name), Tensor)}
         return replace(self, **moved)
 
+    def _no_outliers(self) -> str:
+        has_none = self.name in OUTLIER_SETS and OUTLIER_SETS[self.name] is None
+        return "none (the task has no outlier set)" if has_none else "not loaded"
+
     def summary(self) -> str:
         """One line per split with its size."""
         parts = [f"{self.name} ({self.preprocessing}): {self.num_classes} classes, input {self.input_shape}",
                  f"train {len(self.train_x)}", f"test {len(self.test_x)}",
-                 f"outliers {len(self.outlier_x) if self.outlier_x is not None else 'not loaded'}"]
+                 f"outliers {len(self.outlier_x) if self.outlier_x is not None else self._no_outliers()}"]
         if self.val_x is not None:
             parts.append(f"validation {len(self.val_x)}")
         return ", ".join(parts)
@@ -105,7 +117,9 @@ def load_task(name: str, data_dir: str | Path | None = None, *, download: bool =
             images are the validation split, paper-protocol 5.2) or all 60,000 with ``validation=False``;
             test 10,000; outliers = notMNIST test (10,000). ``"cifar5"``: CIFAR-10 classes 0-4: train 25,000,
             test 5,000; outliers = the 5,000 test images of classes 5-9 (paper-protocol 5.3, 6.3); no
-            validation split (``validation`` is ignored).
+            validation split (``validation`` is ignored). ``"cifar10"``: all 10 classes: train 50,000, test
+            10,000, no outliers (:data:`OUTLIER_SETS`: ``outlier_x`` is None whatever ``outliers`` says), no
+            validation split.
         data_dir: see :func:`bbh.data.resolve_data_dir` (argument, ``$BBH_DATA_DIR``, ``~/.cache/bbh/data``).
         download: fetch missing files (verified) from the official sources; otherwise raise
             :class:`~bbh.data.MissingDataError` naming them.
@@ -115,7 +129,7 @@ def load_task(name: str, data_dir: str | Path | None = None, *, download: bool =
             [0, 1]), used for both.
         progress: show download progress bars.
         outliers: load the out-of-distribution set. Without it (training), MNIST needs no notMNIST files and
-            ``outlier_x`` / ``outlier_y`` are ``None``.
+            ``outlier_x`` / ``outlier_y`` are ``None``. A task without one (``cifar10``) ignores it.
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
@@ -134,14 +148,15 @@ def load_task(name: str, data_dir: str | Path | None = None, *, download: bool =
                     preprocessing=preprocessing, pipeline="mnist")
     root = ensure_datasets(["cifar10"], data_dir, download=download, progress=progress)
     folder = root / "cifar10" / BATCHES_DIR
-    train_x, train_y = select_classes(*load_cifar10(folder, "train"), CIFAR5_CLASSES)
+    classes = CIFAR5_CLASSES if name == "cifar5" else CIFAR10_CLASSES
+    train_x, train_y = select_classes(*load_cifar10(folder, "train"), classes)
     all_test_x, all_test_y = load_cifar10(folder, "test")
-    test_x, test_y = select_classes(all_test_x, all_test_y, CIFAR5_CLASSES)
-    out_x, out_y = (select_classes(all_test_x, all_test_y, CIFAR5_OUTLIER_CLASSES) if outliers
-                    else (None, None))
+    test_x, test_y = select_classes(all_test_x, all_test_y, classes)
+    out_x, out_y = (select_classes(all_test_x, all_test_y, CIFAR5_OUTLIER_CLASSES)
+                    if outliers and name == "cifar5" else (None, None))
     size = 24 if preprocessing == "paper" else 32
-    return Task("cifar5", len(CIFAR5_CLASSES), (3, size, size), train_x, train_y, test_x, test_y, out_x, out_y,
+    return Task(name, len(classes), (3, size, size), train_x, train_y, test_x, test_y, out_x, out_y,
                 preprocessing=preprocessing, pipeline=f"cifar-{preprocessing}")
 
 
-__all__ = ["Task", "available_tasks", "load_task"]
+__all__ = ["OUTLIER_SETS", "Task", "available_tasks", "load_task"]

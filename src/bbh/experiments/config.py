@@ -2,8 +2,8 @@
 
 A configuration has five tables (every key optional except ``experiment.task`` and ``experiment.method``)::
 
-    [experiment]  name, task ("mnist" | "cifar5"), method (a bbh.create name), seed
-    [model]       name (a registry name: "lenet5", "resnet32", "resnet20", "resnet18", "mlp") and its options
+    [experiment]  name, task ("mnist" | "cifar5" | "cifar10"), method (a bbh.create name), seed
+    [model]       name (a registry name: "lenet5", "resnet32", "resnet20", "resnet18", "wrn28-10", "mlp") + options
     [method]      options passed to bbh.create(method, model, **options)
     [train]       optimizer, lr, eps, epochs, batch_size, kl_anneal, factored_grads, amp, deterministic, device,
                   keep_checkpoint, model_dtype

@@ -5,5 +5,6 @@ from .mlp import MLP
 from .registry import build_model
 from .resnet import ResNet32
 from .resnet18 import ResNet18
+from .wide_resnet import WideResNet
 
-__all__ = ["LeNet5", "MLP", "ResNet18", "ResNet32", "build_model"]
+__all__ = ["LeNet5", "MLP", "ResNet18", "ResNet32", "WideResNet", "build_model"]

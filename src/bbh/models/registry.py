@@ -15,8 +15,9 @@ from .lenet import LeNet5
 from .mlp import MLP
 from .resnet import ResNet32
 from .resnet18 import ResNet18
+from .wide_resnet import WideResNet
 
-MODEL_NAMES = ("lenet5", "resnet32", "mlp", "resnet20", "resnet18")
+MODEL_NAMES = ("lenet5", "resnet32", "mlp", "resnet20", "resnet18", "wrn28-10", "wide_resnet")
 """The names :func:`build_model` accepts."""
 
 
@@ -27,14 +28,18 @@ def build_model(options: Mapping[str, Any], num_classes: int) -> nn.Module:
         options: a ``[model]`` table: ``name`` (one of :data:`MODEL_NAMES`) and constructor options
             (``mlp`` takes ``in_features`` and ``hidden`` and expects flat inputs). ``resnet20`` is He et al.'s
             CIFAR ResNet-20, ``ResNet32(variant="standard", depth=20)`` (options may override the variant);
-            ``resnet18`` is the CIFAR :class:`~bbh.models.resnet18.ResNet18` (option ``width``).
+            ``resnet18`` is the CIFAR :class:`~bbh.models.resnet18.ResNet18` (option ``width``); ``wrn28-10`` is
+            Zagoruyko & Komodakis' WRN-28-10, :class:`~bbh.models.wide_resnet.WideResNet` (option ``dropout``),
+            and ``wide_resnet`` any WRN-d-k (options ``depth``, default 28, ``widen_factor``, default 10,
+            ``dropout``).
         num_classes: the number of output classes.
 
     Returns:
         A freshly initialised network (parameters drawn from torch's global generator).
 
     Raises:
-        ValueError: unknown name, ``mlp`` without ``in_features``, or ``resnet20`` with a ``depth``.
+        ValueError: unknown name, ``mlp`` without ``in_features``, ``resnet20`` with a ``depth``, or ``wrn28-10``
+            with a ``depth`` or ``widen_factor``.
     """
     opts = {k: v for k, v in options.items() if k != "name"}
     name = options.get("name", "")
@@ -48,6 +53,14 @@ def build_model(options: Mapping[str, Any], num_classes: int) -> nn.Module:
         return ResNet32(num_classes=num_classes, **{"variant": "standard", "depth": 20, **opts})
     if name == "resnet18":
         return ResNet18(num_classes=num_classes, **opts)
+    if name == "wrn28-10":
+        fixed = [k for k in ("depth", "widen_factor") if k in opts]
+        if fixed:
+            raise ValueError(f"model 'wrn28-10' has depth 28 and widen_factor 10 (got {', '.join(fixed)}); name "
+                             f"'wide_resnet' with depth and widen_factor options gives other wide ResNets")
+        return WideResNet(28, 10, num_classes=num_classes, **opts)
+    if name == "wide_resnet":
+        return WideResNet(num_classes=num_classes, **opts)
     if name == "mlp":
         if "in_features" not in opts:
             raise ValueError("model 'mlp' needs in_features")

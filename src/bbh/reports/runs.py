@@ -8,10 +8,12 @@ an earlier evaluation survives); that ``run_dir`` can be written to is checked b
 * ``results.json`` (strict JSON: NaN is ``null``) — on the test set: error, NLL, Brier, ECE and its reliability
   bins, the paper's entropy AUC, mean entropy / expected entropy / mutual information; on the outlier set:
   entropy AUC and OOD detection (AUROC, AUPR in and out, FPR at 95 % TPR) for three scores (entropy, mutual
-  information, max probability); per FGSM epsilon: accuracy, mean entropy / log K, entropy AUC (paper Figs.
-  3/4, paper-protocol 6.5); MNIST probes (rotations, mixup; 6.6);
-* figures: entropy CDFs in vs out, FGSM accuracy and entropy against epsilon, the reliability diagram, and
-  for methods with a weight posterior its marginals, correlations and per-weight std (Figs. 5-9);
+  information, max probability), or, for a task without one (``cifar10``), ``ood_skipped``: a sentence saying
+  that and why OOD detection was not computed (the report says it too); per FGSM epsilon: accuracy, mean
+  entropy / log K, entropy AUC (paper Figs. 3/4, paper-protocol 6.5); MNIST probes (rotations, mixup; 6.6);
+* figures: entropy CDFs in vs out (with an outlier set), FGSM accuracy and entropy against epsilon, the
+  reliability diagram, and for methods with a weight posterior its marginals, correlations and per-weight std
+  (Figs. 5-9);
 * ``report.md`` with the tables and the figures.
 
 ``compare_runs`` puts several runs' results next to the paper's Tables 3/4 as Markdown and CSV, and draws
@@ -248,6 +250,8 @@ def results_record(res: EvaluationResults, name: str, task_name: str, config: di
     if "outliers" in res.ood:
         results["outliers"] = {k: v for k, v in res.ood["outliers"].metrics.to_dict().items() if v is not None}
         results["ood"] = json_safe(res.ood["outliers"].detection)
+    else:
+        results["ood_skipped"] = _ood_skipped(task_name)
     if res.adversarial:
         fgsm = res.adversarial["fgsm"].spec
         results["adversarial"] = {k: curve.rows() for k, curve in res.adversarial.items()}
@@ -256,13 +260,23 @@ def results_record(res: EvaluationResults, name: str, task_name: str, config: di
     return results
 
 
+def _ood_skipped(task_name: str) -> str:
+    """Why a results record has no ``outliers`` / ``ood`` entries."""
+    from ..data.tasks import OUTLIER_SETS
+
+    why = (f"task {task_name!r} has no outlier set" if task_name in OUTLIER_SETS and OUTLIER_SETS[task_name] is None
+           else "the task was evaluated without an outlier set")
+    return (f"OOD detection skipped: {why}, so there is no outlier entropy AUC, AUROC, AUPR or FPR at 95 % TPR "
+            f"(only the test-set metrics)")
+
+
 def _figures(res: EvaluationResults, results: dict[str, Any], out_dir: Path, name: str) -> None:
     from .plots import plot_adversarial, plot_entropy_cdf, plot_reliability
 
     if "outliers" in res.ood:
         entropies = {"test": res.predictions["test"]["entropy"], "outliers": res.predictions["outliers"]["entropy"]}
         plot_entropy_cdf(out_dir / "entropy_cdf.png", entropies, math.log(res.num_classes), title=name)
-        plot_reliability(out_dir / "reliability.png", results["test"]["reliability"], title=name)
+    plot_reliability(out_dir / "reliability.png", results["test"]["reliability"], title=name)
     if res.adversarial:
         plot_adversarial(out_dir / "adversarial.png", {k.upper(): c.rows() for k, c in res.adversarial.items()},
                          title=name)
@@ -342,6 +356,8 @@ def _report(r: dict[str, Any]) -> str:
             lines.append(f"| {score} | {_fmt(m['auroc'])} | {_fmt(m['aupr_in'])} | {_fmt(m['aupr_out'])} "
                          f"| {_fmt(m['fpr_at_95_tpr'])} |")
         lines += ["", "![entropy CDF](entropy_cdf.png) ![reliability](reliability.png)"]
+    else:
+        lines += ["", f"{r.get('ood_skipped') or _ood_skipped(r['task'])}.", "", "![reliability](reliability.png)"]
     if "adversarial" in r:
         s = r["adversarial"]["settings"]
         lines += ["", f"## FGSM ({s['images']} test images, gradient: {s['gradient']}, clamp: {s['clamp']})", "",
