@@ -7,9 +7,9 @@ A CIFAR ResNet-18 (11.2 M weights, :class:`bbh.models.ResNet18`) or ResNet-20 on
 MAP and BbH in each requested layout (``auto`` is what ``bbh.create("bbh", model)`` builds: ``rank1`` here)
 run the Trainer's step (``benchmarks/train_step.py``) alternately; each round gives a median over
 ``--repeats`` steps and the printed ratio range is over the rounds. BbH: S = 5 samples per step, one in the
-likelihood, the per-weight nearest-neighbour KL, Adam at its default lr. Peak memory: each method in a fresh
-process (peak resident set size after its steps, ``ru_maxrss``), so the ratio includes the interpreter and
-torch (~0.3 GB) in both. Prints the CPU (``/proc/cpuinfo``), the threads and torch's version: absolute times
+likelihood, its layout's default KL, Adam at its default lr. Peak memory: each method in a fresh process (its
+peak resident set size after the steps, ``VmHWM``), so the ratio includes the interpreter and torch (~0.3 GB)
+in both. Prints the CPU (``/proc/cpuinfo``), the threads and torch's version: absolute times
 depend on the machine, the ratios are the numbers to compare, and they too move between CPUs.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -55,12 +54,14 @@ def build(model: str, method: str) -> bbh.Method:
 
 def peak_memory(model: str, method: str, batch: int, steps: int, device: str) -> float:
     """Peak RSS in GB of a fresh process that builds ``method`` and runs ``steps`` training steps."""
-    code = (f"import sys, resource, json; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+    # The child reports VmHWM (its own peak RSS): Linux keeps ru_maxrss across fork + exec, so a child's
+    # ru_maxrss would start at this (parent) process's peak.
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
             f"import scale_step as s; step = s.make_step(s.build({model!r}, {method!r}), 'adam', {device!r}, "
             f"input_shape=(3, 32, 32), batch={batch}, num_data=50_000); [step() for _ in range({steps})]; "
-            f"print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))")
+            f"print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return int(out.stdout.strip().splitlines()[-1]) * 1024 / 1e9  # ru_maxrss is in KiB on Linux
+    return int(out.stdout.strip().splitlines()[-1]) * 1024 / 1e9  # VmHWM is in kB
 
 
 def main() -> None:
@@ -102,8 +103,7 @@ def main() -> None:
         peaks = {name: peak_memory(args.model, name, args.batch, 3, args.device) for name in names}
         print("peak resident memory (fresh process each, 3 steps): " + ", ".join(
             f"{name} {gb:.2f} GB ({gb / peaks['map']:.2f}x)" for name, gb in peaks.items()))
-    print(json.dumps({"rounds": rounds, "max_rss_self_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                      * 1024 / 1e9}))
+    print(json.dumps({"rounds": rounds}))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ For every generated tensor W of shape [out, in, ...] (a conv kernel [out, in, kh
 with W0 the main network's own parameter (a point estimate, trained by the optimizer) and the factors
 u = (a in R^out, b in R^in) the random
 variables: layer-wise hypernets (:class:`bbh.posteriors.hypernet.HypernetPosterior`) map noise to u, so q(u)
-is implicit as in the paper, but lives on sum(out + in) variables instead of sum(out x in x ...) — 9,800 for a
+is implicit as in the paper, but lives on sum(out + in) variables instead of sum(out x in x ...) — 9,175 for a
 CIFAR ResNet-18 of 11.2 M weights. This is the rank-1 parameterisation of Dusenberry et al. (ICML 2020,
 "Efficient and Scalable Bayesian Neural Nets with Rank-1 Factors", r = 1 + a, s = 1 + b) with BbH's implicit
 q(u) instead of their Gaussians.

@@ -1,7 +1,7 @@
 """How big a hypernet layout is before it is built, which layout ``"auto"`` picks, and failing fast when it won't fit.
 
 The paper's layer-wise hypernets end in a linear layer of H x P weights for a parameter tensor of P weights
-(H = 512, the last hidden size): 222 M hypernet parameters for LeNet-5, 237 M for ResNet-32, about 5.7 B for a
+(H = 512, the last hidden size): 222 M hypernet parameters for LeNet-5, 247 M for ResNet-32, about 5.7 B for a
 CIFAR ResNet-18, whose Adam training would need ~92 GB. Every layout's parameter count is exact and cheap to
 compute from the shapes alone (tested against the built modules), so ``bbh.create("bbh", model)`` can
 
@@ -31,7 +31,7 @@ from ..options import Layout
 
 AUTO_BUDGET_BYTES = 8 * 2**30
 """``layout="auto"`` keeps the paper's layer-wise hypernets while training them takes at most 8 GiB (4 bytes x 4
-copies x 537 M parameters): LeNet-5 (3.6 GB) and ResNet-32 (3.8 GB) stay layer-wise, a ResNet-18 (92 GB) goes
+copies x 537 M parameters): LeNet-5 (3.6 GB) and ResNet-32 (3.95 GB) stay layer-wise, a ResNet-18 (92 GB) goes
 to ``rank1``."""
 
 TRAINING_COPIES = 4
