@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from test_resnet import spatial_sizes
 from torch import nn
 from torch.func import functional_call
 
@@ -23,18 +24,6 @@ def numel(model: nn.Module, prefix: str = "") -> int:
 
 def norm_params(model: nn.Module) -> int:
     return sum(p.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
-
-
-def stage_shapes(model: nn.Module, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda mod, inp, out, n=n: shapes.__setitem__(n, tuple(out.shape[1:]))) for n in names]
-    with torch.no_grad():
-        out = model(x)
-    for h in hooks:
-        h.remove()
-    assert out.shape == (x.shape[0], model.num_classes)
-    return shapes
 
 
 # ------------------------------------------------------------------------------------------ ResNet-20 (depth)
@@ -61,7 +50,7 @@ def test_other_depths_follow_he_et_al(depth, count):
 
 def test_resnet20_shapes_and_dropout_sites():
     model = ResNet32(num_classes=10, variant="standard", depth=20)
-    shapes = stage_shapes(model, torch.randn(2, 3, 32, 32), ("stem", "stage1", "stage2", "stage3"))
+    shapes = spatial_sizes(model, torch.randn(2, 3, 32, 32), ("stem", "stage1", "stage2", "stage3"))
     assert shapes == {"stem": (16, 32, 32), "stage1": (16, 32, 32), "stage2": (32, 16, 16), "stage3": (64, 8, 8)}
     assert len(model.dropout_sites) == 19 and model.dropout_sites[-1] == "stage3.2.drop2"
     one = ResNet32(variant="standard", depth=20, dropout_placement="one-per-unit")
@@ -109,7 +98,7 @@ def test_resnet18_parameter_count():
 
 def test_resnet18_shapes_and_shortcuts():
     model = ResNet18(num_classes=10, width=16)
-    shapes = stage_shapes(model, torch.randn(2, 3, 32, 32), ("stem", "stage1", "stage2", "stage3", "stage4"))
+    shapes = spatial_sizes(model, torch.randn(2, 3, 32, 32), ("stem", "stage1", "stage2", "stage3", "stage4"))
     assert shapes == {"stem": (16, 32, 32), "stage1": (16, 32, 32), "stage2": (32, 16, 16), "stage3": (64, 8, 8),
                       "stage4": (128, 4, 4)}
     blocks = [b for s in (model.stage1, model.stage2, model.stage3, model.stage4) for b in s]

@@ -66,12 +66,14 @@ def test_standard_variant_parameter_count():
 
 
 # ------------------------------------------------------------------------------------------ shapes
-def spatial_sizes(model: ResNet32, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+def spatial_sizes(model: nn.Module, x: torch.Tensor, names: tuple[str, ...] = ("stem", "stage1", "stage2", "stage3")
+                  ) -> dict[str, tuple[int, ...]]:
+    """The output shapes (without the batch) of the named submodules on ``x``; checks the logits' shape."""
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = [model.get_submodule(n).register_forward_hook(
-        lambda mod, inp, out, n=n: shapes.__setitem__(n, tuple(out.shape[1:])))
-        for n in ("stem", "stage1", "stage2", "stage3")]
-    out = model(x)
+        lambda mod, inp, out, n=n: shapes.__setitem__(n, tuple(out.shape[1:]))) for n in names]
+    with torch.no_grad():
+        out = model(x)
     for h in hooks:
         h.remove()
     assert out.shape == (x.shape[0], model.num_classes)
