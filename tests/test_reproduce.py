@@ -117,7 +117,7 @@ def test_a_killed_reproduction_resumes_without_redoing_finished_runs(smoke_out: 
     assert not set(smoke_out["first_two"]) & set(smoke_out["resumed"])  # ... the finished ones are not
     for name, mtime in smoke_out["first_two"].items():
         assert (out / "runs" / name / "model.pt").stat().st_mtime_ns == mtime
-    assert f"  continuing {killed} (epoch 0)" in smoke_out["logs"]
+    assert f"  continuing {killed} (done: 0 epochs and 1 steps)" in smoke_out["logs"]  # killed after step 1
     metrics = [json.loads(line) for line in (out / "runs" / killed / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and metrics[0]["epoch"] == 0  # one epoch in all, not two
     assert json.loads((out / "runs" / killed / "final.json").read_text())["steps"] == 2  # 128 images, batch 64

@@ -232,8 +232,9 @@ class Reproduction:
         config = row_config(row, self.budget, self.device)
         task = self.task(config["experiment"]["task"])
         if (run_dir / "config.toml").is_file():
-            self.log(f"  continuing {run_dir.name} (epoch {status.get('epoch', 0)})")
             run = Run.resume(run_dir, task=task, progress=self.progress)
+            # the position is the checkpoint's: status.json of a killed run still holds where it started
+            self.log(f"  continuing {run_dir.name} (done: {run.epoch} epochs and {run.step_in_epoch} steps)")
         else:
             self.log(f"  training {run_dir.name}")
             run = Run(config, run_dir, task=task, progress=self.progress)
