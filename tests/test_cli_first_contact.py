@@ -397,6 +397,26 @@ def test_progress_follows_the_terminal_unless_asked(tmp_path, monkeypatch, flags
     assert seen == {"toy": expected, "evaluate": expected}
 
 
+@pytest.mark.parametrize("flags, expected", [([], (500, None)),
+                                             (["--batch-size", "100", "--chunk-size", "8"], (100, 8))])
+def test_evaluate_passes_batch_and_chunk_sizes(tmp_path, monkeypatch, flags, expected):
+    seen: list[tuple[Any, Any]] = []
+
+    def evaluate_run(run: Any, data_dir: Any, **kwargs: Any) -> dict[str, Any]:
+        seen.append((kwargs["batch_size"], kwargs["chunk_size"]))
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(runs_mod, "evaluate_run", evaluate_run)
+    assert main(["evaluate", str(tmp_path), "--no-progress", *flags]) == 2
+    assert seen == [expected]
+
+
+def test_evaluate_refuses_a_chunk_size_below_one(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(tmp_path), "--chunk-size", "0"])
+    assert stop.value.code == 2 and "expected a positive integer, got 0" in capsys.readouterr().err
+
+
 def test_toy_shows_its_progress(tmp_path, capsys):
     toy_mod.run_toy(tmp_path, methods=("map",), hmc=False, progress=True)
     err = capsys.readouterr().err

@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--all", action="store_true", help="evaluate every finished run below RUN_DIR")
     ev.add_argument("--data-dir", help="where the data lives")
     ev.add_argument("--samples", type=_positive, help="posterior samples (default: the run's eval.samples)")
+    ev.add_argument("--batch-size", type=_positive, default=500, help="examples per forward pass (default: 500)")
+    ev.add_argument("--chunk-size", type=_positive,
+                    help="posterior draws evaluated at once (default: all; bounds memory: a forward pass holds "
+                         "the activations of chunk x batch examples)")
     ev.add_argument("--adv-images", type=_positive, default=100, help="test images attacked (authors: 100)")
     ev.add_argument("--adv-gradient", choices=["authors", "expectation"], default="authors")
     ev.add_argument("--adv-samples", type=_positive, help="posterior samples per attack (default: --samples)")
@@ -184,7 +188,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         for run in runs:
             ensure_writable(run)
     for run in runs:
-        r = evaluate_run(run, args.data_dir, n_samples=args.samples, adversarial=not args.no_adversarial,
+        r = evaluate_run(run, args.data_dir, n_samples=args.samples, batch_size=args.batch_size,
+                         chunk_size=args.chunk_size, adversarial=not args.no_adversarial,
                          adv_images=args.adv_images, adv_gradient=args.adv_gradient, adv_samples=args.adv_samples,
                          clamp=args.clamp, pgd=args.pgd, probes=not args.no_probes,
                          posterior_plots=not args.no_posterior_plots, progress=args.progress)
