@@ -265,3 +265,18 @@ def test_gradient_clipping_is_a_config_key(tmp_path):
     assert load_config("mnist-map", ["train.clip_grad_norm=5.0"])["train"]["clip_grad_norm"] == 5.0
     with pytest.raises(ValueError, match="clip_grad_norm must be a positive number"):
         load_config("mnist-map", ["train.clip_grad_norm=-1"])
+
+
+def test_lr_schedule_is_a_config_key_and_a_train_flag():
+    import bbh
+    from bbh.cli import _overrides, build_parser
+    from bbh.experiments.run import config_trainer
+
+    assert load_config("mnist-map")["train"]["lr_schedule"] == "constant"
+    config = load_config("mnist-map", ['train.lr_schedule="cosine"'])
+    trainer = config_trainer(config, bbh.create("map", bbh.models.MLP(2, 4)), "cpu", progress=False)
+    assert trainer.lr_schedule.value == "cosine"
+    with pytest.raises(ValueError, match="train.lr_schedule must be one of 'constant', 'cosine', got 'linear'"):
+        load_config("mnist-map", ['train.lr_schedule="linear"'])
+    args = build_parser().parse_args(["train", "--config", "mnist-map", "--lr-schedule", "cosine"])
+    assert 'train.lr_schedule="cosine"' in _overrides(args)

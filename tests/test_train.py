@@ -351,3 +351,55 @@ def test_a_gradient_scaler_falls_back_to_dense_gradients_and_is_checkpointed(tmp
         assert torch.equal(a, b)  # scaling by 2^16 and back is exact: the same dense updates, bit for bit
     state = torch.load(tmp_path / "True" / "checkpoint.pt", weights_only=True)
     assert state["scaler"]["scale"] == 65536.0 and state["scaler"]["_growth_tracker"] == 4
+
+
+# ---- the learning-rate schedule ------------------------------------------------------------------------------
+def test_cosine_schedule_follows_the_formula_over_the_planned_steps():
+    import math
+
+    x, y = make_blobs(n=64)
+    seen: list[float] = []
+    trainer = bbh.Trainer(small_bbh(), lr=3e-3, lr_schedule="cosine", epochs=3, progress=False,
+                          callbacks=[lambda r: seen.append(r["lr"]) if r["event"] == "step" else None])
+    trainer.fit((x, y), batch_size=16)  # 4 steps per epoch: T = 12
+    assert seen == pytest.approx([3e-3 * (1 + math.cos(math.pi * t / 12)) / 2 for t in range(12)])
+    assert seen[0] == 3e-3 and seen[-1] < 3e-3 * 0.02
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(seen[-1])
+    assert trainer.history[0]["lr"] == pytest.approx(sum(seen[:4]) / 4)  # the epoch's mean
+    steps = bbh.Trainer(small_bbh(), lr=1e-3, lr_schedule="cosine", epochs=5, steps=6, progress=False)
+    assert steps.planned_steps(4) == 6 and steps.planned_steps(1) == 5  # the smaller of epochs x S and steps
+    constant = bbh.Trainer(small_bbh(), lr=3e-3, epochs=1, progress=False)
+    constant.fit((x, y), batch_size=16)
+    assert "lr" not in constant.history[0] and constant.optimizer.param_groups[0]["lr"] == 3e-3
+
+
+def test_cosine_schedule_resumes_exactly_and_needs_a_known_length(tmp_path):
+    x, y = make_blobs(n=72)
+
+    def fit(checkpoint_dir=None, callbacks=()):
+        trainer = bbh.Trainer(_fresh_bbh(), lr=3e-3, lr_schedule="cosine", epochs=3, seed=11, progress=False,
+                              checkpoint_dir=checkpoint_dir, callbacks=callbacks)
+        trainer.fit((x, y), batch_size=16)
+        return trainer
+
+    reference = fit()
+
+    def interrupt(record):
+        if record["event"] == "step" and (record["epoch"], record["step_in_epoch"]) == (1, 2):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "run", [interrupt])
+    method = _fresh_bbh()
+    resumed = bbh.Trainer.resume(tmp_path / "run", method, progress=False)
+    assert resumed.lr_schedule == bbh.options.LRSchedule.COSINE  # stored in the checkpoint's settings
+    resumed.fit((x, y), batch_size=16)
+    a, b = _state(reference.method), _state(method)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["lr"] for r in resumed.history] == pytest.approx([r["lr"] for r in reference.history])
+
+    endless = (batch for batch in [(x, y)])  # a generator: no length, so T is unknown
+    with pytest.raises(ValueError, match="lr_schedule='cosine' needs the number of steps"):
+        bbh.Trainer(small_bbh(), lr_schedule="cosine", epochs=1, progress=False).fit(endless, num_data=72)
+    with pytest.raises(ValueError, match="unknown lr_schedule 'step'; expected one of 'constant', 'cosine'"):
+        bbh.Trainer(small_bbh(), lr_schedule="step")

@@ -30,10 +30,11 @@ from typing import Any
 
 TRAIN_SHORTCUTS = {"--epochs": "train.epochs", "--lr": "train.lr", "--batch-size": "train.batch_size",
                    "--optimizer": "train.optimizer", "--seed": "experiment.seed", "--device": "train.device",
-                   "--samples": "eval.samples", "--model-dtype": "train.model_dtype"}
+                   "--samples": "eval.samples", "--model-dtype": "train.model_dtype",
+                   "--lr-schedule": "train.lr_schedule"}
 """``bbh train`` flags that stand for ``--set TABLE.KEY=VALUE``."""
 
-STRING_KEYS = ("train.optimizer", "train.device", "train.model_dtype")
+STRING_KEYS = ("train.optimizer", "train.device", "train.model_dtype", "train.lr_schedule")
 """Shortcut keys whose values are strings (quoted for TOML)."""
 
 WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                        help="override a config value (repeatable), e.g. --set train.epochs=1")
     for flag, key in TRAIN_SHORTCUTS.items():
-        choices = ("float32", "bfloat16") if key == "train.model_dtype" else None
+        choices = {"train.model_dtype": ("float32", "bfloat16"), "train.lr_schedule": ("constant", "cosine")}.get(key)
         train.add_argument(flag, dest=key, choices=choices, help=f"shortcut for --set {key}=...")
     train.add_argument("--keep-checkpoint", dest="train.keep_checkpoint", action=argparse.BooleanOptionalAction,
                        default=None, help="keep checkpoint.pt once the run has finished (default: yes; "

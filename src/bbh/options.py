@@ -77,6 +77,17 @@ class OptimizerName(str, Enum):
     initialised to 1 (what the authors' BbH runs used)."""
 
 
+class LRSchedule(str, Enum):
+    """How the Trainer's learning rate moves over training."""
+
+    CONSTANT = "constant"
+    """The learning rate as given at every step (the paper's runs)."""
+    COSINE = "cosine"
+    """lr_t = lr * (1 + cos(pi * t / T)) / 2 over the T steps training will take (Loshchilov & Hutter 2017,
+    SGDR without restarts): full at the first step, near zero at the last, so the final weights are not a
+    snapshot taken at full step size."""
+
+
 def parse_option(enum: type[E], value: E | str, name: str) -> E:
     """Return ``value`` as a member of ``enum`` or raise a ``ValueError`` listing the valid values.
 

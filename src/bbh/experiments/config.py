@@ -5,8 +5,8 @@ A configuration has five tables (every key optional except ``experiment.task`` a
     [experiment]  name, task ("mnist" | "cifar5" | "cifar10"), method (a bbh.create name), seed
     [model]       name (a registry name: "lenet5", "resnet32", "resnet20", "resnet18", "wrn28-10", "mlp") + options
     [method]      options passed to bbh.create(method, model, **options)
-    [train]       optimizer, lr, eps, epochs, batch_size, kl_anneal, factored_grads, amp, deterministic, device,
-                  keep_checkpoint, model_dtype
+    [train]       optimizer, lr, lr_schedule, eps, epochs, batch_size, kl_anneal, factored_grads, amp, deterministic,
+                  device, keep_checkpoint, model_dtype
     [data]        validation, preprocessing
     [eval]        samples
 
@@ -14,8 +14,10 @@ A configuration has five tables (every key optional except ``experiment.task`` a
 length = 15, unit = "epoch"}`` (paper Sec. 3: MNF and BbH anneal the KL). ``keep_checkpoint`` (default
 true) keeps ``checkpoint.pt`` (the full training state, with the optimizer's moments) once the run has
 finished; false deletes it then (the run can no longer be continued, ``model.pt`` is enough to evaluate it).
-``model_dtype`` (``"float32"`` default, or ``"bfloat16"``) is the dtype of the floating tensors stored in
-``model.pt`` (bfloat16: half the size; loading converts back). When a run is resumed only
+``lr_schedule`` is ``"constant"`` (default) or ``"cosine"`` (:class:`bbh.options.LRSchedule`: the learning rate
+decays to zero over the run's steps). ``model_dtype`` (``"float32"`` default, or ``"bfloat16"``) is the dtype of
+the floating tensors stored in ``model.pt`` (bfloat16: half the size; loading converts back).
+When a run is resumed only
 :data:`RESUMABLE_KEYS` may change. The experiments shipped with bbh
 live in ``bbh/configs/*.toml`` (one per task x method, the paper's settings; :func:`available_experiments`).
 """
@@ -29,6 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..options import LRSchedule
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -38,7 +42,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "experiment": {"name": "", "task": "", "method": "", "seed": 0},
     "model": {"name": ""},
     "method": {},
-    "train": {"optimizer": "adam", "lr": None, "eps": None, "epochs": 1, "batch_size": 100, "kl_anneal": "none",
+    "train": {"optimizer": "adam", "lr": None, "lr_schedule": "constant",
+              "eps": None, "epochs": 1, "batch_size": 100, "kl_anneal": "none",
               "factored_grads": True, "amp": False, "deterministic": False, "device": "auto",
               "keep_checkpoint": True, "model_dtype": "float32", "clip_grad_norm": None},
     "data": {"validation": True, "preprocessing": "paper"},
@@ -47,6 +52,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 """Every key a configuration may set outside the free-form ``[model]`` options and ``[method]`` table."""
 
 FREE_TABLES = ("model", "method")
+
+LR_SCHEDULES = tuple(s.value for s in LRSchedule)
+"""The values of ``train.lr_schedule`` (:class:`bbh.options.LRSchedule`)."""
 
 MODEL_DTYPES = ("float32", "bfloat16")
 """The values of ``train.model_dtype``."""
@@ -129,6 +137,9 @@ def validate(config: dict[str, Any], origin: str = "config") -> dict[str, Any]:
     lr = train["lr"]
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"{origin}: train.lr must be a positive number, got {lr!r}")
+    if train["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"{origin}: train.lr_schedule must be one of {', '.join(map(repr, LR_SCHEDULES))}, "
+                         f"got {train['lr_schedule']!r}")
     clip = train["clip_grad_norm"]
     if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool)
                                  and math.isfinite(clip) and clip > 0):

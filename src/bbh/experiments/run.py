@@ -102,7 +102,8 @@ def config_trainer(config: dict[str, Any], method: Method, device: torch.device 
     factored gradients, AMP, gradient clipping) for ``method`` on ``device``; ``kwargs`` add the rest (epochs or
     steps, seed, checkpoints, ...)."""
     train = config["train"]
-    return Trainer(method, optimizer=train["optimizer"], lr=train["lr"], eps=train["eps"],
+    return Trainer(method, optimizer=train["optimizer"], lr=train["lr"], lr_schedule=train["lr_schedule"],
+                   eps=train["eps"],
                    kl_anneal=build_schedule(train["kl_anneal"]), device=device, factored_grads=train["factored_grads"],
                    amp=train["amp"], clip_grad_norm=train["clip_grad_norm"], **kwargs)
 

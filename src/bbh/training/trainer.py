@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..elbo import ConstantWeight, LinearAnneal, Schedule, ToyAnneal, as_schedule
 from ..io import atomic_write
-from ..options import OptimizerName, parse_option
+from ..options import LRSchedule, OptimizerName, parse_option
 from ..posteriors.protocol import Method
 from . import distributed as dist
 from . import optim
@@ -268,6 +268,10 @@ class Trainer:
         method: the method to train (moved to ``device``).
         optimizer: ``"adam"`` or ``"rmsprop-tf"`` (:class:`~bbh.options.OptimizerName`).
         lr: learning rate (default: the method's ``default_lr``, else Adam 1e-3, RMSProp-TF 1e-4).
+        lr_schedule: ``"constant"`` (default) or ``"cosine"`` (:class:`~bbh.options.LRSchedule`): step t of T
+            uses lr * (1 + cos(pi t / T)) / 2, T the steps ``epochs`` / ``steps`` make (the smaller, when both
+            are given), known from the data's length in :meth:`fit`; it is a function of the step alone, so a
+            resumed run continues it exactly (raising ``epochs`` on resume stretches what is left of it).
         eps: optimizer epsilon (default: Adam 1e-8, RMSProp-TF 1e-5).
         epochs: train until this many epochs are done (default 1 unless ``steps`` is given).
         steps: stop after this many optimizer steps (with ``epochs``: whichever comes first). Both count
@@ -315,6 +319,7 @@ class Trainer:
     """
 
     def __init__(self, method: Method, *, optimizer: OptimizerName | str = "adam", lr: float | None = None,
+                 lr_schedule: LRSchedule | str = LRSchedule.CONSTANT,
                  eps: float | None = None, epochs: int | None = None, steps: int | None = None,
                  kl_anneal: Schedule | float | None = None, device: str | torch.device = "auto",
                  seed: int | None = None, progress: bool = True, factored_grads: bool = True, amp: bool = False,
@@ -343,6 +348,9 @@ class Trainer:
         self.factored_grads = bool(factored_grads)
         self.params = method.trainable_parameters()
         self.optimizer = make_optimizer(opt_name, self.params, lr=lr, eps=eps, factored=self.factored_grads)
+        self.lr_schedule = parse_option(LRSchedule, lr_schedule, "lr_schedule")
+        self._base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
+        self._total_steps: int | None = None  # T of the cosine schedule, set by fit from the data's length
         self.epochs = epochs if epochs is not None else (None if steps is not None else 1)
         self.max_steps = steps
         self.schedule = as_schedule(kl_anneal)
@@ -354,7 +362,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.handle_signals = handle_signals
         self.metadata = dict(metadata or {})
-        self._settings = {"optimizer": opt_name.value, "lr": self.optimizer.param_groups[0]["lr"], "eps": eps,
+        self._settings = {"optimizer": opt_name.value, "lr": self._base_lrs[0], "eps": eps,
+                          "lr_schedule": self.lr_schedule.value,
                           "epochs": epochs, "steps": steps, "seed": seed, "factored_grads": self.factored_grads,
                           "amp": self.amp, "clip_grad_norm": self.clip_grad_norm,
                           "checkpoint_every": self.checkpoint_every}
@@ -435,6 +444,8 @@ class Trainer:
                 raise NonFiniteLossError(f"non-finite gradient norm at step {self.step} ({norm}); the parameters "
                                          f"are those of the last finite step (lower the learning rate?)")
             logged["grad_norm"] = norm
+        if self.lr_schedule != LRSchedule.CONSTANT:
+            logged["lr"] = self._set_lr(steps_per_epoch)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -444,6 +455,25 @@ class Trainer:
         logged.update(self.method.post_step())
         self.step += 1
         return logged
+
+    def planned_steps(self, steps_per_epoch: int | None) -> int | None:
+        """T, the optimizer steps training will take: ``steps``, ``epochs * steps_per_epoch``, or the smaller
+        of the two (None when neither is known)."""
+        by_epochs = self.epochs * steps_per_epoch if self.epochs is not None and steps_per_epoch else None
+        known = [t for t in (self.max_steps, by_epochs) if t is not None]
+        return min(known) if known else None
+
+    def _set_lr(self, steps_per_epoch: int | None) -> float:
+        """Set every parameter group's learning rate for the step about to be taken (:class:`LRSchedule`)
+        and return the first group's."""
+        total = self._total_steps or self.planned_steps(steps_per_epoch)
+        if total is None:
+            raise ValueError(f"lr_schedule={self.lr_schedule.value!r} needs the number of steps training will "
+                             f"take: give the Trainer steps=, or data whose length is known")
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(self.step, total) / total))
+        for group, base in zip(self.optimizer.param_groups, self._base_lrs):
+            group["lr"] = base * factor
+        return self._base_lrs[0] * factor
 
     # ---- random states ------------------------------------------------------------------------------------
     def _rng_state(self) -> dict[str, Any]:
@@ -697,6 +727,10 @@ class Trainer:
         self._write_metrics()
         total = self.max_steps if self.max_steps is not None else (
             self.epochs * per_epoch if self.epochs is not None and per_epoch is not None else None)
+        self._total_steps = self.planned_steps(per_epoch)
+        if self.lr_schedule != LRSchedule.CONSTANT and self._total_steps is None:
+            raise ValueError(f"lr_schedule={self.lr_schedule.value!r} needs the number of steps training will take: "
+                             f"give the Trainer steps=, or data whose length is known (len(loader))")
         bar = tqdm(total=total, initial=self.step, disable=not (self.progress and dist.is_main()),
                    desc=f"train {self.method.name}", leave=False)
         self._stop_signal = None
