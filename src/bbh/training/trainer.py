@@ -463,13 +463,18 @@ class Trainer:
         known = [t for t in (self.max_steps, by_epochs) if t is not None]
         return min(known) if known else None
 
-    def _set_lr(self, steps_per_epoch: int | None) -> float:
-        """Set every parameter group's learning rate for the step about to be taken (:class:`LRSchedule`)
-        and return the first group's."""
+    def _schedule_length(self, steps_per_epoch: int | None) -> int:
+        """T of the learning-rate schedule: the one :meth:`fit` found, else :meth:`planned_steps`."""
         total = self._total_steps or self.planned_steps(steps_per_epoch)
         if total is None:
             raise ValueError(f"lr_schedule={self.lr_schedule.value!r} needs the number of steps training will "
-                             f"take: give the Trainer steps=, or data whose length is known")
+                             f"take: give the Trainer steps=, or data whose length is known (len(loader))")
+        return total
+
+    def _set_lr(self, steps_per_epoch: int | None) -> float:
+        """Set every parameter group's learning rate for the step about to be taken (:class:`LRSchedule`)
+        and return the first group's."""
+        total = self._schedule_length(steps_per_epoch)
         factor = 0.5 * (1.0 + math.cos(math.pi * min(self.step, total) / total))
         for group, base in zip(self.optimizer.param_groups, self._base_lrs):
             group["lr"] = base * factor
@@ -713,6 +718,9 @@ class Trainer:
         else:
             self._data_info = source.info(batch_size)
         per_epoch = source.steps_per_epoch
+        self._total_steps = self.planned_steps(per_epoch)
+        if self.lr_schedule != LRSchedule.CONSTANT:
+            self._schedule_length(per_epoch)  # a schedule without a known length fails before any step
         fresh = self._pending_rng is None and self.step == 0 and self.epoch == 0 and self.step_in_epoch == 0
         if fresh:
             dist.broadcast_parameters(self.method)
@@ -727,10 +735,6 @@ class Trainer:
         self._write_metrics()
         total = self.max_steps if self.max_steps is not None else (
             self.epochs * per_epoch if self.epochs is not None and per_epoch is not None else None)
-        self._total_steps = self.planned_steps(per_epoch)
-        if self.lr_schedule != LRSchedule.CONSTANT and self._total_steps is None:
-            raise ValueError(f"lr_schedule={self.lr_schedule.value!r} needs the number of steps training will take: "
-                             f"give the Trainer steps=, or data whose length is known (len(loader))")
         bar = tqdm(total=total, initial=self.step, disable=not (self.progress and dist.is_main()),
                    desc=f"train {self.method.name}", leave=False)
         self._stop_signal = None
