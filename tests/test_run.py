@@ -29,11 +29,13 @@ def test_every_shipped_experiment_is_a_valid_config():
         config = load_config(name)
         if "resnet20" in name:  # issue 11's scale comparison (docs/scale.md), at its CPU budget
             assert config["model"]["name"] == "resnet20" and config["data"]["preprocessing"] == "standard"
-            assert (config["train"]["batch_size"], config["train"]["epochs"]) == (128, 3)
+            assert (config["train"]["batch_size"], config["train"]["epochs"]) == (128, 8)
+            assert config["train"]["lr_schedule"] == "cosine"
             continue
         if name.startswith("cifar10-"):  # issue 11's scale comparison at the GPU budget (ResNet-18, WRN-28-10)
             assert config["experiment"]["task"] == "cifar10" and config["data"]["preprocessing"] == "standard"
             assert (config["train"]["batch_size"], config["train"]["epochs"]) == (128, 200)
+            assert config["train"]["lr_schedule"] == "cosine"
             assert config["model"]["name"] in ("resnet18", "wrn28-10") and config["eval"]["samples"] == 100
             continue
         assert config["train"]["batch_size"] == 100
