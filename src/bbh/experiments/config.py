@@ -16,10 +16,9 @@ true) keeps ``checkpoint.pt`` (the full training state, with the optimizer's mom
 finished; false deletes it then (the run can no longer be continued, ``model.pt`` is enough to evaluate it).
 ``lr_schedule`` is ``"constant"`` (default) or ``"cosine"`` (:class:`bbh.options.LRSchedule`: the learning rate
 decays to zero over the run's steps). ``model_dtype`` (``"float32"`` default, or ``"bfloat16"``) is the dtype of
-the floating tensors stored in ``model.pt`` (bfloat16: half the size; loading converts back).
-When a run is resumed only
-:data:`RESUMABLE_KEYS` may change. The experiments shipped with bbh
-live in ``bbh/configs/*.toml`` (one per task x method, the paper's settings; :func:`available_experiments`).
+the floating tensors stored in ``model.pt`` (bfloat16: half the size; loading converts back). When a run is
+resumed only :data:`RESUMABLE_KEYS` may change. The experiments shipped with bbh live in ``bbh/configs/*.toml``
+(one per task x method, the paper's settings; :func:`available_experiments`).
 """
 
 from __future__ import annotations

@@ -350,7 +350,6 @@ class Trainer:
         self.optimizer = make_optimizer(opt_name, self.params, lr=lr, eps=eps, factored=self.factored_grads)
         self.lr_schedule = parse_option(LRSchedule, lr_schedule, "lr_schedule")
         self._base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
-        self._total_steps: int | None = None  # T of the cosine schedule, set by fit from the data's length
         self.epochs = epochs if epochs is not None else (None if steps is not None else 1)
         self.max_steps = steps
         self.schedule = as_schedule(kl_anneal)
@@ -464,8 +463,8 @@ class Trainer:
         return min(known) if known else None
 
     def _schedule_length(self, steps_per_epoch: int | None) -> int:
-        """T of the learning-rate schedule: the one :meth:`fit` found, else :meth:`planned_steps`."""
-        total = self._total_steps or self.planned_steps(steps_per_epoch)
+        """T of the learning-rate schedule (:meth:`planned_steps`); raises when it is unknown."""
+        total = self.planned_steps(steps_per_epoch)
         if total is None:
             raise ValueError(f"lr_schedule={self.lr_schedule.value!r} needs the number of steps training will "
                              f"take: give the Trainer steps=, or data whose length is known (len(loader))")
@@ -718,7 +717,6 @@ class Trainer:
         else:
             self._data_info = source.info(batch_size)
         per_epoch = source.steps_per_epoch
-        self._total_steps = self.planned_steps(per_epoch)
         if self.lr_schedule != LRSchedule.CONSTANT:
             self._schedule_length(per_epoch)  # a schedule without a known length fails before any step
         fresh = self._pending_rng is None and self.step == 0 and self.epoch == 0 and self.step_in_epoch == 0
@@ -733,10 +731,8 @@ class Trainer:
         self.method.train()
         self.optimizer.zero_grad(set_to_none=True)
         self._write_metrics()
-        total = self.max_steps if self.max_steps is not None else (
-            self.epochs * per_epoch if self.epochs is not None and per_epoch is not None else None)
-        bar = tqdm(total=total, initial=self.step, disable=not (self.progress and dist.is_main()),
-                   desc=f"train {self.method.name}", leave=False)
+        bar = tqdm(total=self.planned_steps(per_epoch), initial=self.step,
+                   disable=not (self.progress and dist.is_main()), desc=f"train {self.method.name}", leave=False)
         self._stop_signal = None
         restore = self._signal_handlers()
         start = time.perf_counter()
