@@ -281,29 +281,76 @@ def test_selection_scores_the_carve_out_at_each_length_without_test_data(data_di
     way leaves the training as it is), the choice is the best mean, and test targets are never read (NaN there
     changes nothing)."""
     dataset = load_uci(data_dir / "uci" / "alpha")
-    chosen = uci.select_training_steps(dataset, "bbh", budget=TINY)
+    chosen = uci.select_on_validation(dataset, "bbh", budget=TINY)
     assert chosen["grid"] == [10, 20, 40, 80] and chosen["splits"] == [0]  # TINY runs 2 splits: half of them
     assert chosen["steps"] == max(chosen["grid"], key=lambda g: chosen["mean_val_ll"][str(g)])
-    assert uci.select_training_steps(dataset, "bbh", budget=Budget(None, 20, 40, 4))["splits"] == [0, 1, 2]
+    assert uci.select_on_validation(dataset, "bbh", budget=Budget(None, 20, 40, 4))["splits"] == [0, 1, 2]
     for g in (10, 80):
         again = run_cell(dataset, "bbh", 0, budget=TINY, validation=0.2, steps=g)
         assert again["scored"] == "validation" and again["selected_steps"] == g
         assert chosen["val_ll"][str(g)][0] == pytest.approx(again["test_ll"], abs=1e-9)
     poisoned = load_uci(data_dir / "uci" / "alpha")  # split 0 only is used: poison its test rows
     poisoned.y[poisoned.split(0).test_idx] = float("nan")
-    assert uci.select_training_steps(poisoned, "bbh", budget=TINY)["val_ll"] == chosen["val_ll"]
+    assert uci.select_on_validation(poisoned, "bbh", budget=TINY)["val_ll"] == chosen["val_ll"]
+
+
+def test_scale_noise_is_the_mixture_with_every_sigma_times_c(tmp_path: Path) -> None:
+    """c = 2 on one draw N(μ = 0.5, σ² = 0.25) at y = 0 (standardised, y_std = 1): log N(0; 0.5, 4 · 0.25)."""
+    dataset = load_uci(_dataset(tmp_path / "d"))
+    split = dataset.split(0)
+    split.y_mean, split.y_std = torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    predictive = RegressionPredictive(torch.tensor([[[0.5]]], dtype=torch.float64),
+                                      torch.tensor([[[0.25]]], dtype=torch.float64))
+    scaled = uci.scale_noise(predictive, 2.0)
+    expected = -0.5 * math.log(2 * math.pi * 1.0) - 0.5 ** 2 / (2 * 1.0)
+    zero = torch.tensor([0.0])
+    assert score(scaled, split, zero, zero)["test_ll"] == pytest.approx(expected, abs=1e-12)
+    assert torch.equal(scaled.sample_means, predictive.sample_means)
+    assert uci.scale_noise(predictive, 1.0) is predictive
+    from bbh.evaluation.predictive import Predictive
+    with pytest.raises(TypeError, match="regression predictive"):
+        uci.scale_noise(Predictive(torch.full((2, 1, 3), 1 / 3)), 2.0)
+
+
+def test_noise_calibration_picks_the_best_validation_scale_and_cells_use_it(data_dir: Path, tmp_path: Path) -> None:
+    """MC-Dropout's σ scale c is the argmax of the carve-outs' mean validation LL over :data:`NOISE_SCALES` (at the
+    protocol's length: nothing else is chosen), that LL is what a validation cell with the same c scores, c = 1
+    is among the candidates, and a run's cells use the stored c."""
+    setting = uci.uci_settings()["mc-dropout"]
+    assert setting.calibrate_noise and not setting.select_steps
+    assert 1.0 in uci.NOISE_SCALES and min(uci.NOISE_SCALES) == 0.25 and max(uci.NOISE_SCALES) == 2.0
+    dataset = load_uci(data_dir / "uci" / "alpha")
+    chosen = uci.select_on_validation(dataset, "mc-dropout", budget=TINY)
+    assert chosen["steps"] is None and chosen["grid"] == [0]
+    by_scale = chosen["mean_val_ll_by_scale"]["0"]
+    assert len(by_scale) == len(uci.NOISE_SCALES)
+    assert chosen["noise_scale"] == uci.NOISE_SCALES[max(range(len(by_scale)), key=by_scale.__getitem__)]
+    assert chosen["calibrated_val_ll"] == max(by_scale) >= chosen["mean_val_ll"]["0"]
+    assert chosen["mean_val_ll"]["0"] == by_scale[uci.NOISE_SCALES.index(1.0)]
+    again = run_cell(dataset, "mc-dropout", 0, budget=TINY, validation=0.2, noise_scale=chosen["noise_scale"])
+    assert again["noise_scale"] == chosen["noise_scale"]
+    assert again["test_ll"] == pytest.approx(chosen["calibrated_val_ll"], abs=1e-9)  # one split: the mean is it
+    with pytest.raises(ValueError, match="chooses nothing"):
+        uci.select_on_validation(dataset, "map", budget=TINY)
+    out = tmp_path / "out"
+    results = run_uci(data_dir, out, datasets=["alpha"], methods=["mc-dropout"], budget=TINY, progress=False)
+    stored = json.loads(uci.selection_path(out, "standard", "alpha", "mc-dropout").read_text())
+    cells = [json.loads(cell_path(out, "standard", "alpha", "mc-dropout", k).read_text()) for k in range(2)]
+    assert all(c["noise_scale"] == stored["noise_scale"] and "selected_steps" not in c for c in cells)
+    assert results["datasets"]["alpha"]["mc-dropout"]["noise_scale"] == stored["noise_scale"]
+    assert f"alpha c = {stored['noise_scale']:.3f}" in (out / "report.md").read_text()
 
 
 def test_run_chooses_the_length_once_per_dataset_and_records_it(data_dir: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    select = uci.select_training_steps
+    select = uci.select_on_validation
 
     def counted(dataset: uci.UCIDataset, method: str, **kwargs: object) -> dict[str, object]:
         calls.append(dataset.name)
         return select(dataset, method, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(uci, "select_training_steps", counted)
+    monkeypatch.setattr(uci, "select_on_validation", counted)
     out = tmp_path / "out"
     results = run_uci(data_dir, out, datasets=["alpha"], methods=["bbh"], budget=TINY, progress=False)
     assert calls == ["alpha"]

@@ -15,14 +15,15 @@ Every (dataset, method, split) cell is trained and scored under the protocol of 
   reported as mean ± standard error (sample std with ddof 1 / sqrt(#splits)) over the splits.
 
 Hyper-parameters are fixed defaults (:func:`uci_settings`), the same for every dataset, except the training
-length of a setting with ``select_steps`` (BbH's): it is chosen per dataset on validation carve-outs of the
-training splits (:func:`select_training_steps`), as the 2018 re-run of MC-Dropout chose its settings. None is
-chosen by looking at test data. The budget (:data:`BUDGETS`) sets the splits, the training length and the posterior
-samples. Every finished cell is written atomically to ``OUT/cells/<kind>/<dataset>/<method>/split_<k>.json``
-and never redone, so an interrupted run continues where it stopped; ``OUT/results.json`` and
-``OUT/report.md`` (``results-gap.json`` / ``report-gap.md`` for the gap splits) are rewritten after every
-cell. The HMC reference (``--methods ...,hmc``) runs on datasets of at most :data:`HMC_MAX_ROWS` rows, on the
-first ``hmc_splits`` splits (:mod:`bbh.reference.hmc_regression`).
+length of a setting with ``select_steps`` (BbH's) and the predictive noise scale of a setting with
+``calibrate_noise`` (MC-Dropout's, whose published runs chose their precision τ on validation data): they are
+chosen per dataset on validation carve-outs of the training splits (:func:`select_on_validation`), as the 2018
+re-run of MC-Dropout chose its settings. None is chosen by looking at test data. The budget (:data:`BUDGETS`)
+sets the splits, the training length and the posterior samples. Every finished cell is written atomically to
+``OUT/cells/<kind>/<dataset>/<method>/split_<k>.json`` and never redone, so an interrupted run continues where
+it stopped; ``OUT/results.json`` and ``OUT/report.md`` (``results-gap.json`` / ``report-gap.md`` for the gap
+splits) are rewritten after every cell. The HMC reference (``--methods ...,hmc``) runs on datasets of at most
+:data:`HMC_MAX_ROWS` rows, on the first ``hmc_splits`` splits (:mod:`bbh.reference.hmc_regression`).
 """
 
 from __future__ import annotations
@@ -104,8 +105,11 @@ at most 8,000 steps (the cap shortens kin8nm, naval and power to 23-34 epochs of
 ``quick``: 2 splits, 600-1,200 steps, 50 draws: a smoke run of the whole grid in minutes. A setting with
 ``select_steps`` chooses its length from multiples of ``min_steps`` instead (BbH, full: 2,000-16,000 steps)."""
 SELECT_SPLITS = 3
-"""The training length of a setting with ``select_steps`` is chosen on the carve-outs of the first 3 splits (a
-budget of fewer splits: half of them, at least one; ``quick``: 1)."""
+"""The training length of a setting with ``select_steps`` (and the noise scale of one with ``calibrate_noise``) is
+chosen on the carve-outs of the first 3 splits (a budget of fewer splits: half of them, at least one; ``quick``: 1)."""
+NOISE_SCALES: tuple[float, ...] = tuple(2.0 ** (k / 16) for k in range(-32, 17))
+"""The factors c a setting with ``calibrate_noise`` chooses from (0.25 to 2, 49 log-spaced, 4.4 % apart): its
+predictive is (1/S) Σ_s N(y; μ_s, (c σ_s)²) instead of (1/S) Σ_s N(y; μ_s, σ_s²)."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +126,13 @@ class UCISetting:
         kl_weight: multiplies the KL term (1: the ELBO).
         min_steps: the least number of steps (``None``: the budget's; 0: just the protocol's epochs).
         select_steps: factors of the budget's ``min_steps``: the training length is chosen per dataset among
-            them on validation carve-outs (:func:`select_training_steps`) instead of the budget's ``min_steps``
+            them on validation carve-outs (:func:`select_on_validation`) instead of the budget's ``min_steps``
             / ``max_steps``. Empty: not chosen.
+        calibrate_noise: choose a factor c of the learned noise level per dataset on the same carve-outs
+            (:data:`NOISE_SCALES`); the predictive uses c σ. The published MC-Dropout runs chose their model
+            precision τ = 1 / σ² by validation LL (Gal & Ghahramani 2016); a σ learned inside the dropout
+            objective fits residuals that include the dropout perturbation, and the prediction then adds the
+            masks' spread on top of it (docs/uci.md). False: σ as learned.
     """
 
     method: str
@@ -135,16 +144,24 @@ class UCISetting:
     kl_weight: float = 1.0
     min_steps: int | None = None
     select_steps: tuple[float, ...] = ()
+    calibrate_noise: bool = False
+
+    @property
+    def selects(self) -> bool:
+        """Whether something of this setting is chosen on validation carve-outs (:func:`select_on_validation`)."""
+        return bool(self.select_steps) or self.calibrate_noise
 
     def describe(self) -> dict[str, Any]:
-        """The setting as plain data (recorded in every cell; resuming compares it). ``select_steps`` appears only
-        when set, so cells made before it existed still match their setting."""
+        """The setting as plain data (recorded in every cell; resuming compares it). ``select_steps`` and
+        ``calibrate_noise`` appear only when set, so cells made before they existed still match their setting."""
         d = asdict(self)
         d["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()}
         if self.select_steps:
             d["select_steps"] = list(self.select_steps)
         else:
             del d["select_steps"]
+        if not self.calibrate_noise:
+            del d["calibrate_noise"]
         return d
 
 
@@ -156,9 +173,10 @@ def uci_settings() -> dict[str, UCISetting]:
     budget's steps (``full``: 40 epochs but at least 4,000 steps). The deep ensemble keeps its published
     protocol (Lakshminarayanan et al. 2017: 5 members, adversarial training, batch 100, 40 epochs) except its
     learning rate, 0.01 (their 0.1 makes the variance head overflow here). MC-Dropout drops 5 % of the inputs
-    and hidden units (Gal & Ghahramani 2016). BbH uses the settings that bring it to HMC on the toy
-    (docs/toy.md): the entropy-based KL (``kl="nn-entropy"``), 20 posterior samples per step, all of them in
-    the likelihood term. These were chosen on the validation carve-out (20 %) of split 0 of
+    and hidden units and scales its noise level by a factor chosen on validation carve-outs (Gal & Ghahramani
+    2016 chose the precision τ on validation data; ``calibrate_noise``). BbH uses the settings that bring it to
+    HMC on the toy (docs/toy.md): the entropy-based KL (``kl="nn-entropy"``), 20 posterior samples per step, all
+    of them in the likelihood term. These were chosen on the validation carve-out (20 %) of split 0 of
     boston, concrete and energy (``run_cell(..., validation=0.2)``; docs/uci.md), never on test data. Its
     training length is chosen per dataset the same way (``select_steps``): a fixed length cannot serve both
     boston, where 16,000 steps over-fit the learned noise level (validation LL -3.03 against -2.61 at 4,000
@@ -166,7 +184,7 @@ def uci_settings() -> dict[str, UCISetting]:
     """
     return {
         "map": UCISetting("map", dict(prior_scale=1.0), lr=3e-3),
-        "mc-dropout": UCISetting("mc-dropout", dict(prior_scale=1.0), dropout=0.05, lr=3e-3),
+        "mc-dropout": UCISetting("mc-dropout", dict(prior_scale=1.0), dropout=0.05, lr=3e-3, calibrate_noise=True),
         "ensemble": UCISetting("ensemble", dict(members=5, adversarial=True, alpha=0.5, epsilon=0.01),
                                likelihood="heteroscedastic", lr=0.01, batch_size=100, min_steps=0),
         "bbb": UCISetting("bbb", dict(prior=1.0, estimator="local", init_log_var=-6.0), lr=3e-3),
@@ -240,63 +258,101 @@ def selection_grid(setting: UCISetting, budget: Budget) -> list[int]:
     return sorted({max(1, round(f * budget.min_steps)) for f in setting.select_steps})
 
 
-def select_training_steps(dataset: UCIDataset, method: str, *, kind: str = "standard",
-                          budget: Budget = BUDGETS["full"], setting: UCISetting | None = None, seed: int = 0,
-                          validation: float = 0.2) -> dict[str, Any]:
-    """Choose the training length of ``method`` on ``dataset`` without test data.
+def select_on_validation(dataset: UCIDataset, method: str, *, kind: str = "standard",
+                         budget: Budget = BUDGETS["full"], setting: UCISetting | None = None, seed: int = 0,
+                         validation: float = 0.2) -> dict[str, Any]:
+    """Choose what ``setting`` (default: ``method``'s in :func:`uci_settings`) leaves open — its training length
+    (``select_steps``) and its noise scale (``calibrate_noise``) — on ``dataset`` without test data.
 
     On each of the first :data:`SELECT_SPLITS` splits (fewer for a budget of few splits), the last
-    ``validation`` part of the training split (:meth:`UCIDataset.split`) is held out, the method trains on the
-    rest for the longest of :func:`selection_grid` (in whole epochs), and the validation LL (:func:`score`) is
-    measured after the epoch that first reaches each grid length: one training run per split, scored on the
-    way (the scoring draws come from a forked random state, so they leave the training as it would be without
-    them). The chosen length maximises the validation LL averaged over those splits (ties: the shorter); the
-    cells then train for it on the whole training split.
+    ``validation`` part of the training split (:meth:`UCIDataset.split`) is held out and the method trains on the
+    rest: for the longest of :func:`selection_grid` (in whole epochs), or for the protocol's length
+    (:func:`training_steps` of the carve-out) when the length is not chosen. The validation LL (:func:`score`)
+    is measured after the epoch that first reaches each grid length, for every factor c of
+    :data:`NOISE_SCALES` applied to the learned σ when ``calibrate_noise`` (else c = 1): one training run per
+    split, scored on the way (the scoring draws come from a forked random state, so they leave the training as
+    it would be without them). The chosen (length, c) maximises the validation LL averaged over those splits
+    (ties: the shorter length, then the c nearer 1); the cells then train on the whole training split.
 
-    Returns ``{"steps", "grid", "val_ll" (per grid length: per split), "mean_val_ll", "splits", "validation",
-    "seconds"}`` (JSON-ready; grid lengths as string keys).
+    Returns ``{"steps" (None: the protocol's length), "noise_scale" (only with calibrate_noise), "grid", "val_ll"
+    (per grid length: per split, at c = 1), "mean_val_ll" (at c = 1), "splits", "validation", "seconds"}``, and
+    with ``calibrate_noise`` also ``"noise_scales"``, ``"mean_val_ll_by_scale"`` (per grid length: per c) and
+    ``"calibrated_val_ll"`` (the chosen pair's mean). JSON-ready; grid lengths as string keys.
 
     Raises:
-        ValueError: the setting has no ``select_steps``.
+        ValueError: the setting chooses nothing (neither ``select_steps`` nor ``calibrate_noise``).
     """
     setting = setting or uci_settings()[method]
-    grid = selection_grid(setting, budget)
+    if not setting.selects:
+        raise ValueError(f"{setting.method}: the setting chooses nothing on validation (no select_steps, "
+                         f"calibrate_noise False)")
+    scales = NOISE_SCALES if setting.calibrate_noise else (1.0,)
     available = dataset.n_splits if kind == "standard" else dataset.x.shape[1]
     wanted = SELECT_SPLITS if budget.splits is None else max(1, min(SELECT_SPLITS, budget.splits // 2))
     splits = list(range(min(wanted, available)))
     start = time.perf_counter()
-    val_ll: dict[int, list[float]] = {g: [] for g in grid}
+    val_ll: dict[int, list[list[float]]] = {}  # grid length -> per split -> per scale
+    grid: list[int] = []
     for k in splits:
         split = dataset.split(k, kind=kind, validation=validation, seed=seed)
         assert split.x_val is not None and split.y_val is not None and split.val_idx is not None
         x_val, y_val, y_raw = split.x_val.float(), split.y_val, dataset.y[split.val_idx]
         batch_size = min(setting.batch_size, len(split.x_train))
-        per_epoch = max(1, len(split.x_train) // batch_size)
-        reached = {g: max(1, math.ceil(g / per_epoch)) for g in grid}  # the epoch that first reaches each length
+        if setting.select_steps:
+            per_epoch = max(1, len(split.x_train) // batch_size)
+            grid = selection_grid(setting, budget)
+            reached = {g: max(1, math.ceil(g / per_epoch)) for g in grid}  # the epoch that first reaches each
+        else:
+            epochs, per_epoch = training_steps(len(split.x_train), batch_size, dataset.n_epochs or 40, budget,
+                                               setting.min_steps)
+            grid = [0]  # one length: the protocol's (0 stands for it in the keys)
+            reached = {0: epochs}
+        for g in grid:
+            val_ll.setdefault(g, [])
 
         def at_epoch(model: Method, finished: int) -> None:
             lengths = [g for g, e in reached.items() if e == finished]  # noqa: B023 (used within this split)
             if lengths:
                 with torch.random.fork_rng():
-                    ll = score(model.predict(x_val, n_samples=budget.n_samples), split, y_val, y_raw)["test_ll"]  # noqa: B023
+                    predictive = model.predict(x_val, n_samples=budget.n_samples)  # noqa: B023
+                lls = [score(scale_noise(predictive, c), split, y_val, y_raw)["test_ll"] for c in scales]  # noqa: B023
                 for g in lengths:
-                    val_ll[g].append(ll)
+                    val_ll[g].append(lls)
 
         _train(setting, dataset, split, max(reached.values()), batch_size, seed + k, at_epoch)
-    means = {g: sum(v) / len(v) for g, v in val_ll.items()}
-    best = max(grid, key=lambda g: (means[g], -g))
-    return {"steps": best, "grid": grid, "val_ll": {str(g): v for g, v in val_ll.items()},
-            "mean_val_ll": {str(g): m for g, m in means.items()}, "splits": splits, "validation": validation,
-            "seconds": time.perf_counter() - start}
+    means = {g: [sum(per[i] for per in v) / len(v) for i in range(len(scales))] for g, v in val_ll.items()}
+    best_g, best_i = max(((g, i) for g in grid for i in range(len(scales))),
+                         key=lambda gi: (means[gi[0]][gi[1]], -gi[0], -abs(math.log(scales[gi[1]]))))
+    at_one = scales.index(1.0)
+    chosen: dict[str, Any] = {
+        "steps": best_g if setting.select_steps else None, "grid": grid,
+        "val_ll": {str(g): [per[at_one] for per in v] for g, v in val_ll.items()},
+        "mean_val_ll": {str(g): m[at_one] for g, m in means.items()}, "splits": splits, "validation": validation,
+        "seconds": time.perf_counter() - start}
+    if setting.calibrate_noise:
+        chosen.update(noise_scale=scales[best_i], noise_scales=list(scales),
+                      mean_val_ll_by_scale={str(g): m for g, m in means.items()},
+                      calibrated_val_ll=means[best_g][best_i])
+    return chosen
+
+
+def scale_noise(predictive: Any, c: float) -> RegressionPredictive:
+    """The predictive with every draw's noise level scaled by ``c``: (1/S) Σ_s N(y; μ_s, (c σ_s)²)."""
+    if not isinstance(predictive, RegressionPredictive):
+        raise TypeError(f"a noise scale needs a regression predictive, got {type(predictive).__name__}")
+    if c == 1.0:
+        return predictive
+    return RegressionPredictive(predictive.sample_means, predictive.sample_variances * c ** 2)
 
 
 def run_cell(dataset: UCIDataset, method: str, k: int, *, kind: str = "standard", budget: Budget = BUDGETS["full"],
              setting: UCISetting | None = None, seed: int = 0, validation: float | None = None,
-             steps: int | None = None) -> dict[str, Any]:
+             steps: int | None = None, noise_scale: float | None = None) -> dict[str, Any]:
     """Train ``method`` on split ``k`` of ``dataset`` and score it; a JSON-ready record of the cell.
 
     ``steps``: train for the first whole epoch that reaches this many steps (a length chosen by
-    :func:`select_training_steps`) instead of the budget's length.
+    :func:`select_on_validation`) instead of the budget's length. ``noise_scale``: score the predictive with
+    every draw's σ times this factor (:func:`scale_noise`; one chosen by :func:`select_on_validation`).
 
     Raises :class:`FloatingPointError` (the Trainer's ``NonFiniteLossError`` is one) when training diverges or
     the scores are not finite; :func:`run_uci` records such a cell as failed and goes on.
@@ -326,11 +382,15 @@ def run_cell(dataset: UCIDataset, method: str, k: int, *, kind: str = "standard"
             epochs = max(1, math.ceil(steps / per_epoch))
         model, last = _train(setting, dataset, split, epochs, batch_size, seed + k)
         train_seconds = time.perf_counter() - start
-        record = score(model.predict(x_eval.float(), n_samples=budget.n_samples), split, y_eval, y_raw)
+        predictive = model.predict(x_eval.float(), n_samples=budget.n_samples)
+        record = score(predictive if noise_scale is None else scale_noise(predictive, noise_scale), split, y_eval,
+                       y_raw)
         record.update(train_seconds=train_seconds, epochs=epochs, steps=epochs * per_epoch,
                       final_nll=float(last["nll"]), final_kl=float(last["kl"]), setting=setting.describe())
         if steps is not None:
             record["selected_steps"] = steps
+        if noise_scale is not None:
+            record["noise_scale"] = noise_scale
     if not (math.isfinite(record["test_ll"]) and math.isfinite(record["rmse"])):
         raise FloatingPointError(f"non-finite test score (test LL {record['test_ll']}, RMSE {record['rmse']})")
     record.update(dataset=dataset.name, method=method, split=k, kind=kind, n_train=len(split.x_train),
@@ -416,9 +476,10 @@ def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                                for r in records]),
                      "failed_splits": failed, "n_splits": len(records), "splits": [r["split"] for r in records],
                      "seconds": sum(r["seconds"] for r in records)}
-            chosen = sorted({r["selected_steps"] for r in records if "selected_steps" in r})
-            if chosen:
-                entry["selected_steps"] = chosen[0] if len(chosen) == 1 else chosen
+            for key in ("selected_steps", "noise_scale"):
+                chosen = sorted({r[key] for r in records if key in r})
+                if chosen:
+                    entry[key] = chosen[0] if len(chosen) == 1 else chosen
             if method == "hmc" and all("diagnostics" in r for r in records):
                 diagnostics = [r["diagnostics"] for r in records]
                 entry["rhat_f_max"] = max(d["rhat_f_max"] for d in diagnostics)
@@ -508,6 +569,14 @@ def render_report(results: dict[str, Any]) -> str:
         if lengths:
             lines += ["", f"Training length of {m}, chosen per dataset on validation carve-outs of the training splits "
                       "(no test data): " + ", ".join(f"{n} {v} steps" for n, v in lengths.items()) + "."]
+    scales = {m: {n: table[n][m]["noise_scale"] for n in sorted(table) if "noise_scale" in table[n].get(m, {})}
+              for m in methods}
+    for m, factors in scales.items():
+        if factors:
+            lines += ["", f"Noise scale of {m} (its learned σ times c in the predictive), chosen per dataset on "
+                      "validation carve-outs of the training splits (no test data): "
+                      + ", ".join(f"{n} c = {v:.3f}" if isinstance(v, float) else f"{n} c = {v}"
+                                  for n, v in factors.items()) + "."]
     lines += ["", f"Published: {PUBLISHED_SOURCES}", "", "Settings (every dataset): "
               + "; ".join(f"{m}: {results['settings'][m]}" for m in methods if m in results["settings"]), ""]
     return "\n".join(lines)
@@ -590,18 +659,19 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
     results = _results(cells, budget, plan, split_kind, settings, missing=len(todo))
     if not train:
         todo = []
-    selecting = {m for m in methods if m in UCI_METHODS and uci_settings()[m].select_steps}
-    chosen: dict[tuple[str, str], int] = {}  # (dataset, method) -> steps, read or made once per run
+    selecting = {m for m in methods if m in UCI_METHODS and uci_settings()[m].selects}
+    chosen: dict[tuple[str, str], dict[str, Any]] = {}  # (dataset, method) -> selection, read or made once per run
     with tqdm(total=len(grid), initial=len(grid) - len(todo), desc="bbh uci", disable=not progress,
               unit="cell") as bar:
         for n, m, k in todo:
             bar.set_postfix_str(f"{n} {m} split {k}")
             if m in selecting and (n, m) not in chosen:
-                bar.set_postfix_str(f"{n} {m}: choosing the training length on validation")
-                chosen[n, m] = _selection(out_dir, loaded[n], m, split_kind, plan, seed, settings[m])["steps"]
-            steps = chosen.get((n, m))
+                bar.set_postfix_str(f"{n} {m}: choosing on validation carve-outs")
+                chosen[n, m] = _selection(out_dir, loaded[n], m, split_kind, plan, seed, settings[m])
+            selection = chosen.get((n, m), {})
             try:
-                record = run_cell(loaded[n], m, k, kind=split_kind, budget=plan, seed=seed, steps=steps)
+                record = run_cell(loaded[n], m, k, kind=split_kind, budget=plan, seed=seed,
+                                  steps=selection.get("steps"), noise_scale=selection.get("noise_scale"))
             except FloatingPointError as err:  # a diverged cell is recorded (and not retried: its seed is fixed)
                 record = {"dataset": n, "method": m, "split": k, "kind": split_kind, "failed": str(err),
                           "seconds": 0.0, "setting": settings.get(m)}
@@ -619,19 +689,19 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
 
 
 def selection_path(out: Path, kind: str, dataset: str, method: str) -> Path:
-    """Where the training length chosen for (dataset, method) lives (:func:`select_training_steps`)."""
+    """Where what was chosen for (dataset, method) on validation lives (:func:`select_on_validation`)."""
     return out / "selection" / kind / dataset / f"{method}.json"
 
 
 def _selection(out: Path, dataset: UCIDataset, method: str, kind: str, plan: Budget, seed: int,
                setting: dict[str, Any]) -> dict[str, Any]:
-    """The stored choice of training length for (dataset, method), made once and reused by every split (and by a
-    resumed run)."""
+    """The stored choice for (dataset, method) (:func:`select_on_validation`), made once and reused by every split
+    (and by a resumed run)."""
     path = selection_path(out, kind, dataset.name, method)
     stored = read_json_object(path)
     if stored is not None and stored.get("setting") == setting and stored.get("budget") == asdict(plan):
         return stored
-    chosen = select_training_steps(dataset, method, kind=kind, budget=plan, seed=seed)
+    chosen = select_on_validation(dataset, method, kind=kind, budget=plan, seed=seed)
     chosen.update(dataset=dataset.name, method=method, kind=kind, setting=setting, budget=asdict(plan), seed=seed)
     write_json(path, chosen)
     return chosen
@@ -674,5 +744,5 @@ def _write_results(out: Path, results: dict[str, Any]) -> None:
 
 
 __all__ = ["BUDGETS", "HMC_MAX_ROWS", "UCI_METHODS", "Budget", "UCISetting", "aggregate", "build_method",
-           "mean_se", "render_report", "run_cell", "run_uci", "score", "select_training_steps", "selection_grid",
-           "selection_path", "training_steps", "uci_settings", "SELECT_SPLITS"]
+           "mean_se", "render_report", "run_cell", "run_uci", "scale_noise", "score", "select_on_validation",
+           "selection_grid", "selection_path", "training_steps", "uci_settings", "NOISE_SCALES", "SELECT_SPLITS"]
