@@ -48,6 +48,15 @@ def test_the_size_estimate_is_the_built_parameter_count(layout, make):
     assert method.layout.value == layout
 
 
+def test_the_size_estimate_counts_the_rank1_mixture_means():
+    model = small_convnet()
+    method = bbh.create("bbh", model, layout="rank1", hidden=(8,), mixture=3)
+    built = sum(p.numel() for p in method.posterior.parameters()) + sum(p.numel() for p in model.parameters())
+    factors = sum(s.numel() for s in sizing.rank1_factor_shapes(random_shapes(model)).values())
+    plain = hypernet_parameters(random_shapes(model), "rank1", hidden=(8,))
+    assert method.size.parameters == built == plain + 3 * factors
+
+
 def test_the_estimate_matches_the_papers_lenet_sizes_without_building_them():
     shapes = random_shapes(LeNet5())
     assert hypernet_parameters(shapes, "layerwise") == 222_331_368  # paper-protocol 2.1
@@ -220,6 +229,61 @@ def test_rank1_bbh_recovers_the_exact_posterior_of_its_random_factors():
     assert 0.7 < float(w.std()) / std < 1.6, (float(w.std()), std)
 
 
+def test_a_rank1_mixture_draws_its_k_shifted_copies_in_turn_and_survives_a_state_dict_round_trip(monkeypatch):
+    """q(u) = (1/K) sum_k q(u - m_k): with the hypernet's own draws at 0, n = 6 draws of K = 3 are the means
+    m_(k0 + i) mod 3, each twice; a state_dict restores the means (and so the draws)."""
+    torch.manual_seed(0)
+    method = bbh.create("bbh", small_convnet(), layout="rank1", hidden=(8,), mixture=3, mixture_init=0.5)
+    posterior = method.posterior
+    means = dict(zip(posterior.factor_shapes, posterior.means, strict=True))
+    assert all(m.shape == (3, *posterior.factor_shapes[n]) for n, m in means.items())
+    assert 0.35 < float(torch.cat([m.detach().flatten() for m in means.values()]).std()) < 0.65
+    zeros = {n: torch.zeros(6, *s) for n, s in posterior.factor_shapes.items()}
+    monkeypatch.setattr(posterior.factors, "sample", lambda n: {k: v[:n] for k, v in zeros.items()})
+    torch.manual_seed(1)
+    draws = posterior.sample_factors(6)
+    torch.manual_seed(1)
+    k = posterior.components(6)
+    assert sorted(k.tolist()) == [0, 0, 1, 1, 2, 2] and all((k[i + 1] - k[i]) % 3 == 1 for i in range(5))
+    for name, m in means.items():
+        assert torch.equal(draws[name], m.detach()[k])
+    monkeypatch.undo()
+    torch.manual_seed(2)
+    other = bbh.create("bbh", small_convnet(), layout="rank1", hidden=(8,), mixture=3)
+    other.load_state_dict(method.state_dict())
+    torch.manual_seed(3)
+    a = method.sample(4)
+    torch.manual_seed(3)
+    b = other.sample(4)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    with pytest.raises(ValueError, match="mixture=2 is an option of the 'rank1' layout"):
+        bbh.create("bbh", small_convnet(), layout="chunked", mixture=2)
+    with pytest.raises(ValueError, match="mixture"):
+        bbh.create("bbh", small_convnet(), layout="rank1", mixture=0)
+
+
+def test_split_likelihood_puts_each_part_of_the_batch_under_its_own_sample(monkeypatch):
+    """likelihood_samples="split", S = 3, B = 7: examples 0-2 under sample 0, 3-4 under 1, 5-6 under 2
+    (torch.tensor_split), NLL the mean over all 7; a batch smaller than S is refused."""
+    torch.manual_seed(0)
+    model = bbh.models.MLP(3, 4, hidden=(16,))
+    method = bbh.create("bbh", model, layout="rank1", hidden=(8,), num_samples=3, likelihood_samples="split")
+    with torch.no_grad():
+        factors = method.posterior.sample_factors(3)
+    weights = method.posterior.weights(factors, method._base())
+    monkeypatch.setattr(method, "_draw", lambda n, first: (factors, weights))
+    x, y = make_blobs(n=7, dim=3)
+    terms = method.loss(x, y, num_data=7)
+    log_p = []
+    for s, rows in enumerate([[0, 1, 2], [3, 4], [5, 6]]):
+        logits = bbh.functional.forward_with(model, {k: v[s] for k, v in weights.items()}, x[rows])
+        log_p.append(torch.log_softmax(logits, -1).gather(1, y[rows, None]).squeeze(1))
+    assert torch.allclose(terms.nll, -torch.cat(log_p).mean())
+    assert terms.outputs is not None and terms.outputs.shape == (7, 4)
+    with pytest.raises(ValueError, match="num_samples=3 parts; this batch has 2 examples"):
+        method.loss(x[:2], y[:2], num_data=7)
+
+
 def test_rank1_needs_a_prior_with_a_density_for_its_base_weights():
     class SamplerOnly:
         def sample(self, shape, *, device=None, dtype=None):
@@ -241,11 +305,12 @@ def test_partial_stochasticity_only_the_selected_layers_are_random(layout):
     assert (id(model.net[2].weight) in trainable) == (layout == "rank1")  # rank1: the base W0 of the random layer
 
 
-@pytest.mark.parametrize("layout", ["rank1", "chunked"])
+@pytest.mark.parametrize("layout", ["rank1", "chunked", "rank1-mixture"])
 def test_a_resnet_with_batchnorm_trains_and_predicts_with_the_scalable_layouts(layout):
     torch.manual_seed(0)
     model = ResNet18(num_classes=3, width=4)
-    method = bbh.create("bbh", model, layout=layout, hidden=(8, 16), chunk_size=2048)
+    extra = dict(mixture=2, likelihood_samples="split", num_samples=2) if layout == "rank1-mixture" else {}
+    method = bbh.create("bbh", model, layout=layout.split("-")[0], hidden=(8, 16), chunk_size=2048, **extra)
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 3, (8,))
     history = bbh.Trainer(method, steps=2, progress=False).fit((x, y))
     assert all(math.isfinite(h["loss"]) for h in history)

@@ -65,6 +65,10 @@ class LikelihoodSamples(str, Enum):
     """The mean over all S samples of the NLL: the standard Monte Carlo ELBO, S times the main-net cost."""
     MIXTURE = "mixture"
     """-log mean_s p(y | x, w_s): the log-mean-exp mixture likelihood (the authors' ``-m`` flag)."""
+    SPLIT = "split"
+    """The minibatch cut into S contiguous parts, part s under sample s: every sample enters the likelihood at the
+    main-net cost of ``one`` (each example is seen under one sample), as BatchEnsemble and rank-1 BNNs train
+    their members (Wen et al. 2020; Dusenberry et al. 2020). Needs a batch of at least S examples."""
 
 
 class OptimizerName(str, Enum):

@@ -353,7 +353,8 @@ class BayesByHypernet(WeightSampler):
 
     Per training step ``num_samples`` weight sets are generated in one batched call; all of them enter the
     KL estimate, and ``likelihood_samples`` chooses which enter the NLL (:class:`~bbh.options.LikelihoodSamples`:
-    ``one`` — the authors' code, ``average`` — the Monte Carlo ELBO, ``mixture`` — log-mean-exp).
+    ``one`` — the authors' code, ``average`` — the Monte Carlo ELBO, ``mixture`` — log-mean-exp, ``split`` —
+    the minibatch cut into S parts, part s under sample s).
 
     Args:
         model: the main network; parameters selected by ``params`` become random variables and their own
@@ -374,6 +375,9 @@ class BayesByHypernet(WeightSampler):
         factor_prior: the ``rank1`` layout's prior scale s_u of the factor deviations, p(a), p(b) = N(0, s_u^2)
             (:mod:`bbh.posteriors.rank1`); ``prior`` is then the prior of the base weights (their L2 term).
         factor_init: the ``rank1`` factors' scale at initialisation.
+        mixture: K > 1 makes the ``rank1`` factor posterior a mixture of K shifted copies of the implicit q
+            (:mod:`bbh.posteriors.rank1`; rank-1 BNNs' ensemble-like components); 1 (default): none.
+        mixture_init: the std of the mixture's component means at the start (default 0.5).
         check_memory: refuse a layout whose training state exceeds the available memory (default True).
         num_samples: S, weight samples generated per step (paper: 5).
         likelihood_samples: see above (default ``one``, as the authors).
@@ -409,7 +413,7 @@ class BayesByHypernet(WeightSampler):
                  likelihood_samples: LikelihoodSamples | str = LikelihoodSamples.ONE,
                  kl: str | KLEstimator | None = None, num_prior_samples: int = 5, chunk_size: int = 4096,
                  embedding_dim: int = 32, factor_prior: float = 0.1, factor_init: float = 0.05,
-                 check_memory: bool = True) -> None:
+                 mixture: int = 1, mixture_init: float = 0.5, check_memory: bool = True) -> None:
         super().__init__(model, likelihood, prior)
         self.param_names = select_parameters(model, params)
         named = dict(model.named_parameters())
@@ -420,10 +424,13 @@ class BayesByHypernet(WeightSampler):
         sizing_options = dict(noise_dim=check_int("noise_dim", noise_dim, 1), hidden=check_sizes("hidden", hidden),
                               num_chunks=check_int("num_chunks", num_chunks, 1),
                               chunk_size=check_int("chunk_size", chunk_size, 1),
-                              embedding_dim=check_int("embedding_dim", embedding_dim, 1))
+                              embedding_dim=check_int("embedding_dim", embedding_dim, 1),
+                              mixture=check_int("mixture", mixture, 1))
         layout = parse_option(Layout, layout, "layout")
         if layout == Layout.AUTO:
             layout = choose_layout(shapes, **sizing_options)
+        if mixture > 1 and layout != Layout.RANK1:
+            raise ValueError(f"mixture={mixture} is an option of the 'rank1' layout, not of {layout.value!r}")
         self.size = size_of(shapes, layout, **sizing_options)
         device = next(iter(named.values())).device
         if check_memory:
@@ -439,7 +446,8 @@ class BayesByHypernet(WeightSampler):
             start = Rank1Posterior.factor_start(shapes, check_float("factor_init", factor_init, 0, open_low=True))
             factors = HypernetPosterior({k: v.shape for k, v in start.items()}, start, layout=Layout.LAYERWISE,
                                         **hypernet)  # type: ignore[arg-type]
-            self.posterior = Rank1Posterior(shapes, factors)
+            self.posterior = Rank1Posterior(shapes, factors, mixture=mixture,
+                                            mixture_init=check_float("mixture_init", mixture_init, 0))
             self.default_lr = dict(RANK1_LR)
         else:
             self.posterior = HypernetPosterior(
@@ -484,6 +492,14 @@ class BayesByHypernet(WeightSampler):
         variables, samples = self._draw(self.num_samples, 1 if one else None)
         if one:
             outputs = forward_with(self.model, {k: v[0] for k, v in samples.items()}, x)
+            nll = self.mean_nll(outputs, y)
+        elif self.likelihood_samples == LikelihoodSamples.SPLIT:
+            if x.shape[0] < self.num_samples:
+                raise ValueError(f"likelihood_samples='split' cuts the batch into num_samples={self.num_samples} "
+                                 f"parts; this batch has {x.shape[0]} examples")
+            parts = torch.arange(x.shape[0], device=x.device).tensor_split(self.num_samples)
+            outputs = torch.cat([forward_with(self.model, {k: v[s] for k, v in samples.items()}, x[part])
+                                 for s, part in enumerate(parts)])
             nll = self.mean_nll(outputs, y)
         else:
             per_sample = forward_samples(self.model, samples, x)

@@ -22,6 +22,15 @@ by the method's sample-based KL estimator on u, and p(W0) the method's weight pr
 L2 penalty of MAP (:class:`~bbh.posteriors.point.GaussianPenalty`'s convention: it rides in the KL slot).
 The factor hypernets start at the scale ``factor_init`` (hyperfan init), so W starts near the main network's
 own initial weights.
+
+**A mixture of K components** (``mixture=K > 1``), as rank-1 BNNs use K mixture components for ensemble-like
+diversity (Dusenberry et al. 2020, Sec. 3): q(u) = (1/K) sum_k q(u - m_k | theta), the same implicit q shifted
+to K learned means m_k (one per factor variable and component), started at N(0, mixture_init^2) (default 0.5:
+the BatchEnsemble / rank-1 baselines of uncertainty-baselines start their fast weights at N(1, 0.5^2),
+``random_sign_init=-0.5``). A set of n draws takes the components in turn from a random first one
+(draw i: component (k0 + i) mod K), so every component is drawn n/K times when K divides n. The KL estimator
+sees the mixture's draws as they are: with one draw per component per step (n = K), the nearest-neighbour
+entropy estimate measures the spread *between* components, not within one (its bias at few samples).
 """
 
 from __future__ import annotations
@@ -45,17 +54,27 @@ class Rank1Posterior(nn.Module):
         factors: the implicit distribution of the factors, a module with ``sample(n) -> {name: [n, *shape]}``
             over :func:`~bbh.posteriors.sizing.rank1_factor_shapes` (BbH passes layer-wise
             :class:`bbh.posteriors.hypernet.HypernetPosterior` started at :func:`factor_start` values).
+        mixture: K, the number of mixture components (1: q(u) itself; module docstring).
+        mixture_init: the std of the component means m_k at the start.
     """
 
-    def __init__(self, shapes: Mapping[str, torch.Size], factors: nn.Module) -> None:
+    def __init__(self, shapes: Mapping[str, torch.Size], factors: nn.Module, mixture: int = 1,
+                 mixture_init: float = 0.5) -> None:
         super().__init__()
         if not shapes:
             raise ValueError("no parameter tensors to generate")
+        if int(mixture) != mixture or mixture < 1:
+            raise ValueError(f"mixture must be a whole number >= 1, got {mixture!r}")
         self.names = list(shapes)
         self.shapes = {n: torch.Size(s) for n, s in shapes.items()}
         self.total = sum(s.numel() for s in self.shapes.values())
         self.factor_shapes = rank1_factor_shapes(self.shapes)
         self.factors = factors
+        self.mixture = int(mixture)
+        # m_k per factor tensor, [K, *shape], in the order of factor_shapes; none for K = 1
+        self.means = nn.ParameterList(
+            [nn.Parameter(torch.randn(self.mixture, *s) * float(mixture_init)) for s in self.factor_shapes.values()]
+            if self.mixture > 1 else [])
 
     @staticmethod
     def factor_start(shapes: Mapping[str, torch.Size], factor_init: float) -> dict[str, Tensor]:
@@ -64,8 +83,18 @@ class Rank1Posterior(nn.Module):
         return {k: torch.full(s, float(factor_init)) for k, s in rank1_factor_shapes(shapes).items()}
 
     def sample_factors(self, n: int) -> dict[str, Tensor]:
-        """n draws of the random variables ``{"<name>:out": [n, out], "<name>:in": [n, in]}``."""
-        return self.factors.sample(n)
+        """n draws of the random variables ``{"<name>:out": [n, out], "<name>:in": [n, in]}`` (a mixture: draw i
+        from component :meth:`components` [i])."""
+        draws = self.factors.sample(n)
+        if self.mixture == 1:
+            return draws
+        k = self.components(n, next(iter(draws.values())).device)
+        return {name: draws[name] + m[k] for name, m in zip(self.factor_shapes, self.means, strict=True)}
+
+    def components(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        """The components of n draws: (k0 + i) mod K for i < n, k0 uniform on {0, ..., K - 1} (torch's RNG)."""
+        start = torch.randint(self.mixture, ()) if self.mixture > 1 else torch.tensor(0)
+        return (start + torch.arange(n)).remainder(self.mixture).to(device)
 
     def weights(self, factors: Mapping[str, Tensor], base: Mapping[str, Tensor],
                 first: int | None = None) -> dict[str, Tensor]:
@@ -91,7 +120,8 @@ class Rank1Posterior(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"rank1: tensors={len(self.names)}, generated={self.total}, "
-                f"random factors={sum(s.numel() for s in self.factor_shapes.values())}")
+                f"random factors={sum(s.numel() for s in self.factor_shapes.values())}"
+                + (f", mixture of {self.mixture}" if self.mixture > 1 else ""))
 
 
 __all__ = ["Rank1Posterior"]

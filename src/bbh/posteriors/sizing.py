@@ -65,7 +65,7 @@ def rank1_factor_shapes(shapes: Mapping[str, torch.Size]) -> dict[str, torch.Siz
 
 def hypernet_parameters(shapes: Mapping[str, torch.Size], layout: Layout | str, *, noise_dim: int = 1,
                         hidden: Sequence[int] = (64, 256, 512), num_chunks: int = 130, chunk_size: int = 4096,
-                        embedding_dim: int = 32) -> int:
+                        embedding_dim: int = 32, mixture: int = 1) -> int:
     """The exact number of parameters of :class:`~bbh.posteriors.hypernet.HypernetPosterior` (or of
     :class:`~bbh.posteriors.rank1.Rank1Posterior`, base weights included) for these generated ``shapes``.
 
@@ -76,7 +76,8 @@ def hypernet_parameters(shapes: Mapping[str, torch.Size], layout: Layout | str, 
     * sliced:    sum_t trunk(1, d + S_t) + (H + 1) P_t / S_t   (S_t output channels)
     * single:    trunk(1, d + C) + (H + 1) K,  C = min(num_chunks, P), K = ceil(P / C)
     * chunked:   C E + trunk(1, d + E) + (H + 1) K,  K = min(chunk_size, P), C = ceil(P / K)
-    * rank1:     P (the base weights) + layerwise over the factors (:func:`rank1_factor_shapes`)
+    * rank1:     P (the base weights) + layerwise over the factors (:func:`rank1_factor_shapes`), + K F
+                 component means for a mixture of K > 1 (F factor variables; ``mixture``)
     """
     layout = Layout(layout)
     shapes = {k: torch.Size(v) for k, v in shapes.items()}
@@ -94,8 +95,9 @@ def hypernet_parameters(shapes: Mapping[str, torch.Size], layout: Layout | str, 
         k = min(chunk_size, total)
         return math.ceil(total / k) * embedding_dim + _trunk(1, noise_dim + embedding_dim, hidden) + (h + 1) * k
     if layout == Layout.RANK1:
-        return total + hypernet_parameters(rank1_factor_shapes(shapes), Layout.LAYERWISE, noise_dim=noise_dim,
-                                           hidden=hidden)
+        factors = rank1_factor_shapes(shapes)
+        means = mixture * sum(f.numel() for f in factors.values()) if mixture > 1 else 0
+        return total + means + hypernet_parameters(factors, Layout.LAYERWISE, noise_dim=noise_dim, hidden=hidden)
     raise ValueError(f"no size for layout {layout.value!r}; resolve 'auto' with choose_layout first")
 
 
