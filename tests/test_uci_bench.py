@@ -312,23 +312,30 @@ def test_scale_noise_is_the_mixture_with_every_sigma_times_c(tmp_path: Path) -> 
         uci.scale_noise(Predictive(torch.full((2, 1, 3), 1 / 3)), 2.0)
 
 
-def test_noise_calibration_picks_the_best_validation_scale_and_cells_use_it(data_dir: Path, tmp_path: Path) -> None:
-    """MC-Dropout's σ scale c is the argmax of the carve-outs' mean validation LL over :data:`NOISE_SCALES` (at the
-    protocol's length: nothing else is chosen), that LL is what a validation cell with the same c scores, c = 1
-    is among the candidates, and a run's cells use the stored c."""
+def test_mc_dropout_chooses_its_rate_and_noise_scale_on_validation_and_cells_use_them(data_dir: Path,
+                                                                                       tmp_path: Path) -> None:
+    """MC-Dropout's dropout rate and σ scale c are the argmax of the carve-outs' mean validation LL over its rates
+    and :data:`NOISE_SCALES` (at the protocol's length: nothing else is chosen), that LL is what a validation
+    cell with the same rate and c scores, c = 1 is among the candidates, and a run's cells use the stored
+    choice."""
     setting = uci.uci_settings()["mc-dropout"]
-    assert setting.calibrate_noise and not setting.select_steps
+    assert setting.calibrate_noise and setting.select_dropout == (0.005, 0.01, 0.05, 0.1) and not setting.select_steps
     assert 1.0 in uci.NOISE_SCALES and min(uci.NOISE_SCALES) == 0.25 and max(uci.NOISE_SCALES) == 2.0
     dataset = load_uci(data_dir / "uci" / "alpha")
     chosen = uci.select_on_validation(dataset, "mc-dropout", budget=TINY)
     assert chosen["steps"] is None and chosen["grid"] == [0]
-    by_scale = chosen["mean_val_ll_by_scale"]["0"]
+    assert chosen["dropout"] in setting.select_dropout
+    by_rate = chosen["best_val_ll_by_dropout"]
+    assert set(by_rate) == {str(r) for r in setting.select_dropout}
+    assert chosen["calibrated_val_ll"] == max(by_rate.values()) == by_rate[str(chosen["dropout"])]
+    by_scale = chosen["mean_val_ll_by_scale"]["0"]  # the chosen rate's
     assert len(by_scale) == len(uci.NOISE_SCALES)
     assert chosen["noise_scale"] == uci.NOISE_SCALES[max(range(len(by_scale)), key=by_scale.__getitem__)]
     assert chosen["calibrated_val_ll"] == max(by_scale) >= chosen["mean_val_ll"]["0"]
     assert chosen["mean_val_ll"]["0"] == by_scale[uci.NOISE_SCALES.index(1.0)]
-    again = run_cell(dataset, "mc-dropout", 0, budget=TINY, validation=0.2, noise_scale=chosen["noise_scale"])
-    assert again["noise_scale"] == chosen["noise_scale"]
+    again = run_cell(dataset, "mc-dropout", 0, budget=TINY, validation=0.2, noise_scale=chosen["noise_scale"],
+                     dropout=chosen["dropout"])
+    assert again["noise_scale"] == chosen["noise_scale"] and again["selected_dropout"] == chosen["dropout"]
     assert again["test_ll"] == pytest.approx(chosen["calibrated_val_ll"], abs=1e-9)  # one split: the mean is it
     with pytest.raises(ValueError, match="chooses nothing"):
         uci.select_on_validation(dataset, "map", budget=TINY)
@@ -336,9 +343,12 @@ def test_noise_calibration_picks_the_best_validation_scale_and_cells_use_it(data
     results = run_uci(data_dir, out, datasets=["alpha"], methods=["mc-dropout"], budget=TINY, progress=False)
     stored = json.loads(uci.selection_path(out, "standard", "alpha", "mc-dropout").read_text())
     cells = [json.loads(cell_path(out, "standard", "alpha", "mc-dropout", k).read_text()) for k in range(2)]
-    assert all(c["noise_scale"] == stored["noise_scale"] and "selected_steps" not in c for c in cells)
-    assert results["datasets"]["alpha"]["mc-dropout"]["noise_scale"] == stored["noise_scale"]
-    assert f"alpha c = {stored['noise_scale']:.3f}" in (out / "report.md").read_text()
+    assert all(c["noise_scale"] == stored["noise_scale"] and c["selected_dropout"] == stored["dropout"]
+               and "selected_steps" not in c and c["setting"] == setting.describe() for c in cells)
+    entry = results["datasets"]["alpha"]["mc-dropout"]
+    assert entry["noise_scale"] == stored["noise_scale"] and entry["selected_dropout"] == stored["dropout"]
+    report = (out / "report.md").read_text()
+    assert f"alpha c = {stored['noise_scale']:.3f}" in report and f"alpha {stored['dropout']}" in report
 
 
 def test_run_chooses_the_length_once_per_dataset_and_records_it(data_dir: Path, tmp_path: Path,

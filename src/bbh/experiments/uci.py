@@ -33,7 +33,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,8 @@ class UCISetting:
             precision τ = 1 / σ² by validation LL (Gal & Ghahramani 2016); a σ learned inside the dropout
             objective fits residuals that include the dropout perturbation, and the prediction then adds the
             masks' spread on top of it (docs/uci.md). False: σ as learned.
+        select_dropout: dropout rates to choose ``dropout`` from per dataset on the same carve-outs (the 2018
+            re-run of MC-Dropout searched 0.005, 0.01, 0.05, 0.1 on validation). Empty: ``dropout`` as given.
     """
 
     method: str
@@ -145,11 +147,12 @@ class UCISetting:
     min_steps: int | None = None
     select_steps: tuple[float, ...] = ()
     calibrate_noise: bool = False
+    select_dropout: tuple[float, ...] = ()
 
     @property
     def selects(self) -> bool:
         """Whether something of this setting is chosen on validation carve-outs (:func:`select_on_validation`)."""
-        return bool(self.select_steps) or self.calibrate_noise
+        return bool(self.select_steps) or self.calibrate_noise or bool(self.select_dropout)
 
     def describe(self) -> dict[str, Any]:
         """The setting as plain data (recorded in every cell; resuming compares it). ``select_steps`` and
@@ -162,29 +165,35 @@ class UCISetting:
             del d["select_steps"]
         if not self.calibrate_noise:
             del d["calibrate_noise"]
+        if self.select_dropout:
+            d["select_dropout"] = list(self.select_dropout)
+        else:
+            del d["select_dropout"]
         return d
 
 
 def uci_settings() -> dict[str, UCISetting]:
     """The per-method defaults of ``bbh uci``, the same on every dataset.
 
-    Every method has the N(0, 1) prior on all weights (MAP and MC-Dropout as their L2 term (1/N) Σ w² / 2,
-    the deep ensemble none, as published), a learned noise level, Adam at lr 3e-3 with batch 32 for the
-    budget's steps (``full``: 40 epochs but at least 4,000 steps). The deep ensemble keeps its published
-    protocol (Lakshminarayanan et al. 2017: 5 members, adversarial training, batch 100, 40 epochs) except its
-    learning rate, 0.01 (their 0.1 makes the variance head overflow here). MC-Dropout drops 5 % of the inputs
-    and hidden units and scales its noise level by a factor chosen on validation carve-outs (Gal & Ghahramani
-    2016 chose the precision τ on validation data; ``calibrate_noise``). BbH uses the settings that bring it to
-    HMC on the toy (docs/toy.md): the entropy-based KL (``kl="nn-entropy"``), 20 posterior samples per step, all
-    of them in the likelihood term. These were chosen on the validation carve-out (20 %) of split 0 of
-    boston, concrete and energy (``run_cell(..., validation=0.2)``; docs/uci.md), never on test data. Its
-    training length is chosen per dataset the same way (``select_steps``): a fixed length cannot serve both
-    boston, where 16,000 steps over-fit the learned noise level (validation LL -3.03 against -2.61 at 4,000
-    on split 0), and concrete, where they are needed (-3.02 against -3.12 over three splits).
+    Every method has the N(0, 1) prior on all weights (MAP and MC-Dropout as their L2 term (1/N) Σ w² / 2, the
+    deep ensemble none, as published), a learned noise level, Adam at lr 3e-3 with batch 32 for the budget's
+    steps (``full``: 40 epochs but at least 4,000 steps). The deep ensemble keeps its published protocol
+    (Lakshminarayanan et al. 2017: 5 members, adversarial training, batch 100, 40 epochs) except its learning
+    rate, 0.01 (their 0.1 makes the variance head overflow here). MC-Dropout drops inputs and hidden
+    units at a rate chosen from 0.005, 0.01, 0.05, 0.1 and scales its noise level by a factor, both
+    chosen on validation carve-outs (``select_dropout``, ``calibrate_noise``: the 2018 re-run of Gal &
+    Ghahramani's experiments chose the rate and the precision τ on validation data). BbH uses the settings
+    that bring it to HMC on the toy (docs/toy.md): the entropy-based KL (``kl="nn-entropy"``), 20 posterior
+    samples per step, all of them in the likelihood term. These were chosen on the validation carve-out (20 %)
+    of split 0 of boston, concrete and energy (``run_cell(..., validation=0.2)``; docs/uci.md), never on test
+    data. Its training length is chosen per dataset the same way (``select_steps``): a fixed length cannot
+    serve both boston, where 16,000 steps over-fit the learned noise level (validation LL -3.03 against -2.61
+    at 4,000 on split 0), and concrete, where they are needed (-3.02 against -3.12 over three splits).
     """
     return {
         "map": UCISetting("map", dict(prior_scale=1.0), lr=3e-3),
-        "mc-dropout": UCISetting("mc-dropout", dict(prior_scale=1.0), dropout=0.05, lr=3e-3, calibrate_noise=True),
+        "mc-dropout": UCISetting("mc-dropout", dict(prior_scale=1.0), dropout=0.05, lr=3e-3, calibrate_noise=True,
+                                 select_dropout=(0.005, 0.01, 0.05, 0.1)),
         "ensemble": UCISetting("ensemble", dict(members=5, adversarial=True, alpha=0.5, epsilon=0.01),
                                likelihood="heteroscedastic", lr=0.01, batch_size=100, min_steps=0),
         "bbb": UCISetting("bbb", dict(prior=1.0, estimator="local", init_log_var=-6.0), lr=3e-3),
@@ -262,77 +271,87 @@ def select_on_validation(dataset: UCIDataset, method: str, *, kind: str = "stand
                          budget: Budget = BUDGETS["full"], setting: UCISetting | None = None, seed: int = 0,
                          validation: float = 0.2) -> dict[str, Any]:
     """Choose what ``setting`` (default: ``method``'s in :func:`uci_settings`) leaves open — its training length
-    (``select_steps``) and its noise scale (``calibrate_noise``) — on ``dataset`` without test data.
+    (``select_steps``), its dropout rate (``select_dropout``) and its noise scale (``calibrate_noise``) — on
+    ``dataset`` without test data.
 
     On each of the first :data:`SELECT_SPLITS` splits (fewer for a budget of few splits), the last
     ``validation`` part of the training split (:meth:`UCIDataset.split`) is held out and the method trains on the
-    rest: for the longest of :func:`selection_grid` (in whole epochs), or for the protocol's length
-    (:func:`training_steps` of the carve-out) when the length is not chosen. The validation LL (:func:`score`)
-    is measured after the epoch that first reaches each grid length, for every factor c of
+    rest, once per candidate dropout rate: for the longest of :func:`selection_grid` (in whole epochs), or for the
+    protocol's length (:func:`training_steps` of the carve-out) when the length is not chosen. The validation LL
+    (:func:`score`) is measured after the epoch that first reaches each grid length, for every factor c of
     :data:`NOISE_SCALES` applied to the learned σ when ``calibrate_noise`` (else c = 1): one training run per
-    split, scored on the way (the scoring draws come from a forked random state, so they leave the training as
-    it would be without them). The chosen (length, c) maximises the validation LL averaged over those splits
-    (ties: the shorter length, then the c nearer 1); the cells then train on the whole training split.
+    split and rate, scored on the way (the scoring draws come from a forked random state, so they leave the
+    training as it would be without them). The chosen (rate, length, c) maximises the validation LL averaged
+    over those splits (ties: the shorter length, then the c nearer 1, then the smaller rate); the cells then
+    train on the whole training split.
 
-    Returns ``{"steps" (None: the protocol's length), "noise_scale" (only with calibrate_noise), "grid", "val_ll"
-    (per grid length: per split, at c = 1), "mean_val_ll" (at c = 1), "splits", "validation", "seconds"}``, and
-    with ``calibrate_noise`` also ``"noise_scales"``, ``"mean_val_ll_by_scale"`` (per grid length: per c) and
-    ``"calibrated_val_ll"`` (the chosen pair's mean). JSON-ready; grid lengths as string keys.
+    Returns ``{"steps" (None: the protocol's length), "grid", "val_ll" (per grid length: per split, at c = 1),
+    "mean_val_ll" (at c = 1), "splits", "validation", "seconds"}`` (for the chosen rate), with
+    ``calibrate_noise`` also ``"noise_scale"``, ``"noise_scales"``, ``"mean_val_ll_by_scale"`` (per grid length:
+    per c) and ``"calibrated_val_ll"`` (the chosen triple's mean), and with ``select_dropout`` also
+    ``"dropout"`` and ``"best_val_ll_by_dropout"`` (per rate: its best mean over lengths and c). JSON-ready; grid
+    lengths and rates as string keys; the grid length 0 stands for the protocol's length.
 
     Raises:
-        ValueError: the setting chooses nothing (neither ``select_steps`` nor ``calibrate_noise``).
+        ValueError: the setting chooses nothing (no ``select_steps`` or ``select_dropout``, ``calibrate_noise``
+            False).
     """
     setting = setting or uci_settings()[method]
     if not setting.selects:
-        raise ValueError(f"{setting.method}: the setting chooses nothing on validation (no select_steps, "
-                         f"calibrate_noise False)")
+        raise ValueError(f"{setting.method}: the setting chooses nothing on validation (no select_steps or "
+                         f"select_dropout, calibrate_noise False)")
     scales = NOISE_SCALES if setting.calibrate_noise else (1.0,)
+    rates = sorted(setting.select_dropout) if setting.select_dropout else [setting.dropout]
     available = dataset.n_splits if kind == "standard" else dataset.x.shape[1]
     wanted = SELECT_SPLITS if budget.splits is None else max(1, min(SELECT_SPLITS, budget.splits // 2))
     splits = list(range(min(wanted, available)))
     start = time.perf_counter()
-    val_ll: dict[int, list[list[float]]] = {}  # grid length -> per split -> per scale
+    val_ll: dict[tuple[float, int], list[list[float]]] = {}  # (rate, grid length) -> per split -> per scale
     grid: list[int] = []
-    for k in splits:
-        split = dataset.split(k, kind=kind, validation=validation, seed=seed)
-        assert split.x_val is not None and split.y_val is not None and split.val_idx is not None
-        x_val, y_val, y_raw = split.x_val.float(), split.y_val, dataset.y[split.val_idx]
-        batch_size = min(setting.batch_size, len(split.x_train))
-        if setting.select_steps:
-            per_epoch = max(1, len(split.x_train) // batch_size)
-            grid = selection_grid(setting, budget)
-            reached = {g: max(1, math.ceil(g / per_epoch)) for g in grid}  # the epoch that first reaches each
-        else:
-            epochs, per_epoch = training_steps(len(split.x_train), batch_size, dataset.n_epochs or 40, budget,
-                                               setting.min_steps)
-            grid = [0]  # one length: the protocol's (0 stands for it in the keys)
-            reached = {0: epochs}
-        for g in grid:
-            val_ll.setdefault(g, [])
+    for rate in rates:
+        candidate = replace(setting, dropout=rate)
+        for k in splits:
+            split = dataset.split(k, kind=kind, validation=validation, seed=seed)
+            assert split.x_val is not None and split.y_val is not None and split.val_idx is not None
+            x_val, y_val, y_raw = split.x_val.float(), split.y_val, dataset.y[split.val_idx]
+            batch_size = min(setting.batch_size, len(split.x_train))
+            if setting.select_steps:
+                per_epoch = max(1, len(split.x_train) // batch_size)
+                grid = selection_grid(setting, budget)
+                reached = {g: max(1, math.ceil(g / per_epoch)) for g in grid}  # the epoch that first reaches each
+            else:
+                epochs, per_epoch = training_steps(len(split.x_train), batch_size, dataset.n_epochs or 40, budget,
+                                                   setting.min_steps)
+                grid = [0]  # one length: the protocol's
+                reached = {0: epochs}
 
-        def at_epoch(model: Method, finished: int) -> None:
-            lengths = [g for g, e in reached.items() if e == finished]  # noqa: B023 (used within this split)
-            if lengths:
-                with torch.random.fork_rng():
-                    predictive = model.predict(x_val, n_samples=budget.n_samples)  # noqa: B023
-                lls = [score(scale_noise(predictive, c), split, y_val, y_raw)["test_ll"] for c in scales]  # noqa: B023
-                for g in lengths:
-                    val_ll[g].append(lls)
+            def at_epoch(model: Method, finished: int) -> None:
+                lengths = [g for g, e in reached.items() if e == finished]  # noqa: B023 (used within this split)
+                if lengths:
+                    with torch.random.fork_rng():
+                        predictive = model.predict(x_val, n_samples=budget.n_samples)  # noqa: B023
+                    lls = [score(scale_noise(predictive, c), split, y_val, y_raw)["test_ll"] for c in scales]  # noqa: B023
+                    for g in lengths:
+                        val_ll.setdefault((rate, g), []).append(lls)  # noqa: B023
 
-        _train(setting, dataset, split, max(reached.values()), batch_size, seed + k, at_epoch)
-    means = {g: [sum(per[i] for per in v) / len(v) for i in range(len(scales))] for g, v in val_ll.items()}
-    best_g, best_i = max(((g, i) for g in grid for i in range(len(scales))),
-                         key=lambda gi: (means[gi[0]][gi[1]], -gi[0], -abs(math.log(scales[gi[1]]))))
+            _train(candidate, dataset, split, max(reached.values()), batch_size, seed + k, at_epoch)
+    means = {key: [sum(per[i] for per in v) / len(v) for i in range(len(scales))] for key, v in val_ll.items()}
+    best_rate, best_g, best_i = max(
+        ((r, g, i) for r in rates for g in grid for i in range(len(scales))),
+        key=lambda t: (means[t[0], t[1]][t[2]], -t[1], -abs(math.log(scales[t[2]])), -t[0]))
     at_one = scales.index(1.0)
     chosen: dict[str, Any] = {
         "steps": best_g if setting.select_steps else None, "grid": grid,
-        "val_ll": {str(g): [per[at_one] for per in v] for g, v in val_ll.items()},
-        "mean_val_ll": {str(g): m[at_one] for g, m in means.items()}, "splits": splits, "validation": validation,
-        "seconds": time.perf_counter() - start}
+        "val_ll": {str(g): [per[at_one] for per in val_ll[best_rate, g]] for g in grid},
+        "mean_val_ll": {str(g): means[best_rate, g][at_one] for g in grid}, "splits": splits,
+        "validation": validation, "seconds": time.perf_counter() - start}
     if setting.calibrate_noise:
         chosen.update(noise_scale=scales[best_i], noise_scales=list(scales),
-                      mean_val_ll_by_scale={str(g): m for g, m in means.items()},
-                      calibrated_val_ll=means[best_g][best_i])
+                      mean_val_ll_by_scale={str(g): means[best_rate, g] for g in grid},
+                      calibrated_val_ll=means[best_rate, best_g][best_i])
+    if setting.select_dropout:
+        chosen.update(dropout=best_rate, best_val_ll_by_dropout={
+            str(r): max(max(means[r, g]) for g in grid) for r in rates})
     return chosen
 
 
@@ -347,12 +366,14 @@ def scale_noise(predictive: Any, c: float) -> RegressionPredictive:
 
 def run_cell(dataset: UCIDataset, method: str, k: int, *, kind: str = "standard", budget: Budget = BUDGETS["full"],
              setting: UCISetting | None = None, seed: int = 0, validation: float | None = None,
-             steps: int | None = None, noise_scale: float | None = None) -> dict[str, Any]:
+             steps: int | None = None, noise_scale: float | None = None,
+             dropout: float | None = None) -> dict[str, Any]:
     """Train ``method`` on split ``k`` of ``dataset`` and score it; a JSON-ready record of the cell.
 
     ``steps``: train for the first whole epoch that reaches this many steps (a length chosen by
     :func:`select_on_validation`) instead of the budget's length. ``noise_scale``: score the predictive with
     every draw's σ times this factor (:func:`scale_noise`; one chosen by :func:`select_on_validation`).
+    ``dropout``: this dropout rate instead of the setting's (one chosen by :func:`select_on_validation`).
 
     Raises :class:`FloatingPointError` (the Trainer's ``NonFiniteLossError`` is one) when training diverges or
     the scores are not finite; :func:`run_uci` records such a cell as failed and goes on.
@@ -373,6 +394,9 @@ def run_cell(dataset: UCIDataset, method: str, k: int, *, kind: str = "standard"
         record = _run_hmc_cell(split, x_eval, y_eval, y_raw, n_hidden, budget, seed=seed + k)
     else:
         setting = setting or uci_settings()[method]
+        described = setting.describe()  # the cell records the setting it was made with, rate still open
+        if dropout is not None:
+            setting = replace(setting, dropout=dropout)
         batch_size = min(setting.batch_size, len(split.x_train))  # a tiny dataset trains full-batch
         if steps is None:
             epochs, per_epoch = training_steps(len(split.x_train), batch_size, dataset.n_epochs or 40, budget,
@@ -386,11 +410,13 @@ def run_cell(dataset: UCIDataset, method: str, k: int, *, kind: str = "standard"
         record = score(predictive if noise_scale is None else scale_noise(predictive, noise_scale), split, y_eval,
                        y_raw)
         record.update(train_seconds=train_seconds, epochs=epochs, steps=epochs * per_epoch,
-                      final_nll=float(last["nll"]), final_kl=float(last["kl"]), setting=setting.describe())
+                      final_nll=float(last["nll"]), final_kl=float(last["kl"]), setting=described)
         if steps is not None:
             record["selected_steps"] = steps
         if noise_scale is not None:
             record["noise_scale"] = noise_scale
+        if dropout is not None:
+            record["selected_dropout"] = dropout
     if not (math.isfinite(record["test_ll"]) and math.isfinite(record["rmse"])):
         raise FloatingPointError(f"non-finite test score (test LL {record['test_ll']}, RMSE {record['rmse']})")
     record.update(dataset=dataset.name, method=method, split=k, kind=kind, n_train=len(split.x_train),
@@ -476,7 +502,7 @@ def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                                for r in records]),
                      "failed_splits": failed, "n_splits": len(records), "splits": [r["split"] for r in records],
                      "seconds": sum(r["seconds"] for r in records)}
-            for key in ("selected_steps", "noise_scale"):
+            for key in ("selected_steps", "noise_scale", "selected_dropout"):
                 chosen = sorted({r[key] for r in records if key in r})
                 if chosen:
                     entry[key] = chosen[0] if len(chosen) == 1 else chosen
@@ -571,6 +597,12 @@ def render_report(results: dict[str, Any]) -> str:
                       "(no test data): " + ", ".join(f"{n} {v} steps" for n, v in lengths.items()) + "."]
     scales = {m: {n: table[n][m]["noise_scale"] for n in sorted(table) if "noise_scale" in table[n].get(m, {})}
               for m in methods}
+    rates = {m: {n: table[n][m]["selected_dropout"] for n in sorted(table)
+                 if "selected_dropout" in table[n].get(m, {})} for m in methods}
+    for m, chosen_rates in rates.items():
+        if chosen_rates:
+            lines += ["", f"Dropout rate of {m}, chosen per dataset on validation carve-outs of the training splits "
+                      "(no test data): " + ", ".join(f"{n} {v}" for n, v in chosen_rates.items()) + "."]
     for m, factors in scales.items():
         if factors:
             lines += ["", f"Noise scale of {m} (its learned σ times c in the predictive), chosen per dataset on "
@@ -671,7 +703,8 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
             selection = chosen.get((n, m), {})
             try:
                 record = run_cell(loaded[n], m, k, kind=split_kind, budget=plan, seed=seed,
-                                  steps=selection.get("steps"), noise_scale=selection.get("noise_scale"))
+                                  steps=selection.get("steps"), noise_scale=selection.get("noise_scale"),
+                                  dropout=selection.get("dropout"))
             except FloatingPointError as err:  # a diverged cell is recorded (and not retried: its seed is fixed)
                 record = {"dataset": n, "method": m, "split": k, "kind": split_kind, "failed": str(err),
                           "seconds": 0.0, "setting": settings.get(m)}
