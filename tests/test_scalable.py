@@ -262,6 +262,45 @@ def test_a_rank1_mixture_draws_its_k_shifted_copies_in_turn_and_survives_a_state
         bbh.create("bbh", small_convnet(), layout="rank1", mixture=0)
 
 
+def bn_convnet() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+
+def test_a_rank1_mixture_keeps_each_components_batchnorm_statistics(monkeypatch):
+    """K copies of the running statistics: a split training step updates copy k with the part drawn from
+    component k only (the network's own stay as they were), draws for prediction carry their component's copy,
+    a draw predicts with it, and the copies travel with the state_dict."""
+    torch.manual_seed(0)
+    model = bn_convnet()
+    method = bbh.create("bbh", model, layout="rank1", hidden=(8,), mixture=2, num_samples=2,
+                        likelihood_samples="split")
+    post = method.posterior
+    assert post.norm_layers == ["1"] and post.norm_mean_0.shape == (2, 4) and post.norm_var_0.shape == (2, 4)
+    own = model[1].running_mean.clone()
+    monkeypatch.setattr(post, "components", lambda n, device="cpu": torch.tensor([1, 0][:n]))
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))
+    x[:4] += 5.0  # part 0 (component 1) has inputs far from those of part 1 (component 0)
+    method.train()
+    method.loss(x, y, num_data=8)
+    assert torch.equal(model[1].running_mean, own)
+    m0, m1 = post.norm_mean_0[0], post.norm_mean_0[1]
+    assert not torch.allclose(m0, torch.zeros(4)) and not torch.allclose(m1, torch.zeros(4))
+    assert (m1 - m0).abs().max() > 0.1  # each copy saw its own part
+    method.eval()
+    with torch.no_grad():
+        draws = method.sample(2)
+        assert torch.equal(draws["1.running_mean"][0], m1) and torch.equal(draws["1.running_mean"][1], m0)
+        assert set(method.weight_samples(2)) == set(method.param_names)
+        out = bbh.functional.forward_samples(model, draws, x)
+        again = bbh.functional.forward_with(model, {k: v[0] for k, v in draws.items()}, x)
+        assert torch.allclose(out[0], again, atol=1e-5)
+        shared = bbh.functional.forward_with(model, {k: v[0] for k, v in draws.items() if k in method.param_names}, x)
+        assert not torch.allclose(out[0], shared, atol=1e-3)  # the network's own statistics would differ
+    other = bbh.create("bbh", bn_convnet(), layout="rank1", hidden=(8,), mixture=2)
+    other.load_state_dict(method.state_dict())
+    assert torch.equal(other.posterior.norm_mean_0, post.norm_mean_0)
+
+
 def test_split_likelihood_puts_each_part_of_the_batch_under_its_own_sample(monkeypatch):
     """likelihood_samples="split", S = 3, B = 7: examples 0-2 under sample 0, 3-4 under 1, 5-6 under 2
     (torch.tensor_split), NLL the mean over all 7; a batch smaller than S is refused."""
@@ -271,7 +310,7 @@ def test_split_likelihood_puts_each_part_of_the_batch_under_its_own_sample(monke
     with torch.no_grad():
         factors = method.posterior.sample_factors(3)
     weights = method.posterior.weights(factors, method._base())
-    monkeypatch.setattr(method, "_draw", lambda n, first: (factors, weights))
+    monkeypatch.setattr(method, "_draw", lambda n, first: (factors, weights, None))
     x, y = make_blobs(n=7, dim=3)
     terms = method.loss(x, y, num_data=7)
     log_p = []

@@ -448,6 +448,8 @@ class BayesByHypernet(WeightSampler):
                                         **hypernet)  # type: ignore[arg-type]
             self.posterior = Rank1Posterior(shapes, factors, mixture=mixture,
                                             mixture_init=check_float("mixture_init", mixture_init, 0))
+            if mixture > 1:
+                self.posterior.add_component_norms(model)  # K copies of the BatchNorm statistics
             self.default_lr = dict(RANK1_LR)
         else:
             self.posterior = HypernetPosterior(
@@ -472,37 +474,56 @@ class BayesByHypernet(WeightSampler):
         return self.factor_prior if self.layout == Layout.RANK1 else self.prior
 
     def sample(self, n: int) -> dict[str, Tensor]:
-        """n posterior weight samples ``{name: Tensor[n, *shape]}``."""
+        """n posterior weight samples ``{name: Tensor[n, *shape]}`` (a ``rank1`` mixture adds each draw's
+        BatchNorm statistics, :meth:`~bbh.posteriors.rank1.Rank1Posterior.component_norms`)."""
         if isinstance(self.posterior, Rank1Posterior):
             return self.posterior.sample(n, self._base())
         return self.posterior.sample(n)
 
-    def _draw(self, n: int, first: int | None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """n draws of the random variables (what the KL sees) and the weights of the first ``first`` of them."""
+    def weight_samples(self, n: int) -> dict[str, Tensor]:
+        """n draws of the random weights only ``{name: Tensor[n, *shape]}`` (:attr:`param_names`)."""
+        return {k: v for k, v in self.sample(n).items() if k in self.param_names}
+
+    def _draw(self, n: int, first: int | None) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
+        """n draws of the random variables (what the KL sees), the weights of the first ``first`` of them, and
+        each draw's mixture component (None without a mixture)."""
         if isinstance(self.posterior, Rank1Posterior):
-            factors = self.posterior.sample_factors(n)
-            return factors, self.posterior.weights(factors, self._base(), first)
+            factors, k = self.posterior.draw(n)
+            return factors, self.posterior.weights(factors, self._base(), first), k
         samples = self.posterior.sample(n)
-        return samples, samples
+        return samples, samples, None
+
+    def _pass_params(self, samples: dict[str, Tensor], s: int, components: Tensor | None) -> dict[str, Tensor]:
+        """The parameters of one forward pass under draw ``s``: its weights and, for a mixture, its component's
+        BatchNorm statistics (views: a training pass updates that component's copy)."""
+        params = {k: v[s] for k, v in samples.items()}
+        if components is not None and isinstance(self.posterior, Rank1Posterior):
+            params.update(self.posterior.component_norms(int(components[s])))
+        return params
 
     def _loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
         """Per-datum negative ELBO: mean NLL + kl_weight * KL / N (:func:`bbh.elbo.elbo`); for ``rank1`` the KL
         is that of the factors plus the base weights' -log p(W0) (:mod:`bbh.posteriors.rank1`)."""
         one = self.likelihood_samples == LikelihoodSamples.ONE
-        variables, samples = self._draw(self.num_samples, 1 if one else None)
+        variables, samples, components = self._draw(self.num_samples, 1 if one else None)
+        norms = components is not None and bool(getattr(self.posterior, "norm_layers", None))
         if one:
-            outputs = forward_with(self.model, {k: v[0] for k, v in samples.items()}, x)
+            outputs = forward_with(self.model, self._pass_params(samples, 0, components), x)
             nll = self.mean_nll(outputs, y)
         elif self.likelihood_samples == LikelihoodSamples.SPLIT:
             if x.shape[0] < self.num_samples:
                 raise ValueError(f"likelihood_samples='split' cuts the batch into num_samples={self.num_samples} "
                                  f"parts; this batch has {x.shape[0]} examples")
             parts = torch.arange(x.shape[0], device=x.device).tensor_split(self.num_samples)
-            outputs = torch.cat([forward_with(self.model, {k: v[s] for k, v in samples.items()}, x[part])
+            outputs = torch.cat([forward_with(self.model, self._pass_params(samples, s, components), x[part])
                                  for s, part in enumerate(parts)])
             nll = self.mean_nll(outputs, y)
         else:
-            per_sample = forward_samples(self.model, samples, x)
+            if norms:  # one pass per draw, each updating its own component's statistics
+                per_sample = torch.stack([forward_with(self.model, self._pass_params(samples, s, components), x)
+                                          for s in range(self.num_samples)])
+            else:
+                per_sample = forward_samples(self.model, samples, x)
             loglik = self.likelihood.log_prob(per_sample, y)  # [S, B]
             if self.likelihood_samples == LikelihoodSamples.AVERAGE:
                 nll = -loglik.mean()
