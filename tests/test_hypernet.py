@@ -233,10 +233,12 @@ def test_wrong_shapes_fail_with_clear_messages():
         method.loss(torch.rand(4, 784), torch.zeros(4, dtype=torch.long), num_data=0)
 
 
-@pytest.mark.parametrize("layout", ["layerwise", "chunked", "rank1"])
+@pytest.mark.parametrize("layout", ["layerwise", "chunked", "rank1", "rank1-mixture"])
 def test_state_dict_round_trip_reproduces_samples(layout):
-    a = bbh.create("bbh", tiny_mlp(), hidden=(8,), layout=layout, chunk_size=16)
-    b = bbh.create("bbh", tiny_mlp(), hidden=(8,), layout=layout, chunk_size=16)
+    extra = dict(mixture=3) if layout == "rank1-mixture" else {}  # its component means travel too
+    layout = layout.split("-")[0]
+    a = bbh.create("bbh", tiny_mlp(), hidden=(8,), layout=layout, chunk_size=16, **extra)
+    b = bbh.create("bbh", tiny_mlp(), hidden=(8,), layout=layout, chunk_size=16, **extra)
     assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     b.load_state_dict(a.state_dict())
     torch.manual_seed(5)

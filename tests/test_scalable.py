@@ -229,9 +229,9 @@ def test_rank1_bbh_recovers_the_exact_posterior_of_its_random_factors():
     assert 0.7 < float(w.std()) / std < 1.6, (float(w.std()), std)
 
 
-def test_a_rank1_mixture_draws_its_k_shifted_copies_in_turn_and_survives_a_state_dict_round_trip(monkeypatch):
+def test_a_rank1_mixture_draws_its_k_shifted_copies_in_turn(monkeypatch):
     """q(u) = (1/K) sum_k q(u - m_k): with the hypernet's own draws at 0, n = 6 draws of K = 3 are the means
-    m_(k0 + i) mod 3, each twice; a state_dict restores the means (and so the draws)."""
+    m_(k0 + i) mod 3, each twice (the state_dict round trip: test_hypernet.py)."""
     torch.manual_seed(0)
     method = bbh.create("bbh", small_convnet(), layout="rank1", hidden=(8,), mixture=3, mixture_init=0.5)
     posterior = method.posterior
@@ -247,15 +247,6 @@ def test_a_rank1_mixture_draws_its_k_shifted_copies_in_turn_and_survives_a_state
     assert sorted(k.tolist()) == [0, 0, 1, 1, 2, 2] and all((k[i + 1] - k[i]) % 3 == 1 for i in range(5))
     for name, m in means.items():
         assert torch.equal(draws[name], m.detach()[k])
-    monkeypatch.undo()
-    torch.manual_seed(2)
-    other = bbh.create("bbh", small_convnet(), layout="rank1", hidden=(8,), mixture=3)
-    other.load_state_dict(method.state_dict())
-    torch.manual_seed(3)
-    a = method.sample(4)
-    torch.manual_seed(3)
-    b = other.sample(4)
-    assert all(torch.equal(a[n], b[n]) for n in a)
     with pytest.raises(ValueError, match="mixture=2 is an option of the 'rank1' layout"):
         bbh.create("bbh", small_convnet(), layout="chunked", mixture=2)
     with pytest.raises(ValueError, match="mixture"):
