@@ -41,7 +41,9 @@ def test_every_shipped_experiment_is_a_valid_config():
         assert config["train"]["batch_size"] == 100
         assert config["train"]["epochs"] == (100 if name.startswith("mnist") else 200)
     assert {f"cifar5-resnet20-{m}" for m in ("map", "mc-dropout", "ensemble", "bbh")} <= set(names)
-    assert load_config("cifar5-resnet20-bbh")["method"]["layout"] == "rank1"
+    bbh_method = load_config("cifar5-resnet20-bbh")["method"]
+    assert bbh_method["layout"] == "rank1" and bbh_method["mixture"] == 4
+    assert bbh_method["likelihood_samples"] == "split"
     assert {f"cifar10-{net}-{m}" for net in ("resnet18", "wrn28-10") for m in ("map", "bbh")} <= set(names)
     for net in ("resnet18", "wrn28-10"):
         method = load_config(f"cifar10-{net}-bbh")["method"]
