@@ -377,7 +377,8 @@ class BayesByHypernet(WeightSampler):
         factor_init: the ``rank1`` factors' scale at initialisation.
         mixture: K > 1 makes the ``rank1`` factor posterior a mixture of K shifted copies of the implicit q
             (:mod:`bbh.posteriors.rank1`; rank-1 BNNs' ensemble-like components); 1 (default): none.
-        mixture_init: the std of the mixture's component means at the start (default 0.5).
+        mixture_init: the std of the mixture's component means at the start (default 0.1, the factor prior's
+            default scale; 0.5 trained a ResNet-20 far slower, docs/scale.md).
         check_memory: refuse a layout whose training state exceeds the available memory (default True).
         num_samples: S, weight samples generated per step (paper: 5).
         likelihood_samples: see above (default ``one``, as the authors).
@@ -413,7 +414,7 @@ class BayesByHypernet(WeightSampler):
                  likelihood_samples: LikelihoodSamples | str = LikelihoodSamples.ONE,
                  kl: str | KLEstimator | None = None, num_prior_samples: int = 5, chunk_size: int = 4096,
                  embedding_dim: int = 32, factor_prior: float = 0.1, factor_init: float = 0.05,
-                 mixture: int = 1, mixture_init: float = 0.5, check_memory: bool = True) -> None:
+                 mixture: int = 1, mixture_init: float = 0.1, check_memory: bool = True) -> None:
         super().__init__(model, likelihood, prior)
         self.param_names = select_parameters(model, params)
         named = dict(model.named_parameters())
