@@ -507,7 +507,7 @@ class BayesByHypernet(WeightSampler):
         is that of the factors plus the base weights' -log p(W0) (:mod:`bbh.posteriors.rank1`)."""
         one = self.likelihood_samples == LikelihoodSamples.ONE
         variables, samples, components = self._draw(self.num_samples, 1 if one else None)
-        norms = components is not None and bool(getattr(self.posterior, "norm_layers", None))
+        norms = isinstance(self.posterior, Rank1Posterior) and bool(self.posterior.norm_layers)  # only a mixture
         if one:
             outputs = forward_with(self.model, self._pass_params(samples, 0, components), x)
             nll = self.mean_nll(outputs, y)

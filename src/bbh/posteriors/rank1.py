@@ -84,6 +84,7 @@ class Rank1Posterior(nn.Module):
         self.means = nn.ParameterList(
             [nn.Parameter(torch.randn(self.mixture, *s) * float(mixture_init)) for s in self.factor_shapes.values()]
             if self.mixture > 1 else [])
+        self.norm_layers: list[str] = []  # BatchNorm layers with K copies of their statistics (add_component_norms)
 
     @staticmethod
     def factor_start(shapes: Mapping[str, torch.Size], factor_init: float) -> dict[str, Tensor]:
@@ -109,7 +110,7 @@ class Rank1Posterior(nn.Module):
         (a mixture only; module docstring), started at the layer's own."""
         if self.mixture == 1:
             raise ValueError("component BatchNorm statistics need a mixture (mixture > 1)")
-        self.norm_layers: list[str] = []
+        self.norm_layers = []
         for name, module in model.named_modules():
             if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
                     and module.running_mean is not None and module.running_var is not None):
@@ -124,7 +125,7 @@ class Rank1Posterior(nn.Module):
         component (``k`` of shape [n]: ``[n, C]`` copies, for a batched forward of n draws). Empty without
         :meth:`add_component_norms`."""
         out: dict[str, Tensor] = {}
-        for i, name in enumerate(getattr(self, "norm_layers", [])):
+        for i, name in enumerate(self.norm_layers):
             out[f"{name}.running_mean"] = getattr(self, f"norm_mean_{i}")[k]
             out[f"{name}.running_var"] = getattr(self, f"norm_var_{i}")[k]
         return out
