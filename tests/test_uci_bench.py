@@ -174,6 +174,30 @@ def test_hmc_reference_cell_runs_on_small_datasets_only(data_dir: Path, tmp_path
     assert "minus HMC" in (tmp_path / "h" / "report.md").read_text()
 
 
+def test_merge_tabulates_the_other_methods_from_an_earlier_run(data_dir: Path, tmp_path: Path, capsys) -> None:
+    """Rerun one method into a new folder: the others (and HMC) come from the earlier results.json, and the new
+    method is paired with the earlier HMC cells."""
+    tiny_hmc = Budget(splits=1, min_steps=1, max_steps=1, n_samples=1, hmc_splits=1, hmc_scale=0.03)
+    earlier = run_uci(data_dir, tmp_path / "old", datasets=["beta"], methods=["map", "hmc"], budget=tiny_hmc,
+                      progress=False)
+    merged = run_uci(data_dir, tmp_path / "new", datasets=["beta"], methods=["bbb"], budget=tiny_hmc,
+                     progress=False, merge=tmp_path / "old" / "results.json")
+    beta = merged["datasets"]["beta"]
+    assert set(beta) == {"map", "hmc", "bbb"} and beta["map"] == earlier["datasets"]["beta"]["map"]
+    assert beta["bbb"]["test_ll_minus_hmc"]["mean"] == pytest.approx(
+        beta["bbb"]["test_ll"]["per_split"][0] - beta["hmc"]["test_ll"]["per_split"][0])
+    assert set(merged["settings"]) == {"map", "bbb"} and merged["n_cells"] == 3
+    assert merged["merged"]["methods"] == ["hmc", "map"]
+    assert "Cells of hmc, map taken from an earlier run" in (tmp_path / "new" / "report.md").read_text()
+    assert json.loads((tmp_path / "new" / "results.json").read_text())["merged"]["methods"] == ["hmc", "map"]
+    with pytest.raises(ValueError, match="budget"):  # another protocol's table is refused
+        run_uci(data_dir, tmp_path / "other", datasets=["beta"], methods=["bbb"], budget=TINY, progress=False,
+                train=False, merge=tmp_path / "old" / "results.json")
+    code = main(["uci", "--data-dir", str(data_dir), "--out", str(tmp_path / "cli"), "--methods", "bbb",
+                 "--report-only", "--no-progress", "--merge", str(tmp_path / "missing.json")])
+    assert code == 2 and "cannot read a results.json" in capsys.readouterr().err
+
+
 def test_report_only_writes_tables_from_the_cells_of_several_processes(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "shared"
     run_uci(data_dir, out, datasets=["alpha"], methods=["map"], budget=TINY, progress=False)   # "process 1"
@@ -283,7 +307,10 @@ def test_selection_scores_the_carve_out_at_each_length_without_test_data(data_di
     dataset = load_uci(data_dir / "uci" / "alpha")
     chosen = uci.select_on_validation(dataset, "bbh", budget=TINY)
     assert chosen["grid"] == [10, 20, 40, 80] and chosen["splits"] == [0]  # TINY runs 2 splits: half of them
-    assert chosen["steps"] == max(chosen["grid"], key=lambda g: chosen["mean_val_ll"][str(g)])
+    by_scale = chosen["mean_val_ll_by_scale"]  # BbH calibrates its σ: length and c are chosen together
+    assert chosen["steps"] == max(chosen["grid"], key=lambda g: max(by_scale[str(g)]))
+    assert chosen["calibrated_val_ll"] == max(by_scale[str(chosen["steps"])])
+    assert chosen["mean_val_ll"][str(chosen["steps"])] == by_scale[str(chosen["steps"])][uci.NOISE_SCALES.index(1.0)]
     assert uci.select_on_validation(dataset, "bbh", budget=Budget(None, 20, 40, 4))["splits"] == [0, 1, 2]
     for g in (10, 80):
         again = run_cell(dataset, "bbh", 0, budget=TINY, validation=0.2, steps=g)

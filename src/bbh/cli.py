@@ -9,7 +9,7 @@
     bbh evaluate RUN_DIR [--all] [--samples N] [--adv-gradient authors|expectation] [--pgd]
     bbh compare RUN_DIR ... [--out DIR]
     bbh uci [--data-dir DIR] [--datasets a,b] [--methods map,...,bbh,hmc] [--splits K] [--budget quick|full]
-            [--split-kind standard|gap] [--out DIR] [--download]
+            [--split-kind standard|gap] [--out DIR] [--download] [--report-only] [--merge RESULTS_JSON]
     bbh reproduce NAME [--budget smoke|cpu|paper] [--out DIR] [--data-dir DIR] [--device auto|cpu|cuda] [--plan]
 
 Every command checks that its output folder can be written to before it computes anything. Errors that are
@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="download the named (default: the nine standard) datasets that are missing, verified")
     uci.add_argument("--report-only", action="store_true",
                      help="train nothing: write results.json and report.md from the cells already in --out")
+    uci.add_argument("--merge", metavar="RESULTS_JSON",
+                     help="an earlier run's results.json: tabulate the methods not in --methods from it (same "
+                          "budget and split kind), e.g. after rerunning one method into a new --out")
     uci.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: when stderr is a terminal)")
 
@@ -299,7 +302,7 @@ def _uci(args: argparse.Namespace) -> int:
             ensure_uci(args.datasets, root, download=True, progress=args.progress)
         results = run_uci(root, args.out, datasets=args.datasets, methods=args.methods or UCI_METHODS,
                           splits=args.splits, budget=args.budget, split_kind=args.split_kind, seed=args.seed,
-                          progress=args.progress, train=not args.report_only)
+                          progress=args.progress, train=not args.report_only, merge=args.merge)
     except (ChecksumError, DataFormatError) as err:
         _error(err)
         return 2

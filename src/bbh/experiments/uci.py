@@ -28,6 +28,8 @@ splits) are rewritten after every cell. The HMC reference (``--methods ...,hmc``
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import sys
 import time
@@ -188,7 +190,10 @@ def uci_settings() -> dict[str, UCISetting]:
     of split 0 of boston, concrete and energy (``run_cell(..., validation=0.2)``; docs/uci.md), never on test
     data. Its training length is chosen per dataset the same way (``select_steps``): a fixed length cannot
     serve both boston, where 16,000 steps over-fit the learned noise level (validation LL -3.03 against -2.61
-    at 4,000 on split 0), and concrete, where they are needed (-3.02 against -3.12 over three splits).
+    at 4,000 on split 0), and concrete, where they are needed (-3.02 against -3.12 over three splits). Its
+    noise level is scaled by a factor chosen jointly with the length (``calibrate_noise``, as MC-Dropout's):
+    the learned σ fits the training residuals, so the predictive is too narrow on held-out data (predictive
+    std / RMSE 0.85 on concrete after 16,000 steps, docs/uci.md).
     """
     return {
         "map": UCISetting("map", dict(prior_scale=1.0), lr=3e-3),
@@ -200,7 +205,7 @@ def uci_settings() -> dict[str, UCISetting]:
         "mnf": UCISetting("mnf", dict(), lr=3e-3),
         "bbh": UCISetting("bbh", dict(hidden=(16, 32, 64), noise="shared", noise_dim=8, num_samples=20,
                                       likelihood_samples="average", kl="nn-entropy"), lr=3e-3,
-                           select_steps=(0.5, 1.0, 2.0, 4.0)),
+                           select_steps=(0.5, 1.0, 2.0, 4.0), calibrate_noise=True),
     }
 
 
@@ -513,17 +518,53 @@ def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 entry["ess_f_min"] = min(d["ess_f_min"] for d in diagnostics)
                 entry["divergences"] = sum(sum(d["divergences"]) for d in diagnostics)
             table.setdefault(name, {})[method] = entry
+    _pair_with_hmc(table)
+    return table
+
+
+def _pair_with_hmc(table: dict[str, dict[str, Any]]) -> None:
+    """Set every method's ``test_ll_minus_hmc`` (in place) on the datasets where the HMC reference ran."""
     for methods in table.values():
         reference = methods.get("hmc")
         if reference is None or not reference["splits"]:
             continue
         ref = dict(zip(reference["splits"], reference["test_ll"]["per_split"]))
         for method, entry in methods.items():
-            shared = [k for k in entry["splits"] if k in ref and method != "hmc"]
+            shared = [k for k in entry.get("splits", []) if k in ref and method != "hmc"]
             if shared:
                 own = dict(zip(entry["splits"], entry["test_ll"]["per_split"]))
                 entry["test_ll_minus_hmc"] = {**mean_se([own[k] - ref[k] for k in shared]), "splits": shared}
-    return table
+
+
+def merge_results(own: dict[str, Any], other: dict[str, Any], methods: Sequence[str],
+                  source: str = "") -> dict[str, Any]:
+    """``own`` (a run's results) with every method not in ``methods`` taken from ``other`` (an earlier run's
+    ``results.json``): the way to rerun one method whose setting changed and tabulate it beside the others' earlier
+    cells without retraining them. The paired differences to HMC are recomputed; ``merged`` records which methods
+    came from where (``source``), and the report says so.
+
+    Raises:
+        ValueError: ``other`` was made with another split kind or budget, or is not a results file.
+    """
+    if not isinstance(other.get("datasets"), dict) or not isinstance(other.get("settings"), dict):
+        raise ValueError(f"{source or 'the merged results'}: not a bbh uci results.json (no datasets / settings)")
+    for key in ("split_kind", "budget"):
+        if other.get(key) != own[key]:
+            raise ValueError(f"{source or 'the merged results'} has {key} {other.get(key)!r}, this run "
+                             f"{own[key]!r}: results of different protocols do not go in one table")
+    merged = copy.deepcopy(own)
+    taken: set[str] = set()
+    for name, entries in other["datasets"].items():
+        for method, entry in entries.items():
+            if method not in methods:
+                merged["datasets"].setdefault(name, {})[method] = copy.deepcopy(entry)
+                merged["n_cells"] += entry.get("n_splits", 0) + len(entry.get("failed_splits", []))
+                merged["seconds"] += entry.get("seconds", 0.0)
+                taken.add(method)
+    merged["settings"] = {**{m: v for m, v in other["settings"].items() if m in taken}, **own["settings"]}
+    _pair_with_hmc(merged["datasets"])
+    merged["merged"] = {"source": source, "methods": sorted(taken)}
+    return merged
 
 
 def _fmt(entry: dict[str, Any] | None, digits: int = 2) -> str:
@@ -547,6 +588,9 @@ def render_report(results: dict[str, Any]) -> str:
              f"({results['n_cells']} cells"
              + (f"; {results['missing_cells']} cells of the grid not run yet" if results.get("missing_cells") else "")
              + "). Mean ± standard error over the splits (n in the last table); original units of y.", ""]
+    if results.get("merged", {}).get("methods"):
+        lines += [f"Cells of {', '.join(results['merged']['methods'])} taken from an earlier run "
+                  f"(`{results['merged']['source']}`, same budget and splits); the other methods' from this one.", ""]
     if results["split_kind"] == "gap":
         lines += ["Gap splits (Foong et al. 2019): split k holds out the middle third of the data sorted by input "
                   "dimension k; published numbers are for the standard splits and are not shown.", ""]
@@ -617,7 +661,8 @@ def render_report(results: dict[str, Any]) -> str:
 def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | None = None,
             methods: Sequence[str] = UCI_METHODS, splits: int | None = None, budget: str | Budget = "full",
             split_kind: str = "standard", seed: int = 0, progress: bool = True, train: bool = True,
-            on_cell: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+            on_cell: Callable[[dict[str, Any]], None] | None = None,
+            merge: str | Path | None = None) -> dict[str, Any]:
     """Run the benchmark grid (datasets x methods x splits) and write ``results.json`` and ``report.md``.
 
     Args:
@@ -633,6 +678,8 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
         train: False: train nothing, only write ``results.json`` / ``report.md`` from the finished cells (e.g.
             after several processes each ran part of the grid into the same ``out``); missing cells are counted.
         on_cell: called with every newly finished cell's record.
+        merge: an earlier run's ``results.json``: the methods not in ``methods`` are tabulated from it
+            (:func:`merge_results`; same budget and split kind), e.g. after rerunning one method into a new ``out``.
 
     A cell whose training diverges (or whose scores are not finite) is recorded with its error under
     ``"failed"``, left out of the means and counted in the report; the run goes on. Cells record the budget and
@@ -688,7 +735,18 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
         if other:
             raise ValueError(f"{path} was made with other {', '.join(other)} ({other}); choose another --out")
         cells.append(record)
-    results = _results(cells, budget, plan, split_kind, settings, missing=len(todo))
+    earlier: dict[str, Any] | None = None
+    if merge is not None:
+        try:
+            earlier = json.loads(Path(merge).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"--merge {merge}: cannot read a results.json ({err})") from err
+
+    def tabulate(missing: int) -> dict[str, Any]:
+        own = _results(cells, budget, plan, split_kind, settings, missing=missing)
+        return own if earlier is None else merge_results(own, earlier, methods, source=str(merge))
+
+    results = tabulate(len(todo))
     if not train:
         todo = []
     selecting = {m for m in methods if m in UCI_METHODS and uci_settings()[m].selects}
@@ -712,7 +770,7 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
             record.update(made_by)
             write_json(cell_path(out_dir, split_kind, n, m, k), record)
             cells.append(record)
-            results = _results(cells, budget, plan, split_kind, settings, missing=len(grid) - len(cells))
+            results = tabulate(len(grid) - len(cells))
             _write_results(out_dir, results)
             if on_cell is not None:
                 on_cell(record)
@@ -777,5 +835,6 @@ def _write_results(out: Path, results: dict[str, Any]) -> None:
 
 
 __all__ = ["BUDGETS", "HMC_MAX_ROWS", "UCI_METHODS", "Budget", "UCISetting", "aggregate", "build_method",
-           "mean_se", "render_report", "run_cell", "run_uci", "scale_noise", "score", "select_on_validation",
-           "selection_grid", "selection_path", "training_steps", "uci_settings", "NOISE_SCALES", "SELECT_SPLITS"]
+           "mean_se", "merge_results", "render_report", "run_cell", "run_uci", "scale_noise", "score",
+           "select_on_validation", "selection_grid", "selection_path", "training_steps", "uci_settings", "NOISE_SCALES",
+           "SELECT_SPLITS"]
