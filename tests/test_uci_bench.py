@@ -193,6 +193,10 @@ def test_merge_tabulates_the_other_methods_from_an_earlier_run(data_dir: Path, t
     with pytest.raises(ValueError, match="budget"):  # another protocol's table is refused
         run_uci(data_dir, tmp_path / "other", datasets=["beta"], methods=["bbb"], budget=TINY, progress=False,
                 train=False, merge=tmp_path / "old" / "results.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a bbh uci results.json"):
+        run_uci(data_dir, tmp_path / "other2", datasets=["beta"], methods=["bbb"], budget=TINY, progress=False,
+                train=False, merge=tmp_path / "list.json")
     code = main(["uci", "--data-dir", str(data_dir), "--out", str(tmp_path / "cli"), "--methods", "bbb",
                  "--report-only", "--no-progress", "--merge", str(tmp_path / "missing.json")])
     assert code == 2 and "cannot read a results.json" in capsys.readouterr().err

@@ -546,7 +546,8 @@ def merge_results(own: dict[str, Any], other: dict[str, Any], methods: Sequence[
     Raises:
         ValueError: ``other`` was made with another split kind or budget, or is not a results file.
     """
-    if not isinstance(other.get("datasets"), dict) or not isinstance(other.get("settings"), dict):
+    if not (isinstance(other, dict) and isinstance(other.get("datasets"), dict)
+            and isinstance(other.get("settings"), dict)):
         raise ValueError(f"{source or 'the merged results'}: not a bbh uci results.json (no datasets / settings)")
     for key in ("split_kind", "budget"):
         if other.get(key) != own[key]:
@@ -590,7 +591,8 @@ def render_report(results: dict[str, Any]) -> str:
              + "). Mean ± standard error over the splits (n in the last table); original units of y.", ""]
     if results.get("merged", {}).get("methods"):
         lines += [f"Cells of {', '.join(results['merged']['methods'])} taken from an earlier run "
-                  f"(`{results['merged']['source']}`, same budget and splits); the other methods' from this one.", ""]
+                  f"(`{results['merged']['source']}`, same budget and split kind); the other methods' from this "
+                  "one.", ""]
     if results["split_kind"] == "gap":
         lines += ["Gap splits (Foong et al. 2019): split k holds out the middle third of the data sorted by input "
                   "dimension k; published numbers are for the standard splits and are not shown.", ""]
