@@ -474,7 +474,8 @@ def test_make_kl_estimator():
     assert isinstance(full, NearestNeighbourKL) and full.full and full.num_prior_samples == 5
     custom = NearestNeighbourKL(full=True, num_prior_samples=11)
     assert make_kl_estimator(custom) is custom
-    assert set(KL_ESTIMATORS) == {"nn-per-weight", "nn-full", "nn-entropy", "nn-entropy-per-weight", "adversarial"}
+    assert set(KL_ESTIMATORS) == {"nn-per-weight", "nn-full", "nn-entropy", "nn-entropy-per-weight", "semi-implicit",
+                                  "adversarial"}
 
 
 @pytest.mark.parametrize("bad", ["knn", "nn_full", "analytic", 3])

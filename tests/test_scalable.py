@@ -18,6 +18,7 @@ from bbh.data.sequence import token_order_task
 from bbh.models import LeNet5, ResNet18, ResNet32
 from bbh.models.transformer import TransformerClassifier
 from bbh.posteriors import sizing
+from bbh.posteriors.hypernet import _StepDraws
 from bbh.posteriors.protocol import select_parameters
 from bbh.posteriors.rank1 import Rank1Posterior
 from bbh.posteriors.sizing import HypernetTooLargeError, choose_layout, hypernet_parameters, size_of
@@ -301,7 +302,7 @@ def test_split_likelihood_puts_each_part_of_the_batch_under_its_own_sample(monke
     with torch.no_grad():
         factors = method.posterior.sample_factors(3)
     weights = method.posterior.weights(factors, method._base())
-    monkeypatch.setattr(method, "_draw", lambda n, first: (factors, weights, None))
+    monkeypatch.setattr(method, "_draw", lambda n, first: _StepDraws(factors, weights, None, factors, None))
     x, y = make_blobs(n=7, dim=3)
     terms = method.loss(x, y, num_data=7)
     log_p = []

@@ -71,6 +71,15 @@ class LikelihoodSamples(str, Enum):
     their members (Wen et al. 2020; Dusenberry et al. 2020). Needs a batch of at least S examples."""
 
 
+class Covariance(str, Enum):
+    """The covariance of a semi-implicit posterior's Gaussian layer (:mod:`bbh.posteriors.semi_implicit`)."""
+
+    DIAGONAL = "diagonal"
+    """One learned std per weight."""
+    KRONECKER = "kronecker"
+    """Per tensor seen as a matrix [out, in]: AAᵀ ⊗ BBᵀ with lower-triangular A, B (matrix-variate Gaussian)."""
+
+
 class OptimizerName(str, Enum):
     """Optimizers the Trainer builds."""
 

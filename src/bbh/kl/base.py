@@ -8,6 +8,8 @@ calls after every main step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor, nn
 
@@ -21,6 +23,41 @@ def flatten_samples(samples: dict[str, Tensor]) -> Tensor:
     return torch.cat([s.reshape(s.shape[0], -1) for s in samples.values()], dim=1)
 
 
+@dataclass(frozen=True)
+class GaussianLayer:
+    """The Gaussian layer of a semi-implicit posterior: draw i is w_i = means_i + ε_i with ε_i ~ N(0, C) for each
+    generated tensor, C either diagonal or a Kronecker product.
+
+    ``means``: ``{name: Tensor[n, *shape]}`` (the implicit part, one per draw). Per tensor either ``scales[name]``
+    (``[*shape]``, > 0: C = diag(σ²)) or ``row_factors[name]`` A ``[o, o]`` and ``col_factors[name]`` B ``[i, i]``,
+    lower-triangular with a positive diagonal, for the tensor viewed as a matrix [o, i] (o its first dimension, 1
+    for a vector): W = M + A E Bᵀ, so Cov(W_ab, W_cd) = (AAᵀ)_ac (BBᵀ)_bd, the matrix-variate Gaussian of Louizos &
+    Welling (2016). Estimators that use the layer set ``uses_gaussian_layer``.
+    """
+
+    means: dict[str, Tensor]
+    scales: dict[str, Tensor] = field(default_factory=dict)
+    row_factors: dict[str, Tensor] = field(default_factory=dict)
+    col_factors: dict[str, Tensor] = field(default_factory=dict)
+
+    def whiten(self, name: str, x: Tensor) -> Tensor:
+        """C^{-1/2} x for ``x`` [n, *shape] of tensor ``name``, flattened to [n, numel]."""
+        n = x.shape[0]
+        if name in self.scales:
+            return (x / self.scales[name]).reshape(n, -1)
+        a, b = self.row_factors[name], self.col_factors[name]
+        m = x.reshape(n, a.shape[0], b.shape[0])
+        y = torch.linalg.solve_triangular(a, m, upper=False)                       # A^{-1} X
+        y = torch.linalg.solve_triangular(b, y.transpose(1, 2), upper=False)       # B^{-1} (A^{-1} X)^T
+        return y.transpose(1, 2).reshape(n, -1)
+
+    def half_log_det(self, name: str) -> Tensor:
+        """½ log det C of tensor ``name``: Σ log σ, or i Σ log A_kk + o Σ log B_kk for the Kronecker form."""
+        if name in self.scales:
+            return self.scales[name].log().sum()
+        a, b = self.row_factors[name], self.col_factors[name]
+        return b.shape[0] * a.diagonal().log().sum() + a.shape[0] * b.diagonal().log().sum()
+
 class KLEstimator(nn.Module):
     """Base class of KL(q || p) estimators working from weight samples.
 
@@ -31,6 +68,8 @@ class KLEstimator(nn.Module):
     """
 
     trainable: bool = False
+    uses_gaussian_layer: bool = False
+    """True for estimators that need the posterior's :class:`GaussianLayer` (``forward(samples, prior, layer)``)."""
 
     def forward(self, samples: dict[str, Tensor], prior: Prior) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -41,4 +80,16 @@ class KLEstimator(nn.Module):
 
 
 
-__all__ = ["KLEstimator", "flatten_samples"]
+def estimate_kl(estimator: KLEstimator, samples: dict[str, Tensor], prior: Prior,
+                layer: GaussianLayer | None = None) -> Tensor:
+    """The one call every method makes: ``estimator(samples, prior)``, with the Gaussian layer for the
+    estimators that use it (a clear error when the posterior has none)."""
+    if not estimator.uses_gaussian_layer:
+        return estimator(samples, prior)
+    if layer is None:
+        raise ValueError(f"{type(estimator).__name__} needs a semi-implicit posterior (a Gaussian layer on the "
+                         f"hypernet's output); build BbH with kl='semi-implicit' or semi_implicit=True")
+    return estimator(samples, prior, layer)
+
+
+__all__ = ["GaussianLayer", "KLEstimator", "estimate_kl", "flatten_samples"]

@@ -1,5 +1,5 @@
 """Build a KL estimator by name (``kl="nn-per-weight" | "nn-full" | "nn-entropy" | "nn-entropy-per-weight" |
-"adversarial"``) or pass one through."""
+"semi-implicit" | "adversarial"``) or pass one through."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from .adversarial import AdversarialKL
 from .base import KLEstimator
 from .entropy import EntropyKL
 from .nearest import NearestNeighbourKL
+from .semi_implicit import SemiImplicitKL
 
-KL_ESTIMATORS = ("nn-per-weight", "nn-full", "nn-entropy", "nn-entropy-per-weight", "adversarial")
+KL_ESTIMATORS = ("nn-per-weight", "nn-full", "nn-entropy", "nn-entropy-per-weight", "semi-implicit", "adversarial")
 
 
 def make_kl_estimator(kl: str | KLEstimator, num_prior_samples: int = 5,
@@ -22,6 +23,9 @@ def make_kl_estimator(kl: str | KLEstimator, num_prior_samples: int = 5,
     ``num_prior_samples`` prior samples per call); ``"nn-entropy"`` / ``"nn-entropy-per-weight"``: minus the
     Kozachenko–Leonenko entropy (5th neighbour, at most n - 1) plus the exact cross-entropy to the prior
     (:class:`~bbh.kl.entropy.EntropyKL`, needs a prior with ``log_prob``; draws no prior samples);
+    ``"semi-implicit"``: the SIVI entropy bound plus the exact cross-entropy
+    (:class:`~bbh.kl.semi_implicit.SemiImplicitKL`, needs a posterior with a Gaussian layer and a prior with
+    ``log_prob``);
     ``"adversarial"``: the :class:`~bbh.kl.adversarial.AdversarialKL`, with its defaults or ``options`` (its
     keyword arguments: ``pretrain_steps``, ``steps_per_update``, ``max_weights``, ...). ``options`` apply to the
     adversarial estimator only; the others have none."""
@@ -37,6 +41,8 @@ def make_kl_estimator(kl: str | KLEstimator, num_prior_samples: int = 5,
         return EntropyKL(full=True, k=5)
     if kl == "nn-entropy-per-weight":
         return EntropyKL(full=False, k=5)
+    if kl == "semi-implicit":
+        return SemiImplicitKL()
     if kl == "adversarial":
         try:
             return AdversarialKL(**dict(options or {}))

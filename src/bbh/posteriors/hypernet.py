@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -52,14 +53,25 @@ from ..backends import ops
 from ..backends.factored import offer_factors
 from ..elbo import LossTerms, elbo
 from ..functional import forward_samples, forward_with
-from ..kl import KLEstimator, make_kl_estimator
+from ..kl import GaussianLayer, KLEstimator, estimate_kl, make_kl_estimator
 from ..likelihoods import Likelihood
-from ..options import Init, Layout, LikelihoodSamples, Noise, check_float, check_int, check_sizes, parse_option
+from ..options import (
+    Covariance,
+    Init,
+    Layout,
+    LikelihoodSamples,
+    Noise,
+    check_float,
+    check_int,
+    check_sizes,
+    parse_option,
+)
 from ..priors import NormalPrior, Prior
 from .factory import register
 from .protocol import ParamFilter, check_finite, select_parameters
 from .rank1 import Rank1Posterior
 from .sampled import WeightSampler
+from .semi_implicit import SemiImplicitPosterior
 from .sizing import check_fits, choose_layout, size_of
 
 
@@ -201,14 +213,22 @@ class HypernetPosterior(nn.Module):
         zero_mean_noise: centre z over the samples of one call (the authors' ``--force_zero_mean``
             subtracts the mean over samples; applied here to the noise, where it keeps the generated
             weights' mean free — a documented interpretation).
+        init_spread: with ``hyperfan``, the spread of the draws at the start, as the RMS over weights of their
+            std over draws divided by their RMS (None: whatever the init gives, about 0.5 for LeNet-5: every
+            weight then starts with half its size as noise). Set by scaling the noise inputs' first-layer
+            weights (:meth:`_calibrate_spread`).
     """
 
     def __init__(self, shapes: dict[str, torch.Size], init_values: dict[str, Tensor] | None = None, *,
                  layout: Layout | str = Layout.LAYERWISE, noise: Noise | str = Noise.INDEPENDENT,
                  init: Init | str = Init.HYPERFAN, noise_dim: int = 1, hidden: Sequence[int] = (64, 256, 512),
                  negative_slope: float = 0.1, num_chunks: int = 130, zero_mean_noise: bool = False,
-                 activation: str = "leaky_relu", chunk_size: int = 4096, embedding_dim: int = 32) -> None:
+                 activation: str = "leaky_relu", chunk_size: int = 4096, embedding_dim: int = 32,
+                 init_spread: float | None = None) -> None:
         super().__init__()
+        if init_spread is not None:
+            init_spread = check_float("init_spread", init_spread, 0, open_low=True)
+        self.init_spread = init_spread
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(map(repr, ACTIVATIONS))}")
         self.activation = activation
@@ -278,6 +298,30 @@ class HypernetPosterior(nn.Module):
             realised = float((h @ head.weight.t()).pow(2).mean().sqrt())
             if realised > 0:
                 head.weight.mul_(rms / realised)
+        if self.init_spread is not None:
+            self._calibrate_spread(self.init_spread, init_values)
+
+    def _spread_ratio(self) -> float:
+        """RMS over weights of the std over 64 draws, divided by the RMS of the draws."""
+        flat = torch.cat([v.reshape(v.shape[0], -1) for v in self.sample(64).values()], dim=1)
+        return float(flat.std(0).pow(2).mean().sqrt() / flat.pow(2).mean().sqrt().clamp_min(1e-12))
+
+    def _calibrate_spread(self, spread: float, init_values: dict[str, Tensor]) -> None:
+        """Scale the noise inputs' weights of every trunk's first layer until the draws' spread is ``spread``
+        times their RMS, then restore each head's output RMS (a few proportional corrections: the trunk is
+        nonlinear)."""
+        for _ in range(4):
+            ratio = self._spread_ratio()
+            if ratio <= 0:
+                break
+            for trunk in self.trunks:
+                trunk.weights[0][..., : self.noise_dim].mul_(spread / ratio)
+            hs = self._hidden(4 if self.layout == Layout.CHUNKED else 32)
+            for head, h, rms in zip(self.heads, hs, self._head_target_rms(init_values)):
+                realised = float((h @ head.weight.t() + head.bias).pow(2).mean().sqrt())
+                if realised > 0:
+                    head.weight.mul_(rms / realised)
+                    head.bias.mul_(rms / realised)
 
     def _head_target_rms(self, init_values: dict[str, Tensor]) -> list[float]:
         def rms(t: _Target) -> float:
@@ -341,6 +385,18 @@ class HypernetPosterior(nn.Module):
                   if self.layout in (Layout.SINGLE, Layout.CHUNKED) else "")
         return (f"layout={self.layout.value}, noise={self.noise.value}, noise_dim={self.noise_dim}, "
                 f"init={self.init_scheme.value}, tensors={len(self.targets)}, generated={self.total}{chunks}")
+
+
+@dataclass(frozen=True)
+class _StepDraws:
+    """One training step's draws: the random variables (``variables``: weights, or rank1's shifted factors),
+    the weights of the passes, the mixture components, and the unshifted draws and Gaussian layer the KL uses."""
+
+    variables: dict[str, Tensor]
+    weights: dict[str, Tensor]
+    components: Tensor | None
+    unshifted: dict[str, Tensor]
+    layer: GaussianLayer | None
 
 
 RANK1_LR = {"adam": 1e-3, "rmsprop-tf": 1e-4}
@@ -414,7 +470,10 @@ class BayesByHypernet(WeightSampler):
                  likelihood_samples: LikelihoodSamples | str = LikelihoodSamples.ONE,
                  kl: str | KLEstimator | None = None, num_prior_samples: int = 5, chunk_size: int = 4096,
                  embedding_dim: int = 32, factor_prior: float = 0.1, factor_init: float = 0.05,
-                 mixture: int = 1, mixture_init: float = 0.1, check_memory: bool = True) -> None:
+                 mixture: int = 1, mixture_init: float = 0.1, semi_implicit: bool | None = None,
+                 semi_implicit_init: float = 0.1, covariance: Covariance | str = Covariance.DIAGONAL,
+                 init_spread: float | None = None,
+                 check_memory: bool = True) -> None:
         super().__init__(model, likelihood, prior)
         self.param_names = select_parameters(model, params)
         named = dict(model.named_parameters())
@@ -437,32 +496,45 @@ class BayesByHypernet(WeightSampler):
         if check_memory:
             check_fits(self.size, shapes, device, **sizing_options)
         hypernet = dict(noise=noise, init=init, noise_dim=noise_dim, hidden=hidden, negative_slope=negative_slope,
+                        init_spread=init_spread,
                         zero_mean_noise=zero_mean_noise, activation=activation)
-        self.posterior: HypernetPosterior | Rank1Posterior
+        if kl is None:
+            kl = "nn-entropy" if layout == Layout.RANK1 else "nn-per-weight"
+        self.kl_estimator = make_kl_estimator(kl, num_prior_samples)
+        if semi_implicit is None:
+            semi_implicit = self.kl_estimator.uses_gaussian_layer
+        elif self.kl_estimator.uses_gaussian_layer and not semi_implicit:
+            raise ValueError(f"kl={kl!r} bounds the entropy with the Gaussian layer; it needs semi_implicit=True")
+        self.semi_implicit = bool(semi_implicit)
+        semi_init = check_float("semi_implicit_init", semi_implicit_init, 0, open_low=True)
+        covariance = parse_option(Covariance, covariance, "covariance")
+        self.posterior: HypernetPosterior | Rank1Posterior | SemiImplicitPosterior
         if layout == Layout.RANK1:
             if not callable(getattr(self.prior, "log_prob", None)):
                 raise ValueError("layout 'rank1' trains the base weights as a MAP point and needs the prior's "
                                  "log_prob; use bbh.NormalPrior or a prior object with log_prob(w)")
             self.factor_prior = NormalPrior(check_float("factor_prior", factor_prior, 0, open_low=True))
             start = Rank1Posterior.factor_start(shapes, check_float("factor_init", factor_init, 0, open_low=True))
-            factors = HypernetPosterior({k: v.shape for k, v in start.items()}, start, layout=Layout.LAYERWISE,
-                                        **hypernet)  # type: ignore[arg-type]
+            factors: nn.Module = HypernetPosterior({k: v.shape for k, v in start.items()}, start,
+                                                   layout=Layout.LAYERWISE, **hypernet)  # type: ignore[arg-type]
+            if self.semi_implicit:
+                factors = SemiImplicitPosterior(factors, start, semi_init, covariance)
             self.posterior = Rank1Posterior(shapes, factors, mixture=mixture,
                                             mixture_init=check_float("mixture_init", mixture_init, 0))
             if mixture > 1:
                 self.posterior.add_component_norms(model)  # K copies of the BatchNorm statistics
             self.default_lr = dict(RANK1_LR)
         else:
-            self.posterior = HypernetPosterior(
-                shapes, {n: named[n].detach() for n in self.param_names}, layout=layout, num_chunks=num_chunks,
+            start_values = {n: named[n].detach() for n in self.param_names}
+            implicit = HypernetPosterior(
+                shapes, start_values, layout=layout, num_chunks=num_chunks,
                 chunk_size=chunk_size, embedding_dim=embedding_dim, **hypernet)  # type: ignore[arg-type]
+            self.posterior = (SemiImplicitPosterior(implicit, start_values, semi_init, covariance)
+                              if self.semi_implicit else implicit)
             for n in self.param_names:
                 named[n].requires_grad_(False)
         self.posterior.to(device=device)
         self.layout = layout
-        if kl is None:
-            kl = "nn-entropy" if layout == Layout.RANK1 else "nn-per-weight"
-        self.kl_estimator = make_kl_estimator(kl, num_prior_samples)
         self._last_samples: dict[str, Tensor] | None = None
 
     def _base(self) -> dict[str, Tensor]:
@@ -485,14 +557,31 @@ class BayesByHypernet(WeightSampler):
         """n draws of the random weights only ``{name: Tensor[n, *shape]}`` (:attr:`param_names`)."""
         return {k: v for k, v in self.sample(n).items() if k in self.param_names}
 
-    def _draw(self, n: int, first: int | None) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
-        """n draws of the random variables (what the KL sees), the weights of the first ``first`` of them, and
-        each draw's mixture component (None without a mixture)."""
+    def _draw(self, n: int, first: int | None) -> _StepDraws:
+        """n draws of the random variables with what the KL estimate needs, the weights of the first ``first`` of
+        them, and each draw's mixture component (None without a mixture)."""
         if isinstance(self.posterior, Rank1Posterior):
-            factors, k = self.posterior.draw(n)
-            return factors, self.posterior.weights(factors, self._base(), first), k
+            full = self.posterior.draw_full(n)
+            weights = self.posterior.weights(full.values, self._base(), first)
+            return _StepDraws(full.values, weights, full.components, full.unshifted, full.layer)
+        if isinstance(self.posterior, SemiImplicitPosterior):
+            samples, layer = self.posterior.draw(n)
+            return _StepDraws(samples, samples, None, samples, layer)
         samples = self.posterior.sample(n)
-        return samples, samples, None
+        return _StepDraws(samples, samples, None, samples, None)
+
+    def _kl(self, draws: _StepDraws) -> Tensor:
+        """The KL estimate of a step's draws. A mixture's is bounded with its components' own spread
+        (:mod:`bbh.posteriors.rank1`): the estimate on the unshifted draws plus the exact change of the
+        cross-entropy, KL <= -H[q] + E_mix[-log p]."""
+        prior = self.estimator_prior()
+        kl = estimate_kl(self.kl_estimator, draws.unshifted, prior, draws.layer)
+        if draws.components is None:
+            return kl
+        log_p = prior.log_prob  # type: ignore[attr-defined]  # rank1's factor prior is a NormalPrior
+        n = draws.components.shape[0]
+        shift = sum((-(log_p(draws.variables[k]) - log_p(draws.unshifted[k]))).sum() for k in draws.variables) / n
+        return kl + shift
 
     def _pass_params(self, samples: dict[str, Tensor], s: int, components: Tensor | None) -> dict[str, Tensor]:
         """The parameters of one forward pass under draw ``s``: its weights and, for a mixture, its component's
@@ -506,7 +595,8 @@ class BayesByHypernet(WeightSampler):
         """Per-datum negative ELBO: mean NLL + kl_weight * KL / N (:func:`bbh.elbo.elbo`); for ``rank1`` the KL
         is that of the factors plus the base weights' -log p(W0) (:mod:`bbh.posteriors.rank1`)."""
         one = self.likelihood_samples == LikelihoodSamples.ONE
-        variables, samples, components = self._draw(self.num_samples, 1 if one else None)
+        draws = self._draw(self.num_samples, 1 if one else None)
+        samples, components = draws.weights, draws.components
         norms = isinstance(self.posterior, Rank1Posterior) and bool(self.posterior.norm_layers)  # only a mixture
         if one:
             outputs = forward_with(self.model, self._pass_params(samples, 0, components), x)
@@ -531,10 +621,10 @@ class BayesByHypernet(WeightSampler):
             else:
                 nll = -(torch.logsumexp(loglik, dim=0) - math.log(loglik.shape[0])).mean()
             outputs = per_sample[0]
-        kl = self.kl_estimator(variables, self.estimator_prior())
+        kl = self._kl(draws)
         check_finite("the KL estimate", kl.detach())
         if self.kl_estimator.trainable:
-            self._last_samples = {k: v.detach() for k, v in variables.items()}
+            self._last_samples = {k: v.detach() for k, v in draws.variables.items()}
         if not isinstance(self.posterior, Rank1Posterior):
             return elbo(nll, kl, num_data=num_data, kl_weight=kl_weight, outputs=outputs)
         log_p = self.prior.log_prob  # type: ignore[attr-defined]
