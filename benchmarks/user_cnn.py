@@ -6,9 +6,9 @@
 Every variant is ``bbh.create(method, model, **options)`` + ``bbh.Trainer(method, epochs=E)`` with the Trainer's
 defaults (its default learning rate for the method, batch 100) + ``bbh.evaluate`` (100 draws) on 2,000 MNIST test
 images with 2,000 notMNIST images as outliers. A variant is a method name followed by ``key=value`` options (Python
-literals; strings bare; ``trainer.KEY=VALUE`` goes to the Trainer, e.g. ``trainer.lr=1e-3``). Prints error %, NLL, ECE, OOD AUROC (total entropy), the last epoch's mean NLL and KL
-term (KL x weight / N) of the objective, and the training seconds. The data come from ``--data-dir`` (``mnist/``,
-``notmnist/``), never downloaded.
+literals; strings bare; ``trainer.KEY=VALUE`` goes to the Trainer, e.g. ``trainer.lr=1e-3``). Prints error %, NLL,
+ECE, OOD AUROC (total entropy), the last epoch's mean NLL and KL term (KL x weight / N) of the objective, and the
+training seconds. The data come from ``--data-dir`` (``mnist/``, ``notmnist/``), never downloaded.
 """
 
 from __future__ import annotations
