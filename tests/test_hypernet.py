@@ -296,3 +296,27 @@ def test_every_layout_and_noise_trains_beyond_chance(layout, noise):
     with torch.no_grad():
         acc = (method.sample_outputs(x, 20).softmax(-1).mean(0).argmax(-1) == y).float().mean()
     assert acc > 0.85, (layout, noise, float(acc))  # chance is 0.25
+
+
+@pytest.mark.parametrize("layout", ["layerwise", "chunked"])
+def test_init_spread_sets_the_draws_spread_and_keeps_their_scale(layout):
+    # Without it the hyperfan init gives every weight about half its size as noise (0.5); init_spread=s scales
+    # the noise inputs' first-layer weights until the spread over draws is s times the RMS.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
+    rms = float(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).pow(2).mean().sqrt())
+    default = bbh.create("bbh", model, layout=layout, chunk_size=64)
+    narrow = bbh.create("bbh", nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5)), layout=layout,
+                        chunk_size=64, init_spread=0.05)
+
+    def spread_and_rms(method):
+        with torch.no_grad():
+            flat = torch.cat([v.reshape(200, -1) for v in method.weight_samples(200).values()], 1)
+        return float(flat.std(0).pow(2).mean().sqrt() / flat.pow(2).mean().sqrt()), float(flat.pow(2).mean().sqrt())
+
+    assert spread_and_rms(default)[0] > 0.2
+    spread, out_rms = spread_and_rms(narrow)
+    assert 0.03 < spread < 0.08
+    assert out_rms == pytest.approx(rms, rel=0.3)
+    with pytest.raises(ValueError, match="init_spread"):
+        bbh.create("bbh", tiny_mlp(), init_spread=0.0)

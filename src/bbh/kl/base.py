@@ -46,10 +46,13 @@ class GaussianLayer:
         if name in self.scales:
             return (x / self.scales[name]).reshape(n, -1)
         a, b = self.row_factors[name], self.col_factors[name]
-        m = x.reshape(n, a.shape[0], b.shape[0])
-        y = torch.linalg.solve_triangular(a, m, upper=False)                       # A^{-1} X
-        y = torch.linalg.solve_triangular(b, y.transpose(1, 2), upper=False)       # B^{-1} (A^{-1} X)^T
-        return y.transpose(1, 2).reshape(n, -1)
+        o, i = a.shape[0], b.shape[0]
+        # all n right-hand sides as the columns of one solve (a batch of solves against one broadcast factor
+        # would make autograd build an [n, i, i] gradient): Y = A^{-1} X, then Z^T = B^{-1} Y^T
+        y = torch.linalg.solve_triangular(a, x.reshape(n, o, i).permute(1, 0, 2).reshape(o, n * i), upper=False)
+        y = y.reshape(o, n, i).permute(2, 1, 0).reshape(i, n * o)                                  # Y^T columns
+        z = torch.linalg.solve_triangular(b, y, upper=False).reshape(i, n, o)
+        return z.permute(1, 2, 0).reshape(n, -1)
 
     def half_log_det(self, name: str) -> Tensor:
         """½ log det C of tensor ``name``: Σ log σ, or i Σ log A_kk + o Σ log B_kk for the Kronecker form."""

@@ -472,8 +472,7 @@ class BayesByHypernet(WeightSampler):
                  embedding_dim: int = 32, factor_prior: float = 0.1, factor_init: float = 0.05,
                  mixture: int = 1, mixture_init: float = 0.1, semi_implicit: bool | None = None,
                  semi_implicit_init: float = 0.1, covariance: Covariance | str = Covariance.DIAGONAL,
-                 init_spread: float | None = None,
-                 check_memory: bool = True) -> None:
+                 init_spread: float | None = None, check_memory: bool = True) -> None:
         super().__init__(model, likelihood, prior)
         self.param_names = select_parameters(model, params)
         named = dict(model.named_parameters())

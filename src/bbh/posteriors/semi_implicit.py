@@ -104,8 +104,10 @@ class SemiImplicitPosterior(nn.Module):
             draws = {}
             for k in self.names:
                 a, b = layer.row_factors[k], layer.col_factors[k]
-                e = torch.randn(n, a.shape[0], b.shape[0], device=a.device, dtype=a.dtype)
-                draws[k] = means[k] + (a @ e @ b.T).reshape(means[k].shape)
+                o, i = a.shape[0], b.shape[0]
+                e = torch.randn(o, n * i, device=a.device, dtype=a.dtype)
+                ae = (a @ e).reshape(o, n, i).transpose(0, 1)                     # A E_n, one matmul for all n
+                draws[k] = means[k] + (ae @ b.T).reshape(means[k].shape)
         return draws, layer
 
     def sample(self, n: int) -> dict[str, Tensor]:
