@@ -54,7 +54,7 @@ def _data():
 
 
 def _heads(method):
-    return [h.weight for h in method.posterior.heads]
+    return [h.weight for h in method.hypernet.heads]
 
 
 @pytest.mark.parametrize("opt", ["adam", "rmsprop-tf"])
@@ -192,7 +192,7 @@ def test_autograd_grad_and_backward_inputs_inside_factored_backward():
     optimizer = make_optimizer("adam", method.trainable_parameters())
     x, y = torch.randn(4, 3), torch.randint(0, 3, (4,))
     head = _heads(method)[0]
-    trunk = method.posterior.trunks[0].weights[0]
+    trunk = method.hypernet.trunks[0].weights[0]
     torch.manual_seed(3)
     loss = method.loss(x, y, num_data=4).total
     torch.manual_seed(3)

@@ -26,16 +26,18 @@ def test_lenet5_has_the_papers_parameter_count():
 
 
 def test_layerwise_lenet_hypernet_size_matches_the_authors():
-    method = bbh.create("bbh", bbh.models.LeNet5(), layout="layerwise", noise_dim=1, init="glorot")
+    method = bbh.create("bbh", bbh.models.LeNet5(), layout="layerwise", noise_dim=1, init="glorot",
+                        kl="nn-per-weight")   # the paper's: no Gaussian layer
     assert count(method.posterior) == 222_331_368  # paper-protocol 2.1
-    assert [t.numel for t in method.posterior.targets] == [500, 20, 25_000, 50, 400_000, 500, 5_000, 10]
+    assert [t.numel for t in method.hypernet.targets] == [500, 20, 25_000, 50, 400_000, 500, 5_000, 10]
 
 
 def test_sliced_and_single_lenet_hypernet_sizes_match_the_authors():
-    sliced = bbh.create("bbh", bbh.models.LeNet5(), layout="sliced", noise_dim=1, init="glorot")
+    sliced = bbh.create("bbh", bbh.models.LeNet5(), layout="sliced", noise_dim=1, init="glorot", kl="nn-per-weight")
     assert count(sliced.posterior) == 2_457_957  # paper-protocol 2.3
-    single = bbh.create("bbh", bbh.models.LeNet5(), layout="single", noise_dim=1, num_chunks=130, init="glorot")
-    assert (single.posterior.num_chunks, single.posterior.chunk_size) == (130, 3316)
+    single = bbh.create("bbh", bbh.models.LeNet5(), layout="single", noise_dim=1, num_chunks=130, init="glorot",
+                        kl="nn-per-weight")
+    assert (single.hypernet.num_chunks, single.hypernet.chunk_size) == (130, 3316)
     assert count(single.posterior) == 1_857_780  # paper-protocol 2.2
 
 
@@ -45,28 +47,28 @@ def test_sample_shapes_and_one_batched_call_per_hypernet(layout, noise):
     model = bbh.models.LeNet5()
     method = bbh.create("bbh", model, layout=layout, noise=noise, hidden=(8, 16), noise_dim=3)
     calls = []
-    for head in method.posterior.heads:
+    for head in method.hypernet.heads:
         head.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
     samples = method.sample(7)
     assert list(samples) == [n for n, _ in model.named_parameters()]
     for name, p in model.named_parameters():
         assert samples[name].shape == (7, *p.shape)
     # every head runs exactly once for all 7 samples (no Python loop over samples)
-    assert len(calls) == len(method.posterior.heads)
+    assert len(calls) == len(method.hypernet.heads)
     assert all(c % 7 == 0 for c in calls)
 
 
 def test_shared_noise_is_one_draw_and_independent_noise_is_one_per_hypernet():
-    shared = bbh.create("bbh", tiny_mlp(), noise="shared", hidden=(8,)).posterior
+    shared = bbh.create("bbh", tiny_mlp(), noise="shared", hidden=(8,)).hypernet
     z = shared._noise(5, 4, torch.device("cpu"), torch.float32)
     assert z.shape == (4, 5, 1) and torch.equal(z[0], z[3])
-    indep = bbh.create("bbh", tiny_mlp(), noise="independent", hidden=(8,)).posterior
+    indep = bbh.create("bbh", tiny_mlp(), noise="independent", hidden=(8,)).hypernet
     z = indep._noise(5, 4, torch.device("cpu"), torch.float32)
     assert not torch.equal(z[0], z[3])
 
 
 def test_zero_mean_noise_centres_z_over_samples():
-    post = bbh.create("bbh", tiny_mlp(), zero_mean_noise=True, noise_dim=4, hidden=(8,)).posterior
+    post = bbh.create("bbh", tiny_mlp(), zero_mean_noise=True, noise_dim=4, hidden=(8,)).hypernet
     z = post._noise(6, 3, torch.device("cpu"), torch.float32)
     assert torch.allclose(z.mean(dim=1), torch.zeros(3, 4), atol=1e-6)
 
@@ -74,7 +76,7 @@ def test_zero_mean_noise_centres_z_over_samples():
 def test_sliced_layout_slices_output_channels():
     model = bbh.models.LeNet5()
     method = bbh.create("bbh", model, layout="sliced", hidden=(8,), noise="shared")
-    post = method.posterior
+    post = method.hypernet
     torch.manual_seed(3)
     samples = post.sample(2)
     torch.manual_seed(3)
@@ -93,7 +95,7 @@ def test_single_layout_is_one_hypernet_over_chunks_of_the_flat_vector():
     model = tiny_mlp()
     total = count(model)
     method = bbh.create("bbh", model, layout="single", num_chunks=7, hidden=(8,))
-    post = method.posterior
+    post = method.hypernet
     assert len(post.heads) == 1 and post.num_chunks == 7 and post.chunk_size == math.ceil(total / 7)
     flat = torch.cat([v.reshape(3, -1) for v in method.sample(3).values()], dim=1)
     assert flat.shape == (3, total)
@@ -275,7 +277,7 @@ def test_hidden_activation_is_an_option_and_hyperfan_still_matches_the_scale(act
     torch.manual_seed(0)
     model = tiny_mlp()
     method = bbh.create("bbh", model, activation=activation, hidden=(16, 32))
-    assert method.posterior.activation == activation
+    assert method.hypernet.activation == activation
     ref = {n: float(p.detach().pow(2).mean().sqrt()) for n, p in model.named_parameters()}
     with torch.no_grad():
         samples = method.sample(32)
@@ -305,16 +307,16 @@ def test_init_spread_sets_the_draws_spread_and_keeps_their_scale(layout):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
     rms = float(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).pow(2).mean().sqrt())
-    default = bbh.create("bbh", model, layout=layout, chunk_size=64)
+    own = bbh.create("bbh", model, layout=layout, chunk_size=64, init_spread=None, kl="nn-per-weight")
     narrow = bbh.create("bbh", nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5)), layout=layout,
-                        chunk_size=64, init_spread=0.05)
+                        chunk_size=64, kl="nn-per-weight")   # the default init_spread, 0.05
 
     def spread_and_rms(method):
         with torch.no_grad():
             flat = torch.cat([v.reshape(200, -1) for v in method.weight_samples(200).values()], 1)
         return float(flat.std(0).pow(2).mean().sqrt() / flat.pow(2).mean().sqrt()), float(flat.pow(2).mean().sqrt())
 
-    assert spread_and_rms(default)[0] > 0.2
+    assert spread_and_rms(own)[0] > 0.2
     spread, out_rms = spread_and_rms(narrow)
     assert 0.03 < spread < 0.08
     assert out_rms == pytest.approx(rms, rel=0.3)

@@ -184,7 +184,7 @@ def _train(enabled: bool, optimizer: str, steps: int) -> dict[str, torch.Tensor]
             loss = method.loss(x, y, num_data=64).total
             with opt.factored_backward():
                 loss.backward()
-            assert len(opt.collector) == len(method.posterior.heads)  # the factored update runs
+            assert len(opt.collector) == len(method.hypernet.heads)  # the factored update runs
             opt.step()
             opt.zero_grad(set_to_none=True)
         return {k: v.detach().clone() for k, v in method.state_dict().items()}

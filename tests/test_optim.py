@@ -356,7 +356,7 @@ def test_factored_backward_on_cuda_matches_dense(name):
         torch.manual_seed(1)
         with opt.factored_backward():
             method.loss(x, y, num_data=32).total.backward()
-        heads = [h.weight for h in method.posterior.heads]
+        heads = [h.weight for h in method.hypernet.heads]
         assert all((w.grad is None) == use_factors for w in heads)
         assert len(opt.collector) == (len(heads) if use_factors else 0)
         opt.step()

@@ -309,7 +309,7 @@ def test_every_method_trains_and_predicts_on_the_paper_resnet(name, norm):
 
 def test_bbh_generates_exactly_the_paper_tensors():
     method = bbh.create("bbh", ResNet32(norm="batch"), hidden=(8, 16))
-    assert method.posterior.total == 462_693 and len(method.posterior.targets) == 64
+    assert method.hypernet.total == 462_693 and len(method.hypernet.targets) == 64
     assert not any(".norm" in n for n in method.param_names)
     assert all(p.requires_grad for n, p in method.model.named_parameters() if ".norm" in n)
 

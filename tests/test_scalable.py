@@ -45,7 +45,9 @@ def test_the_size_estimate_is_the_built_parameter_count(layout, make):
     built = sum(p.numel() for p in method.posterior.parameters())
     if layout == "rank1":  # its base weights are the network's own parameters
         built += sum(p.numel() for n, p in model.named_parameters() if n in method.param_names)
-    assert method.size.parameters == built == hypernet_parameters(random_shapes(model), layout, **options)
+    semi = None if layout == "rank1" else "diagonal"   # the default kl="semi-implicit" adds a Gaussian layer
+    assert method.size.parameters == built == hypernet_parameters(random_shapes(model), layout, **options,
+                                                                  semi_implicit=semi)
     assert method.layout.value == layout
 
 
@@ -88,10 +90,11 @@ def test_a_layout_that_cannot_fit_fails_fast_with_the_estimate_and_the_alternati
     monkeypatch.setattr(sizing, "available_memory", lambda device="cpu": 16 * 2**30)  # a 16 GB machine
     start = time.perf_counter()
     with pytest.raises(HypernetTooLargeError) as info:
-        bbh.create("bbh", ResNet18(), layout="layerwise")  # 5.7 B parameters: 92 GB to train
+        bbh.create("bbh", ResNet18(), layout="layerwise")  # 5.7 B parameters (Gaussian layer incl.): 92 GB to train
     assert time.perf_counter() - start < 10  # nothing was allocated
     message = str(info.value)
-    assert "5,730,582,858 parameters" in message and "91.69 GB" in message and "17.18 GB" in message
+    assert "5,741,747,220 parameters" in message and "91.87 GB" in message and "17.18 GB" in message
+    assert 5_741_747_220 - 5_730_582_858 == 11_164_362   # the hypernets plus one Gaussian std per random weight
     assert "'rank1'" in message and "'chunked'" in message
     assert isinstance(info.value, MemoryError)
     assert bbh.create("bbh", small_convnet(), layout="layerwise").layout.value == "layerwise"  # small ones pass
@@ -113,7 +116,7 @@ def test_size_report_states_the_layout_the_count_and_the_memory():
 def test_chunked_layout_generates_every_chunk_of_every_sample_in_one_call_from_learned_embeddings():
     model = bbh.models.MLP(3, 4, hidden=(16,))  # 64 + 16 + 64 + 4 = 148 weights
     method = bbh.create("bbh", model, layout="chunked", chunk_size=40, embedding_dim=6, hidden=(8,))
-    post = method.posterior
+    post = method.hypernet
     assert (post.num_chunks, post.chunk_size) == (4, 40) and post.embedding.shape == (4, 6)
     calls = []
     post.heads[0].register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape))
@@ -132,9 +135,9 @@ def test_chunked_independent_noise_draws_one_z_per_chunk_and_shared_one_per_samp
         method = bbh.create("bbh", bbh.models.MLP(3, 4, hidden=(16,)), layout="chunked", chunk_size=40,
                             noise=noise, hidden=(8,))
         seen: list[torch.Tensor] = []
-        method.posterior.trunks[0].register_forward_hook(lambda mod, inp, out, seen=seen: seen.append(inp[0][0]))
+        method.hypernet.trunks[0].register_forward_hook(lambda mod, inp, out, seen=seen: seen.append(inp[0][0]))
         method.sample(1)
-        z = seen[0][:, : method.posterior.noise_dim]
+        z = seen[0][:, : method.hypernet.noise_dim]
         assert len(torch.unique(z, dim=0)) == distinct, noise
 
 

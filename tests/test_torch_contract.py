@@ -31,7 +31,7 @@ def _data(n: int = 64):
 
 
 def _heads(method) -> list[torch.nn.Parameter]:
-    return [h.weight for h in method.posterior.heads]
+    return [h.weight for h in method.hypernet.heads]
 
 
 def _live_tensors() -> int:
@@ -116,7 +116,7 @@ def test_autograd_grad_has_no_side_effect():
     method = _method()
     x, y = _data()
     _, opt = _warm_bbh_machinery(method, x, y)
-    trunk = method.posterior.trunks[0].weights[0]
+    trunk = method.hypernet.trunks[0].weights[0]
     (g,) = torch.autograd.grad(method.loss(x, y, num_data=64).total, [trunk])
     assert torch.isfinite(g).all()
     assert all(p.grad is None for p in method.parameters())

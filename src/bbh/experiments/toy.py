@@ -104,7 +104,7 @@ def toy_settings(faithful: bool = False) -> dict[str, ToySetting]:
     return {
         "bbh": ToySetting("bbh", dict(likelihood=likelihood, hidden=(16, 32, 64), noise="shared",
                                       noise_dim=8, num_samples=20, likelihood_samples="average",
-                                      kl="nn-entropy"),
+                                      kl="nn-entropy", init_spread=None),
                           lr=0.005, steps=2000, kl_anneal=ConstantWeight(1.0), num_data=20),
         "map": ToySetting("map", dict(likelihood=likelihood, prior_scale=None), lr=0.1, steps=40),
         "mc-dropout": ToySetting("mc-dropout", dict(likelihood=likelihood, sites=["net.1"], prior_scale=1.0),

@@ -204,7 +204,7 @@ def uci_settings() -> dict[str, UCISetting]:
         "bbb": UCISetting("bbb", dict(prior=1.0, estimator="local", init_log_var=-6.0), lr=3e-3),
         "mnf": UCISetting("mnf", dict(), lr=3e-3),
         "bbh": UCISetting("bbh", dict(hidden=(16, 32, 64), noise="shared", noise_dim=8, num_samples=20,
-                                      likelihood_samples="average", kl="nn-entropy"), lr=3e-3,
+                                      likelihood_samples="average", kl="nn-entropy", init_spread=None), lr=3e-3,
                            select_steps=(0.5, 1.0, 2.0, 4.0), calibrate_noise=True),
     }
 

@@ -435,11 +435,23 @@ class BayesByHypernet(WeightSampler):
             (:mod:`bbh.posteriors.rank1`; rank-1 BNNs' ensemble-like components); 1 (default): none.
         mixture_init: the std of the mixture's component means at the start (default 0.1, the factor prior's
             default scale; 0.5 trained a ResNet-20 far slower, docs/scale.md).
+        semi_implicit: put a learned Gaussian layer on the hypernet's draws, w = g(z) + ε with ε ~ N(0, C)
+            (:mod:`bbh.posteriors.semi_implicit`; Yin & Zhou 2018). None (default): exactly when the KL estimator
+            uses it (``kl="semi-implicit"``).
+        semi_implicit_init: the Gaussian layer's std at the start, relative to each tensor's RMS (default 0.1).
+        covariance: the Gaussian layer's C, ``"diagonal"`` (default) or ``"kronecker"`` (per tensor AAᵀ ⊗ BBᵀ,
+            correlations within a layer; :class:`~bbh.options.Covariance`).
+        init_spread: the spread of the hypernet's draws at the start relative to their RMS (default 0.05;
+            :class:`HypernetPosterior`); None keeps the init's own (about 0.5 on LeNet-5, which a network trains
+            through badly: docs/fidelity.md). Applies to the weight-generating layouts with ``init="hyperfan"``;
+            ``rank1``'s factor hypernets and ``init="glorot"`` keep their own.
         check_memory: refuse a layout whose training state exceeds the available memory (default True).
         num_samples: S, weight samples generated per step (paper: 5).
         likelihood_samples: see above (default ``one``, as the authors).
-        kl: ``"nn-per-weight"`` (paper), ``"nn-full"``, ``"nn-entropy"``, ... or any :class:`~bbh.kl.KLEstimator`;
-            default (None) ``"nn-per-weight"``, except ``"nn-entropy"`` for ``rank1`` (below).
+        kl: ``"semi-implicit"``, ``"nn-per-weight"`` (the paper's Eq. 2), ``"nn-full"``, ``"nn-entropy"``, ... or
+            any :class:`~bbh.kl.KLEstimator`; default (None) ``"semi-implicit"`` (its entropy gradient is exact in
+            every direction, docs/fidelity.md), except ``"nn-entropy"`` for ``rank1`` (below) and
+            ``"nn-per-weight"`` for a prior that can only be sampled (no ``log_prob``).
         num_prior_samples: m, prior samples per step for the nearest-neighbour estimators (paper: 5).
 
     The Trainer's default learning rate for BbH is 2e-5 with Adam and the authors' 1e-4 with RMSProp-TF.
@@ -472,7 +484,7 @@ class BayesByHypernet(WeightSampler):
                  embedding_dim: int = 32, factor_prior: float = 0.1, factor_init: float = 0.05,
                  mixture: int = 1, mixture_init: float = 0.1, semi_implicit: bool | None = None,
                  semi_implicit_init: float = 0.1, covariance: Covariance | str = Covariance.DIAGONAL,
-                 init_spread: float | None = None, check_memory: bool = True) -> None:
+                 init_spread: float | None = 0.05, check_memory: bool = True) -> None:
         super().__init__(model, likelihood, prior)
         self.param_names = select_parameters(model, params)
         named = dict(model.named_parameters())
@@ -490,15 +502,9 @@ class BayesByHypernet(WeightSampler):
             layout = choose_layout(shapes, **sizing_options)
         if mixture > 1 and layout != Layout.RANK1:
             raise ValueError(f"mixture={mixture} is an option of the 'rank1' layout, not of {layout.value!r}")
-        self.size = size_of(shapes, layout, **sizing_options)
-        device = next(iter(named.values())).device
-        if check_memory:
-            check_fits(self.size, shapes, device, **sizing_options)
-        hypernet = dict(noise=noise, init=init, noise_dim=noise_dim, hidden=hidden, negative_slope=negative_slope,
-                        init_spread=init_spread,
-                        zero_mean_noise=zero_mean_noise, activation=activation)
         if kl is None:
-            kl = "nn-entropy" if layout == Layout.RANK1 else "nn-per-weight"
+            kl = ("nn-entropy" if layout == Layout.RANK1 else
+                  "semi-implicit" if callable(getattr(self.prior, "log_prob", None)) else "nn-per-weight")
         self.kl_estimator = make_kl_estimator(kl, num_prior_samples)
         if semi_implicit is None:
             semi_implicit = self.kl_estimator.uses_gaussian_layer
@@ -507,6 +513,15 @@ class BayesByHypernet(WeightSampler):
         self.semi_implicit = bool(semi_implicit)
         semi_init = check_float("semi_implicit_init", semi_implicit_init, 0, open_low=True)
         covariance = parse_option(Covariance, covariance, "covariance")
+        sized = dict(sizing_options, semi_implicit=covariance.value if self.semi_implicit else None)
+        self.size = size_of(shapes, layout, **sized)
+        device = next(iter(named.values())).device
+        if check_memory:
+            check_fits(self.size, shapes, device, **sized)
+        if init_spread is not None and (layout == Layout.RANK1 or parse_option(Init, init, "init") != Init.HYPERFAN):
+            init_spread = None  # the factor hypernets and the authors' Glorot init keep their own spread
+        hypernet = dict(noise=noise, init=init, noise_dim=noise_dim, hidden=hidden, negative_slope=negative_slope,
+                        init_spread=init_spread, zero_mean_noise=zero_mean_noise, activation=activation)
         self.posterior: HypernetPosterior | Rank1Posterior | SemiImplicitPosterior
         if layout == Layout.RANK1:
             if not callable(getattr(self.prior, "log_prob", None)):
@@ -540,6 +555,16 @@ class BayesByHypernet(WeightSampler):
         """The ``rank1`` layout's base weights W0: the main network's own (trainable) parameters."""
         named = dict(self.model.named_parameters())
         return {n: named[n] for n in self.param_names}
+
+    @property
+    def hypernet(self) -> HypernetPosterior:
+        """The hypernetwork(s) that generate the weights (``rank1``: the factors), inside the Gaussian layer of a
+        semi-implicit posterior."""
+        post: nn.Module = self.posterior.factors if isinstance(self.posterior, Rank1Posterior) else self.posterior
+        if isinstance(post, SemiImplicitPosterior):
+            post = post.implicit
+        assert isinstance(post, HypernetPosterior)
+        return post
 
     def estimator_prior(self) -> Prior:
         """The prior the KL estimator compares with: the weight prior, or the factor prior of ``rank1``."""

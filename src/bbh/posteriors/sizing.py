@@ -63,9 +63,22 @@ def rank1_factor_shapes(shapes: Mapping[str, torch.Size]) -> dict[str, torch.Siz
     return out
 
 
+def gaussian_layer_parameters(shapes: Mapping[str, torch.Size], covariance: str) -> int:
+    """Parameters of a semi-implicit Gaussian layer on these tensors (:mod:`bbh.posteriors.semi_implicit`):
+    ``diagonal`` one per weight, ``kronecker`` o² + i² per tensor seen as [o, i] (o = 1 for a vector)."""
+    if covariance == "diagonal":
+        return sum(torch.Size(s).numel() for s in shapes.values())
+    total = 0
+    for s in shapes.values():
+        s = torch.Size(s)
+        o = s[0] if len(s) >= 2 else 1
+        total += o * o + (s.numel() // o) ** 2
+    return total
+
+
 def hypernet_parameters(shapes: Mapping[str, torch.Size], layout: Layout | str, *, noise_dim: int = 1,
                         hidden: Sequence[int] = (64, 256, 512), num_chunks: int = 130, chunk_size: int = 4096,
-                        embedding_dim: int = 32, mixture: int = 1) -> int:
+                        embedding_dim: int = 32, mixture: int = 1, semi_implicit: str | None = None) -> int:
     """The exact number of parameters of :class:`~bbh.posteriors.hypernet.HypernetPosterior` (or of
     :class:`~bbh.posteriors.rank1.Rank1Posterior`, base weights included) for these generated ``shapes``.
 
@@ -78,8 +91,16 @@ def hypernet_parameters(shapes: Mapping[str, torch.Size], layout: Layout | str, 
     * chunked:   C E + trunk(1, d + E) + (H + 1) K,  K = min(chunk_size, P), C = ceil(P / K)
     * rank1:     P (the base weights) + layerwise over the factors (:func:`rank1_factor_shapes`), + K F
                  component means for a mixture of K > 1 (F factor variables; ``mixture``)
+
+    plus, with ``semi_implicit`` (``"diagonal"`` or ``"kronecker"``), the Gaussian layer on the generated tensors
+    (rank1: on the factors; :func:`gaussian_layer_parameters`).
     """
     layout = Layout(layout)
+    if semi_implicit is not None:
+        generated = rank1_factor_shapes(shapes) if layout == Layout.RANK1 else shapes
+        return (hypernet_parameters(shapes, layout, noise_dim=noise_dim, hidden=hidden, num_chunks=num_chunks,
+                                    chunk_size=chunk_size, embedding_dim=embedding_dim, mixture=mixture)
+                + gaussian_layer_parameters(generated, semi_implicit))
     shapes = {k: torch.Size(v) for k, v in shapes.items()}
     sizes = [s.numel() for s in shapes.values()]
     total, h = sum(sizes), hidden[-1]
