@@ -230,3 +230,20 @@ def test_the_gaussian_target_serves_as_the_prior_of_every_estimator():
         assert torch.isfinite(make_kl_estimator(name)(draws, target))
     layer = GaussianLayer({"w": torch.zeros(6, 5)}, {"w": torch.ones(5)})
     assert torch.isfinite(make_kl_estimator("semi-implicit")(draws, target, layer))
+
+
+@pytest.mark.parametrize("layout", ["layerwise", "sliced", "single", "chunked"])
+def test_the_default_estimator_of_every_weight_generating_layout_pushes_every_direction(layout):
+    # the collapse case of the full-vector entropy (0.006 for a direction at 0.05) must not be a default again
+    method = bbh.create("bbh", nn.Linear(3, 2), layout=layout, chunk_size=4, num_chunks=2)
+    g = entropy_gradient_per_scale(method.kl_estimator, TWO_SCALES, 20, repeats=2)
+    assert float(g[25:].mean()) > 0.9 and float(g[:25].mean()) < 1.1
+
+
+def test_a_prior_that_can_only_be_sampled_keeps_the_papers_estimator():
+    class SamplerOnly:
+        def sample(self, shape, *, device=None, dtype=None):
+            return torch.randn(shape, device=device, dtype=dtype)
+
+    method = bbh.create("bbh", nn.Linear(3, 2), prior=SamplerOnly())
+    assert not method.semi_implicit and not method.kl_estimator.full   # Eq. 2 per weight
