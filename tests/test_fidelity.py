@@ -247,3 +247,8 @@ def test_a_prior_that_can_only_be_sampled_keeps_the_papers_estimator():
 
     method = bbh.create("bbh", nn.Linear(3, 2), prior=SamplerOnly())
     assert not method.semi_implicit and not method.kl_estimator.full   # Eq. 2 per weight
+
+
+def test_bayes_by_backprop_refuses_the_semi_implicit_bound_at_construction():
+    with pytest.raises(ValueError, match="kl='analytic'"):
+        bbh.create("bbb", nn.Linear(3, 2), kl="semi-implicit")

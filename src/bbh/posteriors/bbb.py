@@ -90,6 +90,9 @@ class BayesByBackprop(WeightSampler):
             self.kl_estimator: KLEstimator | None = None
         else:
             self.kl_estimator = make_kl_estimator(kl, options=kl_options)
+            if self.kl_estimator.uses_gaussian_layer:
+                raise ValueError(f"kl={kl!r} is BbH's semi-implicit bound; Bayes by Backprop's Gaussian has an exact "
+                                 f"KL: use kl='analytic'")
         self.num_kl_samples = num_kl_samples
         self._last_samples: dict[str, Tensor] | None = None
         self._local_hooks: list = []
