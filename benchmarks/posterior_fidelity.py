@@ -186,7 +186,7 @@ def fit_regression(config: Config, d: int, steps: int, samples: int, seed: int) 
         for _ in range(steps):
             try:
                 terms = method.loss(problem.x, problem.y, num_data=n)
-            except ValueError:  # a non-finite KL estimate: this rate diverged
+            except (ValueError, FloatingPointError):  # a non-finite KL estimate: this rate diverged
                 terms = None
             if terms is None or not torch.isfinite(terms.total):
                 return math.inf, {"p5": math.nan, "p50": math.nan, "p95": math.nan, "gauss_kl": math.nan,

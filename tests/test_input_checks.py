@@ -292,7 +292,7 @@ def test_baseline_option_types(name, options, message):
 
 def test_valid_options_of_any_integer_type_are_accepted():
     method = bbh.create("bbh", bbh.models.MLP(2, 3), noise_dim=np.int64(2), hidden=[np.int32(8)], num_samples=3)
-    assert method.posterior.noise_dim == 2 and type(method.posterior.noise_dim) is int and method.num_samples == 3
+    assert method.hypernet.noise_dim == 2 and type(method.hypernet.noise_dim) is int and method.num_samples == 3
     assert bbh.create("ensemble", bbh.models.MLP(2, 3), members=np.int64(2)).num_members == 2
     assert bbh.create("mc-dropout", bbh.models.MLP(2, 3), sites=["net.1"], rate=np.float32(0.25)).rate == 0.25
 

@@ -36,7 +36,7 @@ def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     exec(compile(blocks[3], "README.md", "exec"), large)
     printed = capsys.readouterr().out
     assert large["method"].layout.value == "rank1" and str(large["method"].size) in printed
-    assert "5,730,582,858 parameters" in printed and "91.69 GB to train with Adam — more than" in printed
+    assert "5,741,747,220 parameters" in printed and "91.87 GB to train with Adam — more than" in printed
 
     regression: dict = {}  # the Regression section is self-contained: its own namespace
     exec(compile(blocks[4], "README.md", "exec"), regression)
