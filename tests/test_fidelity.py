@@ -161,15 +161,7 @@ def test_bbh_semi_implicit_option_builds_a_gaussian_layer_and_trains():
         terms.total.backward()
         opt.step()
     assert float(terms.total) < first
-    state = method.state_dict()
-    other = bbh.create("bbh", nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)),
-                       likelihood=bbh.likelihoods.Gaussian(0.5), kl="semi-implicit")
-    other.load_state_dict(state)
-    torch.manual_seed(1)
-    a = method.sample(3)
-    torch.manual_seed(1)
-    b = other.sample(3)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    # (the state_dict round trip of the default, semi-implicit, posterior: test_hypernet's layouts round trip)
 
 
 def test_semi_implicit_kl_without_the_gaussian_layer_is_refused_clearly():
