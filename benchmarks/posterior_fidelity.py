@@ -139,6 +139,11 @@ def costs(samples: int) -> list[dict]:
     return rows
 
 
+def diverged() -> dict:
+    """The row of a fit whose objective became non-finite."""
+    return {"p5": math.nan, "p50": math.nan, "p95": math.nan, "gauss_kl": math.nan, "seconds_per_step": math.nan}
+
+
 def best_of_lrs(run: Callable[[float], tuple[float, dict]]) -> dict:
     """Run at every rate of :data:`LRS`; keep the result with the lowest final objective (NaN counts as worst)."""
     best: tuple[float, dict] | None = None
@@ -158,8 +163,7 @@ def fit_gaussian(config: Config, target: GaussianTarget, steps: int, samples: in
         try:
             fit = fit_to_target(posterior, est, target, steps=steps, num_samples=config.samples or samples, lr=lr)
         except ValueError:  # a non-finite estimate: this rate diverged
-            return math.inf, {"p5": math.nan, "p50": math.nan, "p95": math.nan, "gauss_kl": math.nan,
-                              "seconds_per_step": math.nan}
+            return math.inf, diverged()
         out = score(draws_of(posterior, DRAWS), target)
         out.update(final_kl=fit.final_kl, seconds_per_step=fit.seconds_per_step)
         return fit.final_kl, out
@@ -189,8 +193,7 @@ def fit_regression(config: Config, d: int, steps: int, samples: int, seed: int) 
             except (ValueError, FloatingPointError):  # a non-finite KL estimate: this rate diverged
                 terms = None
             if terms is None or not torch.isfinite(terms.total):
-                return math.inf, {"p5": math.nan, "p50": math.nan, "p95": math.nan, "gauss_kl": math.nan,
-                                  "seconds_per_step": math.nan}
+                return math.inf, diverged()
             opt.zero_grad(set_to_none=True)
             terms.total.backward()
             opt.step()

@@ -295,9 +295,7 @@ class HypernetPosterior(nn.Module):
             energy = float(h.pow(2).sum(-1).mean())
             std = rms / math.sqrt(max(energy, 1e-12))
             nn.init.uniform_(head.weight, -math.sqrt(3) * std, math.sqrt(3) * std)
-            realised = float((h @ head.weight.t()).pow(2).mean().sqrt())
-            if realised > 0:
-                head.weight.mul_(rms / realised)
+        self._match_head_rms(hs, init_values)
         if self.init_spread is not None:
             self._calibrate_spread(self.init_spread, init_values)
 
@@ -316,12 +314,16 @@ class HypernetPosterior(nn.Module):
                 break
             for trunk in self.trunks:
                 trunk.weights[0][..., : self.noise_dim].mul_(spread / ratio)
-            hs = self._hidden(4 if self.layout == Layout.CHUNKED else 32)
-            for head, h, rms in zip(self.heads, hs, self._head_target_rms(init_values)):
-                realised = float((h @ head.weight.t() + head.bias).pow(2).mean().sqrt())
-                if realised > 0:
-                    head.weight.mul_(rms / realised)
-                    head.bias.mul_(rms / realised)
+            self._match_head_rms(self._hidden(4 if self.layout == Layout.CHUNKED else 32), init_values)
+
+    def _match_head_rms(self, hs: list[Tensor], init_values: dict[str, Tensor]) -> None:
+        """Scale each head (weight and bias) so that its outputs on the hidden activations ``hs`` have exactly the
+        target RMS of :meth:`_head_target_rms`."""
+        for head, h, rms in zip(self.heads, hs, self._head_target_rms(init_values)):
+            realised = float((h @ head.weight.t() + head.bias).pow(2).mean().sqrt())
+            if realised > 0:
+                head.weight.mul_(rms / realised)
+                head.bias.mul_(rms / realised)
 
     def _head_target_rms(self, init_values: dict[str, Tensor]) -> list[float]:
         def rms(t: _Target) -> float:
@@ -518,6 +520,8 @@ class BayesByHypernet(WeightSampler):
         device = next(iter(named.values())).device
         if check_memory:
             check_fits(self.size, shapes, device, **sized)
+        if init_spread is not None:
+            init_spread = check_float("init_spread", init_spread, 0, open_low=True)
         if init_spread is not None and (layout == Layout.RANK1 or parse_option(Init, init, "init") != Init.HYPERFAN):
             init_spread = None  # the factor hypernets and the authors' Glorot init keep their own spread
         hypernet = dict(noise=noise, init=init, noise_dim=noise_dim, hidden=hidden, negative_slope=negative_slope,

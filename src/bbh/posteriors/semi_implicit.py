@@ -25,13 +25,9 @@ from torch import Tensor, nn
 
 from ..kl import GaussianLayer
 from ..options import Covariance, parse_option
+from .sizing import matrix_shape
 
 COVARIANCES = tuple(c.value for c in Covariance)
-
-
-def _matrix_shape(shape: torch.Size) -> tuple[int, int]:
-    o = shape[0] if len(shape) >= 2 else 1
-    return o, shape.numel() // o
 
 
 def _lower(raw: Tensor) -> Tensor:
@@ -67,7 +63,7 @@ class SemiImplicitPosterior(nn.Module):
             if covariance == "diagonal":
                 log_scales.append(nn.Parameter(torch.full(v.shape, log_std)))
             else:  # A = B = sqrt(std) I at the start: C = std² I
-                o, i = _matrix_shape(v.shape)
+                o, i = matrix_shape(v.shape)
                 rows.append(nn.Parameter(torch.eye(o) * 0.5 * log_std))
                 cols.append(nn.Parameter(torch.eye(i) * 0.5 * log_std))
         self.log_scales = nn.ParameterList(log_scales)

@@ -63,17 +63,19 @@ def rank1_factor_shapes(shapes: Mapping[str, torch.Size]) -> dict[str, torch.Siz
     return out
 
 
+def matrix_shape(shape: torch.Size) -> tuple[int, int]:
+    """A tensor seen as a matrix [o, i]: o its first dimension (1 for a vector), i the rest."""
+    shape = torch.Size(shape)
+    o = shape[0] if len(shape) >= 2 else 1
+    return o, shape.numel() // o
+
+
 def gaussian_layer_parameters(shapes: Mapping[str, torch.Size], covariance: str) -> int:
     """Parameters of a semi-implicit Gaussian layer on these tensors (:mod:`bbh.posteriors.semi_implicit`):
-    ``diagonal`` one per weight, ``kronecker`` o² + i² per tensor seen as [o, i] (o = 1 for a vector)."""
+    ``diagonal`` one per weight, ``kronecker`` o² + i² per tensor seen as [o, i] (:func:`matrix_shape`)."""
     if covariance == "diagonal":
         return sum(torch.Size(s).numel() for s in shapes.values())
-    total = 0
-    for s in shapes.values():
-        s = torch.Size(s)
-        o = s[0] if len(s) >= 2 else 1
-        total += o * o + (s.numel() // o) ** 2
-    return total
+    return sum(o * o + i * i for o, i in map(matrix_shape, shapes.values()))
 
 
 def hypernet_parameters(shapes: Mapping[str, torch.Size], layout: Layout | str, *, noise_dim: int = 1,
