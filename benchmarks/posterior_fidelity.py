@@ -29,6 +29,8 @@ import argparse
 import json
 import math
 import platform
+import shlex
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +72,7 @@ CONFIGS = {c.name: c for c in [
     Config("nn-entropy d=1", "nn-entropy", 1),
     Config("nn-entropy d=D", "nn-entropy", None),
     Config("nn-entropy-per-weight d=8", "nn-entropy-per-weight", 8),
+    Config("stein d=8", "stein", 8),
     Config("semi-implicit d=8", "semi-implicit", 8, True),
     Config("semi-implicit d=8 n=5", "semi-implicit", 8, True, samples=5),
     Config("semi-implicit kronecker d=8", "semi-implicit", 8, True, covariance="kronecker"),
@@ -77,7 +80,7 @@ CONFIGS = {c.name: c for c in [
 LRS = (1e-3, 1e-2)
 """Each fit runs at both learning rates (Adam, cosine decay to 0) and keeps the one with the lower final KL
 estimate of its own estimator: what a user without the answer can do."""
-PROBE_ESTIMATORS = ("nn-per-weight", "nn-full", "nn-entropy", "nn-entropy-per-weight", "semi-implicit")
+PROBE_ESTIMATORS = ("nn-per-weight", "nn-full", "nn-entropy", "nn-entropy-per-weight", "stein", "semi-implicit")
 DRAWS = 4000
 INIT_RMS = 0.1
 
@@ -102,11 +105,11 @@ def mean_field_optimum(target: GaussianTarget) -> torch.Tensor:
     return (target.mean + std * torch.randn(DRAWS, target.dim, dtype=torch.float64)).float()
 
 
-def probes(samples: int) -> list[dict]:
+def probes(samples: int, estimators: list[str]) -> list[dict]:
     rows = []
     two_scale = torch.cat([torch.ones(25), torch.full((25,), 0.05)]).double()
     uci = torch.logspace(-1, 1, 751, dtype=torch.float64) * 0.1
-    for name in PROBE_ESTIMATORS:
+    for name in estimators:
         est = make_kl_estimator(name)
         g = entropy_gradient_per_scale(est, two_scale, samples)
         err = estimator_error(est, two_scale, samples)
@@ -119,12 +122,12 @@ def probes(samples: int) -> list[dict]:
     return rows
 
 
-def costs(samples: int) -> list[dict]:
+def costs(samples: int, estimators: list[str]) -> list[dict]:
     """Seconds of one forward + backward of each estimator at LeNet-5's 431,080 weights (n = ``samples``)."""
     rows = []
     d = 431_080
     prior = bbh.priors.NormalPrior(1.0)
-    for name in PROBE_ESTIMATORS:
+    for name in estimators:
         est = make_kl_estimator(name)
         times = []
         for _ in range(3):
@@ -229,15 +232,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--samples", type=int, default=20, help="draws per step (n)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--estimators", default=",".join(PROBE_ESTIMATORS), help="estimators of the probes and costs")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: probes,costs,gaussian,regression")
     ap.add_argument("--out", type=Path, default=None, help="folder for fidelity.json and fidelity.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     configs = list(CONFIGS.values()) if args.configs == "all" else [CONFIGS[c] for c in args.configs.split(",")]
     skip = set(filter(None, args.skip.split(",")))
+    estimators = args.estimators.split(",")
     dims = [int(x) for x in args.dims.split(",") if x]
     reg_dims = [int(x) for x in args.regression_dims.split(",") if x]
-    report: dict = {"command": "python benchmarks/posterior_fidelity.py " + " ".join(argv or []),
+    words = sys.argv[1:] if argv is None else argv
+    report: dict = {"command": "python benchmarks/posterior_fidelity.py " + " ".join(shlex.quote(w) for w in words),
                     "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
                     "steps": args.steps, "samples": args.samples}
     md: list[str] = []
@@ -249,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = [("config", "config"), ("target", "target"), ("p5", "p5"), ("p50", "p50"), ("p95", "p95"),
             ("gauss-fit KL", "gauss_kl"), ("lr", "lr"), ("s/step", "seconds_per_step")]
     if "probes" not in skip:
-        report["probes"] = probes(args.samples)
+        report["probes"] = probes(args.samples, estimators)
         emit(f"## Estimator probes (n = {args.samples})\n")
         emit(table(report["probes"], [("estimator", "estimator"), ("∂Ĥ/∂log s wide", "grad_wide"),
                                       ("∂Ĥ/∂log s narrow", "grad_narrow"), ("bias (d=50)", "bias50"),
@@ -257,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                                       ("∂Ĥ/∂log s p5 (d=751)", "grad751_p5"), ("p95", "grad751_p95"),
                                       ("bias (d=751)", "bias751"), ("truth", "truth751")]))
     if "costs" not in skip:
-        report["costs"] = costs(5)
+        report["costs"] = costs(5, estimators)
         emit("\n## Estimator cost at LeNet-5 size (431,080 weights, n = 5, forward + backward)\n")
         emit(table(report["costs"], [("estimator", "estimator"), ("seconds", "seconds")]))
     if "gaussian" not in skip:

@@ -244,3 +244,43 @@ def test_a_prior_that_can_only_be_sampled_keeps_the_papers_estimator():
 def test_bayes_by_backprop_refuses_the_semi_implicit_bound_at_construction():
     with pytest.raises(ValueError, match="kl='analytic'"):
         bbh.create("bbb", nn.Linear(3, 2), kl="semi-implicit")
+
+
+def test_ssge_recovers_a_low_dimensional_gaussian_score():
+    torch.manual_seed(0)
+    scales = torch.tensor([0.1, 1.0], dtype=torch.float64)
+    x = torch.randn(300, 2, dtype=torch.float64) * scales
+    true = -x / scales**2
+    est = bbh.kl.ssge_score(x)
+    cosine = float(torch.nn.functional.cosine_similarity(est.flatten(), true.flatten(), dim=0))
+    gain = float((est * true).sum() / (true * true).sum())
+    assert cosine > 0.9 and 0.8 < gain < 1.1
+
+
+def test_stein_kl_reports_the_knn_value_and_pushes_narrow_and_wide_directions_alike_when_whitened():
+    scales = torch.cat([torch.ones(25), torch.full((25,), 0.05)]).double()
+    whitened = entropy_gradient_per_scale(bbh.kl.SteinKL(), scales, 20)
+    raw = entropy_gradient_per_scale(bbh.kl.SteinKL(whiten=False), scales, 20)
+    assert 0.7 < float(whitened[25:].mean() / whitened[:25].mean()) < 1.4
+    assert float(raw[25:].mean()) < 0.05 * float(raw[:25].mean())          # an isotropic kernel cannot see them
+    # n draws in D >> n dimensions: the kernel's score shrinks like n / D (docs/fidelity.md), measured here
+    wide = entropy_gradient_per_scale(bbh.kl.SteinKL(), torch.ones(1000, dtype=torch.float64), 20, repeats=2)
+    assert float(wide.mean()) < 0.1
+    torch.manual_seed(1)
+    w = {"w": torch.randn(20, 50, dtype=torch.float64) * scales}
+    prior = bbh.priors.NormalPrior(1.0)
+    assert torch.allclose(bbh.kl.SteinKL()(w, prior), make_kl_estimator("nn-entropy")(w, prior))
+
+
+def test_bbh_trains_with_the_stein_estimator():
+    torch.manual_seed(0)
+    method = bbh.create("bbh", nn.Linear(3, 1), likelihood="gaussian", kl="stein", num_samples=8)
+    opt = torch.optim.Adam(method.trainable_parameters(), lr=1e-2)
+    x, y = torch.randn(32, 3), torch.randn(32, 1)
+    for _ in range(3):
+        loss = method.loss(x, y, num_data=32).total
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss)
+    assert not isinstance(method.hypernet, SemiImplicitPosterior)     # no Gaussian layer: the draws are implicit

@@ -475,7 +475,7 @@ def test_make_kl_estimator():
     custom = NearestNeighbourKL(full=True, num_prior_samples=11)
     assert make_kl_estimator(custom) is custom
     assert set(KL_ESTIMATORS) == {"nn-per-weight", "nn-full", "nn-entropy", "nn-entropy-per-weight", "semi-implicit",
-                                  "adversarial"}
+                                  "stein", "adversarial"}
 
 
 @pytest.mark.parametrize("bad", ["knn", "nn_full", "analytic", 3])

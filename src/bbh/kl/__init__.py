@@ -2,7 +2,8 @@
 nearest-neighbour estimator of paper Eq. 2 (per weight or on whole vectors), and the adversarial
 discriminator of Appendix A, minus a Kozachenko–Leonenko entropy estimate plus the exact cross-entropy
 (:class:`EntropyKL`), and the semi-implicit (SIVI) entropy bound plus the exact cross-entropy
-(:class:`SemiImplicitKL`); :func:`make_kl_estimator` builds one by name."""
+(:class:`SemiImplicitKL`), and the exact cross-entropy with a spectral Stein entropy gradient (:class:`SteinKL`);
+:func:`make_kl_estimator` builds one by name."""
 
 from .adversarial import AdversarialKL
 from .analytic import gaussian_kl
@@ -17,6 +18,7 @@ from .nearest import (
     nn_kl_per_weight_reference,
 )
 from .semi_implicit import SemiImplicitKL, semi_implicit_entropy
+from .stein import SteinKL, ssge_score
 
 __all__ = [
     "AdversarialKL",
@@ -27,6 +29,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "NearestNeighbourKL",
     "SemiImplicitKL",
+    "SteinKL",
     "entropy_kl",
     "estimate_kl",
     "flatten_samples",
@@ -38,4 +41,5 @@ __all__ = [
     "nn_kl_per_weight",
     "nn_kl_per_weight_reference",
     "semi_implicit_entropy",
+    "ssge_score",
 ]

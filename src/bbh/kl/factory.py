@@ -1,5 +1,5 @@
 """Build a KL estimator by name (``kl="nn-per-weight" | "nn-full" | "nn-entropy" | "nn-entropy-per-weight" |
-"semi-implicit" | "adversarial"``) or pass one through."""
+"semi-implicit" | "stein" | "adversarial"``) or pass one through."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from .base import KLEstimator
 from .entropy import EntropyKL
 from .nearest import NearestNeighbourKL
 from .semi_implicit import SemiImplicitKL
+from .stein import SteinKL
 
-KL_ESTIMATORS = ("nn-per-weight", "nn-full", "nn-entropy", "nn-entropy-per-weight", "semi-implicit", "adversarial")
+KL_ESTIMATORS = ("nn-per-weight", "nn-full", "nn-entropy", "nn-entropy-per-weight", "semi-implicit", "stein",
+                 "adversarial")
 
 
 def make_kl_estimator(kl: str | KLEstimator, num_prior_samples: int = 5,
@@ -26,6 +28,8 @@ def make_kl_estimator(kl: str | KLEstimator, num_prior_samples: int = 5,
     ``"semi-implicit"``: the SIVI entropy bound plus the exact cross-entropy
     (:class:`~bbh.kl.semi_implicit.SemiImplicitKL`, needs a posterior with a Gaussian layer and a prior with
     ``log_prob``);
+    ``"stein"``: the exact cross-entropy minus an entropy whose gradient is the spectral Stein gradient estimate
+    (:class:`~bbh.kl.stein.SteinKL`, Shi, Sun & Zhu 2018; needs a prior with ``log_prob``);
     ``"adversarial"``: the :class:`~bbh.kl.adversarial.AdversarialKL`, with its defaults or ``options`` (its
     keyword arguments: ``pretrain_steps``, ``steps_per_update``, ``max_weights``, ...). ``options`` apply to the
     adversarial estimator only; the others have none."""
@@ -43,6 +47,8 @@ def make_kl_estimator(kl: str | KLEstimator, num_prior_samples: int = 5,
         return EntropyKL(full=False, k=5)
     if kl == "semi-implicit":
         return SemiImplicitKL()
+    if kl == "stein":
+        return SteinKL()
     if kl == "adversarial":
         try:
             return AdversarialKL(**dict(options or {}))
