@@ -193,36 +193,57 @@ def test_validation_carve_out(folder: Path) -> None:
             ds.split(2, validation=bad)
 
 
-def test_gap_splits_hold_out_the_middle_third_of_each_dimension(tmp_path: Path) -> None:
+def test_gap_splits_hold_out_the_middle_third_of_each_continuous_dimension(tmp_path: Path) -> None:
     data, splits = synthetic()
-    data[:, 2] = np.arange(N_ROWS) % 4  # ties in dimension 2, straddling both boundaries of the thirds
+    data[:, 2] = np.arange(N_ROWS) % 4  # 4 values, tied across both cuts of the middle third: no gap
     ds = load_uci(write_uci_folder(tmp_path / "gap", data, [0, 1, 2], 4, splits))
     gaps = gap_splits(ds)
-    assert len(gaps) == N_FEATURES
-    for d, (train, test) in enumerate(gaps):
-        order = np.argsort(data[:, d], kind="stable")  # stable: tied rows in row order
-        assert test.tolist() == sorted(order[10:20].tolist())
+    assert list(gaps) == ds.gap_dimensions == [0, 1]  # the continuous dimensions; dimension 2 is skipped
+    for d, (train, test) in gaps.items():
+        order = np.argsort(data[:, d], kind="stable")
+        assert test.tolist() == sorted(order[10:20].tolist())  # no ties: the plain middle third
         assert train.tolist() == sorted(order[:10].tolist() + order[20:].tolist())
-        assert not set(train.tolist()) & set(test.tolist())
         assert sorted(train.tolist() + test.tolist()) == list(range(N_ROWS))
-        values = ds.x[:, d]
-        below, above = order[:10], order[20:]
-        assert values[test].min() >= values[below].max() and values[test].max() <= values[above].min()
-    # ties resolved stably: value 1 (rows 1, 5, ..., 29) spans sorted positions 8..15, value 2 (rows 2, 6, ..., 26)
-    # 16..22; the test part takes positions 10..19
-    assert gaps[2][1].tolist() == sorted([9, 13, 17, 21, 25, 29] + [2, 6, 10, 14])
+        train_values, test_values = set(ds.x[train, d].tolist()), set(ds.x[test, d].tolist())
+        assert not train_values & test_values
+        assert min(train_values) < min(test_values) and max(test_values) < max(train_values)
     s = ds.split(1, kind="gap")
     assert s.train_idx.tolist() == gaps[1][0].tolist() and s.test_idx.tolist() == gaps[1][1].tolist()
+    with pytest.raises(ValueError, match=r"input dimension 2 has no gap split.*gap dimensions: \[0, 1\]"):
+        ds.split(2, kind="gap")
     with pytest.raises(IndexError):
         ds.split(N_FEATURES, kind="gap")
     with pytest.raises(ValueError, match="kind"):
         ds.split(0, kind="middle")
+    # sorting by the few-valued dimension leaves test values in training: the reason it is skipped
+    order = np.argsort(data[:, 2], kind="stable")
+    assert set(data[order[10:20], 2]) & set(data[np.r_[order[:10], order[20:]], 2])
+
+
+def test_gap_split_cuts_move_off_ties_within_the_tolerance() -> None:
+    n = 48  # cuts at sorted positions 16 and 32; each may move GAP_CUT_TOLERANCE * 48 = 2 rows
+    near = torch.arange(n, dtype=torch.float64)
+    near[16], near[32] = 15.0, 31.0  # one tie across each cut: positions 15/16 hold 15, 31/32 hold 31
+    far = torch.arange(n, dtype=torch.float64)
+    far[13:20] = 13.0  # tied positions 13..19: the nearest cuts (13, 20) are 3 and 4 rows away
+    ds = UCIDataset(name="t", x=torch.stack([near, far], 1), y=torch.zeros(n, dtype=torch.float64), splits=[])
+    assert ds.gap_dimensions == [0]
+    train, test = ds.gap_splits()[0]
+    # 15 and 16 are equally near the lower cut, 31 and 33 the upper one: the later one is taken
+    assert test.tolist() == list(range(17, 33))
+    assert not set(near[train].tolist()) & set(near[test].tolist())
+    with pytest.raises(ValueError, match=r"gap dimensions: \[0\]"):
+        ds.split(1, kind="gap")
+    constant = UCIDataset(name="c", x=torch.ones(n, 1, dtype=torch.float64), y=torch.zeros(n), splits=[])
+    assert constant.gap_dimensions == []
+    with pytest.raises(ValueError, match="gap dimensions: none"):
+        constant.split(0, kind="gap")
 
 
 def test_gap_splits_with_rows_not_divisible_by_three() -> None:
     x = torch.arange(31, 0, -1, dtype=torch.float64).unsqueeze(1)  # decreasing: row r has rank 30 - r
     ds = UCIDataset(name="t", x=x, y=torch.zeros(31, dtype=torch.float64), splits=[])
-    (train, test), = gap_splits(ds)
+    (train, test), = gap_splits(ds).values()
     assert test.tolist() == list(range(10, 21)) and len(train) == 20
 
 

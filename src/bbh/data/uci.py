@@ -18,7 +18,8 @@ duplicated, train and test overlapping, ``n_splits.txt`` disagreeing with the sp
 :meth:`UCIDataset.split` gives a :class:`UCISplit`: the split's tensors standardised with the training
 part's statistics (as the protocol prescribes), with the maps back to the original units of ``y`` in
 which the benchmark's log-likelihood and RMSE are reported. ``kind="gap"`` uses the "in-between" splits of
-Foong et al. (2019) (:func:`gap_splits`) instead of the published ones.
+Foong et al. (2019) (:func:`gap_splits`) instead of the published ones, one per input dimension that has a real
+gap (:attr:`UCIDataset.gap_dimensions`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ N_HIDDEN_FILE = "n_hidden.txt"
 N_EPOCHS_FILE = "n_epochs.txt"
 REQUIRED_FILES = (DATA_FILE, FEATURES_FILE, TARGET_FILE, N_SPLITS_FILE, "index_train_0.txt", "index_test_0.txt")
 SPLIT_KINDS = ("standard", "gap")
+GAP_CUT_TOLERANCE = 1 / 24
+"""How far (a fraction of the rows) :func:`gap_splits` may move a cut of the middle third to avoid splitting tied
+values: the test part then keeps about 1/4 to 5/12 of the rows."""
 _SPLIT_FILE = re.compile(r"index_(train|test)_(\d+)\.txt")
 
 
@@ -243,25 +247,32 @@ class UCIDataset:
     n_hidden: int | None = None
     n_epochs: int | None = None
     folder: Path | None = None
-    _gap: list[tuple[Tensor, Tensor]] | None = field(default=None, init=False, repr=False, compare=False)
+    _gap: dict[int, tuple[Tensor, Tensor]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_splits(self) -> int:
         """The number of published splits."""
         return len(self.splits)
 
-    def gap_splits(self) -> list[tuple[Tensor, Tensor]]:
-        """The in-between splits of this dataset (see :func:`gap_splits`), computed once."""
+    def gap_splits(self) -> dict[int, tuple[Tensor, Tensor]]:
+        """The in-between splits of this dataset by input dimension (see :func:`gap_splits`), computed once."""
         if self._gap is None:
             self._gap = gap_splits(self)
         return self._gap
+
+    @property
+    def gap_dimensions(self) -> list[int]:
+        """The input dimensions that have a gap split (:func:`gap_splits`), increasing: the valid ``k`` of
+        ``split(k, kind="gap")``."""
+        return sorted(self.gap_splits())
 
     def split(self, k: int, standardise: bool = True, validation: float | None = None, *,
               kind: str = "standard", seed: int = 0) -> UCISplit:
         """Split ``k`` as tensors, standardised with the training part's statistics.
 
         Args:
-            k: the split number (``0..n_splits-1``; for ``kind="gap"`` the input dimension ``0..F-1``).
+            k: the split number (``0..n_splits-1``); for ``kind="gap"`` the input dimension whose middle
+                third is held out, one of :attr:`gap_dimensions`.
             standardise: standardise x and y (else the statistics are 0 and 1 and the values raw).
             validation: a fraction in (0, 1): the last ``round(validation * N_train)`` rows of a permutation of
                 the training indices (seeded with ``seed``) become the validation part, and the statistics
@@ -270,15 +281,27 @@ class UCIDataset:
             seed: seeds the validation permutation (the same seed gives the same carve-out).
 
         Raises:
-            ValueError: unknown ``kind``, or a validation fraction that leaves either part empty.
-            IndexError: ``k`` out of range.
+            ValueError: unknown ``kind``, a validation fraction that leaves either part empty, or (``kind="gap"``)
+                an input dimension without a gap split (the message names those with one).
+            IndexError: ``k`` out of range (``0..n_splits-1``, or for ``kind="gap"`` ``0..F-1``).
         """
         if kind not in SPLIT_KINDS:
             raise ValueError(f"unknown split kind {kind!r}; valid: {', '.join(SPLIT_KINDS)}")
-        splits = self.splits if kind == "standard" else self.gap_splits()
-        if not 0 <= k < len(splits):
-            raise IndexError(f"{kind} split {k} out of range: {self.name} has {len(splits)} (0..{len(splits) - 1})")
-        train_idx, test_idx = splits[k]
+        if kind == "standard":
+            if not 0 <= k < len(self.splits):
+                raise IndexError(f"standard split {k} out of range: {self.name} has {len(self.splits)} "
+                                 f"(0..{len(self.splits) - 1})")
+            train_idx, test_idx = self.splits[k]
+        else:
+            n_inputs = self.x.shape[1]
+            if not 0 <= k < n_inputs:
+                raise IndexError(f"gap split: input dimension {k} out of range: {self.name} has {n_inputs} inputs "
+                                 f"(0..{n_inputs - 1})")
+            gaps = self.gap_splits()
+            if k not in gaps:
+                raise ValueError(f"{self.name}: input dimension {k} has no gap split (tied values at its middle "
+                                 f"third's cuts); gap dimensions: {sorted(gaps) or 'none'}")
+            train_idx, test_idx = gaps[k]
         val_idx = None
         if validation is not None:
             n_val = round(validation * len(train_idx)) if 0 < validation < 1 else 0
@@ -310,12 +333,40 @@ class UCIDataset:
         )
 
 
-def gap_splits(dataset: UCIDataset) -> list[tuple[Tensor, Tensor]]:
-    """The "in-between" splits of Foong et al. (2019): one per input dimension.
+def _gap_cut(values: Tensor, nominal: int) -> int | None:
+    """The cut position nearest ``nominal`` that separates two different sorted values (``values[i - 1] <
+    values[i]``), on a tie of distances the larger one; ``None`` when none lies within the tolerance."""
+    n = len(values)
+    changes = (torch.nonzero(values[1:] > values[:-1]).flatten() + 1).tolist()
+    if not changes:
+        return None
+    cut = min(changes, key=lambda i: (abs(i - nominal), -i))
+    return cut if abs(cut - nominal) <= GAP_CUT_TOLERANCE * n else None
 
-    For dimension ``d`` the rows are sorted by ``x[:, d]`` (a stable sort: tied rows keep their row order)
-    and the middle rows ``n // 3 .. N - n // 3`` (``n = N``, so both outer parts hold ``N // 3`` rows) are the
-    test part, the outer two thirds the training part. Indices are returned in increasing row order.
+
+def gap_splits(dataset: UCIDataset) -> dict[int, tuple[Tensor, Tensor]]:
+    """The "in-between" splits of Foong et al. (2019), by input dimension, for the dimensions with a real gap.
+
+    Foong, Li, Hernández-Lobato & Turner (2019), "'In-Between' Uncertainty in Bayesian Neural Networks": for
+    input dimension ``d`` sort the ``N`` rows by ``x[:, d]``; the middle third (sorted positions ``lo .. hi - 1``,
+    nominally ``lo = N // 3`` and ``hi = N - N // 3``) is the test part, the outer two thirds the training part.
+
+    The rule for a dimension to qualify: every test row's value of feature ``d`` lies strictly between the
+    training rows' values (some training value below it and some above) and equals none of them. Otherwise the
+    "gap" is no gap: a feature with few distinct values (a binary indicator, a code) has test values that also
+    occur in training, and the split no longer tests the predictive between the training inputs, which is what
+    the construction is for. In sorted order the rule is exactly
+    ``values[lo - 1] < values[lo]`` and ``values[hi - 1] < values[hi]`` (no tied values on both sides of a cut).
+    When ties straddle a nominal cut, the cut moves to the nearest position between two different values (on a
+    tie of distances, the later one: the lower cut shrinks the test part, the upper one enlarges it, so the
+    test part keeps about a third). The dimension is dropped when a cut would have to move more than
+    :data:`GAP_CUT_TOLERANCE` ``* N`` rows (so the test part keeps about 1/4 to 5/12 of the rows and the
+    split is still "the middle third") or no such position exists (a constant feature). For a feature without
+    ties at the nominal cuts (a continuous one) nothing moves: its split is the plain middle third.
+
+    Returns:
+        ``{d: (train_idx, test_idx)}`` for the qualifying dimensions ``d`` (increasing), row indices in increasing
+        order; :attr:`UCIDataset.gap_dimensions` lists the keys.
 
     Raises:
         ValueError: fewer than 3 rows (an outer third would be empty).
@@ -323,13 +374,15 @@ def gap_splits(dataset: UCIDataset) -> list[tuple[Tensor, Tensor]]:
     n = len(dataset.x)
     if n < 3:
         raise ValueError(f"{dataset.name}: gap splits need at least 3 rows, found {n}")
-    lo, hi = n // 3, n - n // 3
-    result = []
+    result: dict[int, tuple[Tensor, Tensor]] = {}
     for d in range(dataset.x.shape[1]):
-        order = torch.sort(dataset.x[:, d], stable=True).indices
+        values, order = torch.sort(dataset.x[:, d], stable=True)
+        lo, hi = _gap_cut(values, n // 3), _gap_cut(values, n - n // 3)
+        if lo is None or hi is None or lo >= hi:
+            continue
         test = order[lo:hi].sort().values
         train = torch.cat([order[:lo], order[hi:]]).sort().values
-        result.append((train, test))
+        result[d] = (train, test)
     return result
 
 
@@ -396,6 +449,7 @@ def _ranges(numbers: list[int]) -> str:
 
 
 __all__ = [
+    "GAP_CUT_TOLERANCE",
     "SPLIT_KINDS",
     "UCIDataset",
     "UCISplit",
