@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from test_uci_data import write_uci_folder
+from torch import Tensor
 
 import bbh.experiments.uci as uci
 from bbh.cli import main
 from bbh.data import load_uci
+from bbh.data.uci import UCIDataset
 from bbh.evaluation.predictive import RegressionPredictive
 from bbh.experiments.uci import Budget, cell_path, mean_se, run_cell, run_uci, score, training_steps
 
@@ -147,12 +150,12 @@ def test_bad_arguments_are_refused_before_training(data_dir: Path, tmp_path: Pat
 
 def test_cli_gap_splits_and_errors(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "gap"
-    code = main(["uci", "--data-dir", str(data_dir), "--datasets", "beta", "--methods", "map,mc-dropout",
-                 "--budget", "quick", "--split-kind", "gap", "--out", str(out), "--no-progress"])
+    code = main(["uci", "--data-dir", str(data_dir), "--datasets", "beta", "--methods",
+                 "map-untuned,mc-dropout-untuned", "--budget", "quick", "--split-kind", "gap", "--out", str(out), "--no-progress"])
     assert code == 0
     results = json.loads((out / "results-gap.json").read_text())
     assert results["split_kind"] == "gap"
-    assert results["datasets"]["beta"]["map"]["splits"] == [0, 1]  # one gap split per input dimension (2 here)
+    assert results["datasets"]["beta"]["map-untuned"]["splits"] == [0, 1]  # one gap split per input dimension
     assert "Gap splits" in (out / "report-gap.md").read_text()
     assert "report-gap.md" in capsys.readouterr().out
     code = main(["uci", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), "--no-progress"])
@@ -301,7 +304,7 @@ def test_selection_grid_is_factors_of_the_budget_length() -> None:
     assert uci.selection_grid(bbh, uci.BUDGETS["full"]) == [2000, 4000, 8000, 16000]
     assert uci.selection_grid(bbh, Budget(None, 20, 40, 1)) == [10, 20, 40, 80]
     with pytest.raises(ValueError, match="select_steps"):
-        uci.selection_grid(uci.uci_settings()["map"], TINY)
+        uci.selection_grid(uci.uci_settings()["map-untuned"], TINY)
 
 
 def test_selection_scores_the_carve_out_at_each_length_without_test_data(data_dir: Path) -> None:
@@ -310,12 +313,12 @@ def test_selection_scores_the_carve_out_at_each_length_without_test_data(data_di
     changes nothing)."""
     dataset = load_uci(data_dir / "uci" / "alpha")
     chosen = uci.select_on_validation(dataset, "bbh", budget=TINY)
-    assert chosen["grid"] == [10, 20, 40, 80] and chosen["splits"] == [0]  # TINY runs 2 splits: half of them
+    assert chosen["grid"] == [10, 20, 40, 80] and chosen["splits"] == [0]  # split 0's own carve-out
     by_scale = chosen["mean_val_ll_by_scale"]  # BbH calibrates its σ: length and c are chosen together
     assert chosen["steps"] == max(chosen["grid"], key=lambda g: max(by_scale[str(g)]))
     assert chosen["calibrated_val_ll"] == max(by_scale[str(chosen["steps"])])
     assert chosen["mean_val_ll"][str(chosen["steps"])] == by_scale[str(chosen["steps"])][uci.NOISE_SCALES.index(1.0)]
-    assert uci.select_on_validation(dataset, "bbh", budget=Budget(None, 20, 40, 4))["splits"] == [0, 1, 2]
+    assert uci.select_on_validation(dataset, "map", split=2, budget=TINY)["splits"] == [2]
     for g in (10, 80):
         again = run_cell(dataset, "bbh", 0, budget=TINY, validation=0.2, steps=g)
         assert again["scored"] == "validation" and again["selected_steps"] == g
@@ -349,11 +352,11 @@ def test_mc_dropout_chooses_its_rate_and_noise_scale_on_validation_and_cells_use
     and :data:`NOISE_SCALES` (at the protocol's length: nothing else is chosen), that LL is what a validation
     cell with the same rate and c scores, c = 1 is among the candidates, and a run's cells use the stored
     choice."""
-    setting = uci.uci_settings()["mc-dropout"]
-    assert setting.calibrate_noise and setting.select_dropout == (0.005, 0.01, 0.05, 0.1) and not setting.select_steps
+    setting = replace(uci.uci_settings()["mc-dropout"], select_steps=())   # the rate and c alone
+    assert setting.calibrate_noise and setting.select_dropout == (0.005, 0.01, 0.05, 0.1)
     assert 1.0 in uci.NOISE_SCALES and min(uci.NOISE_SCALES) == 0.25 and max(uci.NOISE_SCALES) == 2.0
     dataset = load_uci(data_dir / "uci" / "alpha")
-    chosen = uci.select_on_validation(dataset, "mc-dropout", budget=TINY)
+    chosen = uci.select_on_validation(dataset, "mc-dropout", budget=TINY, setting=setting)
     assert chosen["steps"] is None and chosen["grid"] == [0]
     assert chosen["dropout"] in setting.select_dropout
     by_rate = chosen["best_val_ll_by_dropout"]
@@ -365,42 +368,96 @@ def test_mc_dropout_chooses_its_rate_and_noise_scale_on_validation_and_cells_use
     assert chosen["calibrated_val_ll"] == max(by_scale) >= chosen["mean_val_ll"]["0"]
     assert chosen["mean_val_ll"]["0"] == by_scale[uci.NOISE_SCALES.index(1.0)]
     again = run_cell(dataset, "mc-dropout", 0, budget=TINY, validation=0.2, noise_scale=chosen["noise_scale"],
-                     dropout=chosen["dropout"])
+                     dropout=chosen["dropout"], setting=setting)
     assert again["noise_scale"] == chosen["noise_scale"] and again["selected_dropout"] == chosen["dropout"]
     assert again["test_ll"] == pytest.approx(chosen["calibrated_val_ll"], abs=1e-9)  # one split: the mean is it
     with pytest.raises(ValueError, match="chooses nothing"):
-        uci.select_on_validation(dataset, "map", budget=TINY)
+        uci.select_on_validation(dataset, "map-untuned", budget=TINY)
     out = tmp_path / "out"
     results = run_uci(data_dir, out, datasets=["alpha"], methods=["mc-dropout"], budget=TINY, progress=False)
-    stored = json.loads(uci.selection_path(out, "standard", "alpha", "mc-dropout").read_text())
+    tuned = uci.uci_settings()["mc-dropout"]
+    stored = [json.loads(uci.selection_path(out, "standard", "alpha", "mc-dropout", k).read_text()) for k in range(2)]
     cells = [json.loads(cell_path(out, "standard", "alpha", "mc-dropout", k).read_text()) for k in range(2)]
-    assert all(c["noise_scale"] == stored["noise_scale"] and c["selected_dropout"] == stored["dropout"]
-               and "selected_steps" not in c and c["setting"] == setting.describe() for c in cells)
+    assert [s["splits"] for s in stored] == [[0], [1]]               # each split chose on its own carve-out
+    assert all(c["noise_scale"] == st["noise_scale"] and c["selected_dropout"] == st["dropout"]
+               and c["selected_steps"] == st["steps"] and c["setting"] == tuned.describe()
+               for c, st in zip(cells, stored))
     entry = results["datasets"]["alpha"]["mc-dropout"]
-    assert entry["noise_scale"] == stored["noise_scale"] and entry["selected_dropout"] == stored["dropout"]
+    assert sum(entry["noise_scale"].values()) == 2 and sum(entry["selected_dropout"].values()) == 2
     report = (out / "report.md").read_text()
-    assert f"alpha c = {stored['noise_scale']:.3f}" in report and f"alpha {stored['dropout']}" in report
+    assert "## Chosen on validation" in report and "that split's own validation" in report
 
 
-def test_run_chooses_the_length_once_per_dataset_and_records_it(data_dir: Path, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
+def test_run_chooses_once_per_split_on_its_own_carve_out_and_records_it(data_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, object]] = []
     select = uci.select_on_validation
 
     def counted(dataset: uci.UCIDataset, method: str, **kwargs: object) -> dict[str, object]:
-        calls.append(dataset.name)
+        calls.append((dataset.name, kwargs["split"]))
         return select(dataset, method, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(uci, "select_on_validation", counted)
     out = tmp_path / "out"
     results = run_uci(data_dir, out, datasets=["alpha"], methods=["bbh"], budget=TINY, progress=False)
-    assert calls == ["alpha"]
-    stored = json.loads(uci.selection_path(out, "standard", "alpha", "bbh").read_text())
+    assert calls == [("alpha", 0), ("alpha", 1)]
+    stored = [json.loads(uci.selection_path(out, "standard", "alpha", "bbh", k).read_text()) for k in range(2)]
     cells = [json.loads(cell_path(out, "standard", "alpha", "bbh", k).read_text()) for k in range(2)]
-    assert all(c["selected_steps"] == stored["steps"] for c in cells)
-    assert all(c["steps"] >= stored["steps"] for c in cells)
-    assert results["datasets"]["alpha"]["bbh"]["selected_steps"] == stored["steps"]
-    assert f"alpha {stored['steps']} steps" in (out / "report.md").read_text()
+    assert all(c["selected_steps"] == st["steps"] and c["steps"] >= st["steps"] for c, st in zip(cells, stored))
+    assert sum(results["datasets"]["alpha"]["bbh"]["selected_steps"].values()) == 2
+    assert "| alpha | bbh |" in (out / "report.md").read_text()
     cell_path(out, "standard", "alpha", "bbh", 1).unlink()  # resume: the stored choice is reused
     run_uci(data_dir, out, datasets=["alpha"], methods=["bbh"], budget=TINY, progress=False)
-    assert calls == ["alpha"]
+    assert calls == [("alpha", 0), ("alpha", 1)]
+
+
+def test_no_choice_can_see_a_test_row_of_any_split(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Split k's choices train and score on rows of split k's training part only (its carve-out included), and
+    what they touch is exactly those rows: poisoning every other row (split k's test rows) changes nothing."""
+    dataset = load_uci(data_dir / "uci" / "alpha")
+    for k in range(dataset.n_splits):
+        fit_rows, val_rows = uci.selection_rows(dataset, k)
+        split = dataset.split(k)
+        train, test = set(split.train_idx.tolist()), set(split.test_idx.tolist())
+        assert set(fit_rows.tolist()) | set(val_rows.tolist()) == train
+        assert not set(val_rows.tolist()) & set(fit_rows.tolist())
+        assert not (set(fit_rows.tolist()) | set(val_rows.tolist())) & test
+    seen: list[Tensor] = []
+    original = UCIDataset.split
+
+    def spy(self: UCIDataset, k: int, *args: object, **kwargs: object) -> object:
+        part = original(self, k, *args, **kwargs)
+        seen.append(part.train_idx)
+        if part.val_idx is not None:
+            seen.append(part.val_idx)
+        return part
+
+    monkeypatch.setattr(UCIDataset, "split", spy)
+    chosen = uci.select_on_validation(dataset, "map", split=1, budget=TINY)
+    touched = set(torch.cat(seen).tolist())
+    assert touched <= set(original(dataset, 1).train_idx.tolist())
+    monkeypatch.setattr(UCIDataset, "split", original)
+    poisoned = load_uci(data_dir / "uci" / "alpha")
+    poisoned.y[poisoned.split(1).test_idx] = float("nan")
+    assert uci.select_on_validation(poisoned, "map", split=1, budget=TINY)["val_ll"] == chosen["val_ll"]
+
+
+def test_every_method_has_the_hmc_references_prior_and_one_tuning_protocol() -> None:
+    """N(0, 1) on every weight and bias for every method (the deep ensemble has none, as published), the prior of
+    the HMC and NUTS references; every tuned method chooses its length and c; every untuned one chooses nothing."""
+    import inspect
+
+    from bbh.reference.hmc_regression import hmc_regression
+    from bbh.reference.nuts import nuts_regression
+
+    reference = inspect.signature(hmc_regression).parameters["prior_scale"].default
+    assert reference == inspect.signature(nuts_regression).parameters["prior_scale"].default == 1.0
+    settings = uci.uci_settings()
+    assert set(settings) == set(uci.GRID_METHODS)
+    for name in uci.GRID_METHODS:
+        method = uci.build_method(settings[name], 3, 4)
+        expected = None if name.startswith("ensemble") else reference
+        assert uci.prior_std(method) == expected, name
+    for m in uci.UCI_METHODS:
+        assert settings[m].select_steps == uci.TUNED_LENGTHS and settings[m].calibrate_noise, m
+        assert not settings[m + uci.UNTUNED].selects, m

@@ -136,13 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--data-dir", help="holds uci/<dataset>/ folders (default: $BBH_DATA_DIR, else ~/.cache/bbh/data)")
     uci.add_argument("--datasets", type=_names, help="comma-separated dataset folder names (default: all found)")
     uci.add_argument("--methods", type=_names, default=None,
-                     help="comma-separated, from map, mc-dropout, ensemble, bbb, mnf, bbh and the reference hmc "
-                          "(default: the six methods)")
+                     help="comma-separated, from map, mc-dropout, ensemble, bbb, mnf, bbh (tuned), the same with "
+                          "-untuned, and hmc (default: the six methods tuned and untuned)")
     uci.add_argument("--splits", type=_positive, help="the first K splits (default: the budget's)")
     uci.add_argument("--budget", choices=["quick", "full"], default="full",
                      help="full: every split, 4,000-8,000 steps; quick: 2 splits, <= 1,200 steps (default: full)")
     uci.add_argument("--split-kind", choices=["standard", "gap"], default="standard",
-                     help="standard: the published splits; gap: hold out the middle third along each input")
+                     help="standard: the published splits; gap: hold out the middle third along each input with a "
+                          "real gap")
     uci.add_argument("--out", default="runs/uci", help="output directory (default: runs/uci)")
     uci.add_argument("--seed", type=int, default=0, help="base seed (split k trains with seed + k)")
     uci.add_argument("--download", action="store_true",
@@ -294,13 +295,13 @@ def _uci(args: argparse.Namespace) -> int:
     from .data.download import ChecksumError, resolve_data_dir
     from .data.mnist import DataFormatError
     from .data.uci_download import ensure_uci
-    from .experiments.uci import UCI_METHODS, run_uci
+    from .experiments.uci import GRID_METHODS, run_uci
 
     root = resolve_data_dir(args.data_dir)
     try:
         if args.download:
             ensure_uci(args.datasets, root, download=True, progress=args.progress)
-        results = run_uci(root, args.out, datasets=args.datasets, methods=args.methods or UCI_METHODS,
+        results = run_uci(root, args.out, datasets=args.datasets, methods=args.methods or GRID_METHODS,
                           splits=args.splits, budget=args.budget, split_kind=args.split_kind, seed=args.seed,
                           progress=args.progress, train=not args.report_only, merge=args.merge)
     except (ChecksumError, DataFormatError) as err:

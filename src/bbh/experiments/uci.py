@@ -14,11 +14,12 @@ Every (dataset, method, split) cell is trained and scored under the protocol of 
 
   reported as mean ± standard error (sample std with ddof 1 / sqrt(#splits)) over the splits.
 
-Hyper-parameters are fixed defaults (:func:`uci_settings`), the same for every dataset, except the training
-length of a setting with ``select_steps`` (BbH's) and the predictive noise scale of a setting with
-``calibrate_noise`` (MC-Dropout's, whose published runs chose their precision τ on validation data): they are
-chosen per dataset on validation carve-outs of the training splits (:func:`select_on_validation`), as the 2018
-re-run of MC-Dropout chose its settings. None is chosen by looking at test data. The budget (:data:`BUDGETS`)
+Hyper-parameters are fixed defaults (:func:`uci_settings`), the same for every dataset, except what a setting leaves
+open — its training length (``select_steps``), its dropout rate (``select_dropout``) and the scale c of its
+predictive noise (``calibrate_noise``): those are chosen **per split, on that split's own validation carve-out** (the
+last 20 % of a seeded permutation of the split's training rows; :func:`select_on_validation`), as the 2018 re-run
+of MC-Dropout chose its settings. No split's test rows can touch any choice, its own or another split's
+(:func:`selection_rows`; a test checks the disjointness). The budget (:data:`BUDGETS`)
 sets the splits, the training length and the posterior samples. Every finished cell is written atomically to
 ``OUT/cells/<kind>/<dataset>/<method>/split_<k>.json`` and never redone, so an interrupted run continues where
 it stopped; ``OUT/results.json`` and ``OUT/report.md`` (``results-gap.json`` / ``report-gap.md`` for the gap
@@ -51,7 +52,14 @@ from ..posteriors import Method, create
 from ..training.trainer import Trainer
 
 UCI_METHODS = ("map", "mc-dropout", "ensemble", "bbb", "mnf", "bbh")
-"""The methods of the benchmark, in report order; ``"hmc"`` (the reference) is run when asked for."""
+"""The methods of the benchmark, in report order, each under one tuning protocol (:func:`uci_settings`); ``"hmc"``
+(the reference) is run when asked for."""
+UNTUNED = "-untuned"
+UNTUNED_METHODS = tuple(m + UNTUNED for m in UCI_METHODS)
+"""The same methods under the untuned 2016 protocol (the budget's length, the learned σ as it is, MC-Dropout's
+rate 0.05): the columns beside the tuned ones that show what tuning buys each method."""
+GRID_METHODS = tuple(m for pair in zip(UCI_METHODS, UNTUNED_METHODS) for m in pair)
+"""What ``bbh uci`` runs by default: each method tuned, then untuned."""
 REFERENCE_METHODS = ("hmc",)
 HMC_MAX_ROWS = 1100
 """HMC runs on datasets with at most this many rows (boston, concrete, energy, yacht; not wine's 1,599)."""
@@ -102,13 +110,12 @@ BUDGETS: dict[str, Budget] = {
     "full": Budget(splits=None, min_steps=4000, max_steps=8000, n_samples=100, hmc_splits=5),
     "quick": Budget(splits=2, min_steps=600, max_steps=1200, n_samples=50, hmc_splits=1, hmc_scale=0.25),
 }
-"""``full``: the 20 standard splits (all gap splits), ``n_epochs.txt`` epochs (40) but at least 4,000 and
+"""``full``: the 20 standard splits (every qualifying gap split), ``n_epochs.txt`` epochs (40) but at least 4,000 and
 at most 8,000 steps (the cap shortens kin8nm, naval and power to 23-34 epochs of their 40, protein to 6).
 ``quick``: 2 splits, 600-1,200 steps, 50 draws: a smoke run of the whole grid in minutes. A setting with
 ``select_steps`` chooses its length from multiples of ``min_steps`` instead (BbH, full: 2,000-16,000 steps)."""
-SELECT_SPLITS = 3
-"""The training length of a setting with ``select_steps`` (and the noise scale of one with ``calibrate_noise``) is
-chosen on the carve-outs of the first 3 splits (a budget of fewer splits: half of them, at least one; ``quick``: 1)."""
+VALIDATION = 0.2
+"""The share of a split's training rows held out to choose its settings (:func:`select_on_validation`)."""
 NOISE_SCALES: tuple[float, ...] = tuple(2.0 ** (k / 16) for k in range(-32, 17))
 """The factors c a setting with ``calibrate_noise`` chooses from (0.25 to 2, 49 log-spaced, 4.4 % apart): its
 predictive is (1/S) Σ_s N(y; μ_s, (c σ_s)²) instead of (1/S) Σ_s N(y; μ_s, σ_s²)."""
@@ -151,6 +158,10 @@ class UCISetting:
     calibrate_noise: bool = False
     select_dropout: tuple[float, ...] = ()
 
+    def untuned(self) -> UCISetting:
+        """The setting with nothing chosen on validation (the 2016 protocol's fixed length and σ)."""
+        return replace(self, select_steps=(), calibrate_noise=False, select_dropout=())
+
     @property
     def selects(self) -> bool:
         """Whether something of this setting is chosen on validation carve-outs (:func:`select_on_validation`)."""
@@ -174,39 +185,62 @@ class UCISetting:
         return d
 
 
-def uci_settings() -> dict[str, UCISetting]:
-    """The per-method defaults of ``bbh uci``, the same on every dataset.
+TUNED_LENGTHS = (0.5, 1.0, 2.0, 4.0)
+"""The training lengths every tuned method chooses from, as factors of the budget's ``min_steps``."""
 
-    Every method has the N(0, 1) prior on all weights (MAP and MC-Dropout as their L2 term (1/N) Σ w² / 2, the
-    deep ensemble none, as published), a learned noise level, Adam at lr 3e-3 with batch 32 for the budget's
-    steps (``full``: 40 epochs but at least 4,000 steps). The deep ensemble keeps its published protocol
-    (Lakshminarayanan et al. 2017: 5 members, adversarial training, batch 100, 40 epochs) except its learning
-    rate, 0.01 (their 0.1 makes the variance head overflow here). MC-Dropout drops inputs and hidden
-    units at a rate chosen from 0.005, 0.01, 0.05, 0.1 and scales its noise level by a factor, both
-    chosen on validation carve-outs (``select_dropout``, ``calibrate_noise``: the 2018 re-run of Gal &
-    Ghahramani's experiments chose the rate and the precision τ on validation data). BbH uses the settings
-    that bring it to HMC on the toy (docs/toy.md): the entropy-based KL (``kl="nn-entropy"``), 20 posterior
-    samples per step, all of them in the likelihood term. These were chosen on the validation carve-out (20 %)
-    of split 0 of boston, concrete and energy (``run_cell(..., validation=0.2)``; docs/uci.md), never on test
-    data. Its training length is chosen per dataset the same way (``select_steps``): a fixed length cannot
-    serve both boston, where 16,000 steps over-fit the learned noise level (validation LL -3.03 against -2.61
-    at 4,000 on split 0), and concrete, where they are needed (-3.02 against -3.12 over three splits). Its
-    noise level is scaled by a factor chosen jointly with the length (``calibrate_noise``, as MC-Dropout's):
-    the learned σ fits the training residuals, so the predictive is too narrow on held-out data (predictive
-    std / RMSE 0.85 on concrete after 16,000 steps, docs/uci.md).
+
+def uci_settings() -> dict[str, UCISetting]:
+    """The per-method settings of ``bbh uci``, the same on every dataset: every method of :data:`UCI_METHODS` under
+    one tuning protocol, and its untuned twin (``"<method>-untuned"``, :meth:`UCISetting.untuned`).
+
+    The model: the N(0, 1) prior of the HMC reference on every weight and bias (MAP and MC-Dropout as their L2 term
+    (1/N) Σ w² / 2, BbB, MNF and BbH as their prior; the deep ensemble has none, as published), a learned noise
+    level, Adam at lr 3e-3 with batch 32. The deep ensemble keeps its published protocol (Lakshminarayanan et al.
+    2017: 5 members, adversarial training, batch 100) except its learning rate, 0.01 (their 0.1 makes the variance
+    head overflow here). BbH uses the settings that bring it to HMC on the toy (docs/toy.md): the entropy-based KL
+    (``kl="nn-entropy"``), 20 posterior samples per step, all of them in the likelihood term.
+
+    The tuning protocol, the same for every method: per split, on its own validation carve-out
+    (:func:`select_on_validation`), choose the training length among :data:`TUNED_LENGTHS` times the budget's
+    ``min_steps`` (``select_steps``: no fixed length serves both boston, where long runs over-fit the learned noise
+    level, and concrete, where they are needed) and the factor c of the predictive noise (``calibrate_noise``: a σ
+    learned on the training rows fits their residuals and is too narrow on held-out rows; the published MC-Dropout
+    runs chose their precision τ on validation data the same way), and each method's own knob where it has one that
+    the published runs tuned: MC-Dropout's rate among 0.005, 0.01, 0.05, 0.1 (the 2018 re-run's grid). The untuned
+    twins run the budget's length with c = 1 and MC-Dropout's rate 0.05.
     """
-    return {
-        "map": UCISetting("map", dict(prior_scale=1.0), lr=3e-3),
-        "mc-dropout": UCISetting("mc-dropout", dict(prior_scale=1.0), dropout=0.05, lr=3e-3, calibrate_noise=True,
-                                 select_dropout=(0.005, 0.01, 0.05, 0.1)),
+    tuned = dict(select_steps=TUNED_LENGTHS, calibrate_noise=True)
+    settings = {
+        "map": UCISetting("map", dict(prior_scale=1.0), lr=3e-3, **tuned),
+        "mc-dropout": UCISetting("mc-dropout", dict(prior_scale=1.0), dropout=0.05, lr=3e-3,
+                                 select_dropout=(0.005, 0.01, 0.05, 0.1), **tuned),
         "ensemble": UCISetting("ensemble", dict(members=5, adversarial=True, alpha=0.5, epsilon=0.01),
-                               likelihood="heteroscedastic", lr=0.01, batch_size=100, min_steps=0),
-        "bbb": UCISetting("bbb", dict(prior=1.0, estimator="local", init_log_var=-6.0), lr=3e-3),
-        "mnf": UCISetting("mnf", dict(), lr=3e-3),
+                               likelihood="heteroscedastic", lr=0.01, batch_size=100, min_steps=0, **tuned),
+        "bbb": UCISetting("bbb", dict(prior=1.0, estimator="local", init_log_var=-6.0), lr=3e-3, **tuned),
+        "mnf": UCISetting("mnf", dict(prior_log_var=0.0), lr=3e-3, **tuned),
         "bbh": UCISetting("bbh", dict(hidden=(16, 32, 64), noise="shared", noise_dim=8, num_samples=20,
                                       likelihood_samples="average", kl="nn-entropy", init_spread=None), lr=3e-3,
-                           select_steps=(0.5, 1.0, 2.0, 4.0), calibrate_noise=True),
+                          **tuned),
     }
+    settings.update({m + UNTUNED: settings[m].untuned() for m in UCI_METHODS})
+    return settings
+
+
+def prior_std(method: Method) -> float | None:
+    """The std of the Normal prior ``method`` puts on every weight and bias (``None``: no prior, the deep
+    ensemble). MNF's is read from its layers' buffers, the others' from ``method.prior``."""
+    from ..posteriors.ensemble import DeepEnsemble
+    from ..posteriors.mnf import MNFLayer
+
+    if isinstance(method, DeepEnsemble):
+        return None
+    stds = {round(float(v), 12) for mod in method.modules() if isinstance(mod, MNFLayer)
+            for v in (0.5 * torch.cat([mod.prior_log_var.reshape(-1), mod.prior_log_var_bias.reshape(1)])).exp()}
+    if stds:
+        if len(stds) > 1:
+            raise ValueError(f"MNF layers with different prior stds {sorted(stds)}")
+        return stds.pop()
+    return float(method.prior.scale)  # type: ignore[attr-defined]
 
 
 def build_method(setting: UCISetting, n_features: int, n_hidden: int) -> Method:
@@ -272,23 +306,32 @@ def selection_grid(setting: UCISetting, budget: Budget) -> list[int]:
     return sorted({max(1, round(f * budget.min_steps)) for f in setting.select_steps})
 
 
-def select_on_validation(dataset: UCIDataset, method: str, *, kind: str = "standard",
+def selection_rows(dataset: UCIDataset, k: int, *, kind: str = "standard", seed: int = 0,
+                   validation: float = VALIDATION) -> tuple[Tensor, Tensor]:
+    """The row indices split ``k``'s choices train on and are scored on: its training rows minus the carve-out,
+    and the carve-out (the last ``validation`` part of a seeded permutation of the training rows). Both are
+    subsets of split ``k``'s training rows, so disjoint from its test rows."""
+    split = dataset.split(k, kind=kind, validation=validation, seed=seed)
+    assert split.val_idx is not None
+    return split.train_idx, split.val_idx
+
+
+def select_on_validation(dataset: UCIDataset, method: str, *, split: int = 0, kind: str = "standard",
                          budget: Budget = BUDGETS["full"], setting: UCISetting | None = None, seed: int = 0,
-                         validation: float = 0.2) -> dict[str, Any]:
+                         validation: float = VALIDATION) -> dict[str, Any]:
     """Choose what ``setting`` (default: ``method``'s in :func:`uci_settings`) leaves open — its training length
     (``select_steps``), its dropout rate (``select_dropout``) and its noise scale (``calibrate_noise``) — on
-    ``dataset`` without test data.
+    split ``split`` of ``dataset`` without test data.
 
-    On each of the first :data:`SELECT_SPLITS` splits (fewer for a budget of few splits), the last
-    ``validation`` part of the training split (:meth:`UCIDataset.split`) is held out and the method trains on the
-    rest, once per candidate dropout rate: for the longest of :func:`selection_grid` (in whole epochs), or for the
-    protocol's length (:func:`training_steps` of the carve-out) when the length is not chosen. The validation LL
-    (:func:`score`) is measured after the epoch that first reaches each grid length, for every factor c of
-    :data:`NOISE_SCALES` applied to the learned σ when ``calibrate_noise`` (else c = 1): one training run per
-    split and rate, scored on the way (the scoring draws come from a forked random state, so they leave the
-    training as it would be without them). The chosen (rate, length, c) maximises the validation LL averaged
-    over those splits (ties: the shorter length, then the c nearer 1, then the smaller rate); the cells then
-    train on the whole training split.
+    The last ``validation`` part of the split's training rows (:func:`selection_rows`) is held out and the method
+    trains on the rest, once per candidate dropout rate: for the longest of :func:`selection_grid` (in whole
+    epochs), or for the protocol's length (:func:`training_steps` of the carve-out) when the length is not chosen.
+    The validation LL (:func:`score`) is measured after the epoch that first reaches each grid length, for every
+    factor c of :data:`NOISE_SCALES` applied to the learned σ when ``calibrate_noise`` (else c = 1): one training
+    run per rate, scored on the way (the scoring draws come from a forked random state, so they leave the
+    training as it would be without them). The chosen (rate, length, c) maximises the validation LL (ties: the
+    shorter length, then the c nearer 1, then the smaller rate); the split's cell then trains on its whole
+    training split.
 
     Returns ``{"steps" (None: the protocol's length), "grid", "val_ll" (per grid length: per split, at c = 1),
     "mean_val_ll" (at c = 1), "splits", "validation", "seconds"}`` (for the chosen rate), with
@@ -307,25 +350,23 @@ def select_on_validation(dataset: UCIDataset, method: str, *, kind: str = "stand
                          f"select_dropout, calibrate_noise False)")
     scales = NOISE_SCALES if setting.calibrate_noise else (1.0,)
     rates = sorted(setting.select_dropout) if setting.select_dropout else [setting.dropout]
-    available = dataset.n_splits if kind == "standard" else dataset.x.shape[1]
-    wanted = SELECT_SPLITS if budget.splits is None else max(1, min(SELECT_SPLITS, budget.splits // 2))
-    splits = list(range(min(wanted, available)))
+    splits = [split]
     start = time.perf_counter()
     val_ll: dict[tuple[float, int], list[list[float]]] = {}  # (rate, grid length) -> per split -> per scale
     grid: list[int] = []
     for rate in rates:
         candidate = replace(setting, dropout=rate)
         for k in splits:
-            split = dataset.split(k, kind=kind, validation=validation, seed=seed)
-            assert split.x_val is not None and split.y_val is not None and split.val_idx is not None
-            x_val, y_val, y_raw = split.x_val.float(), split.y_val, dataset.y[split.val_idx]
-            batch_size = min(setting.batch_size, len(split.x_train))
+            part = dataset.split(k, kind=kind, validation=validation, seed=seed)
+            assert part.x_val is not None and part.y_val is not None and part.val_idx is not None
+            x_val, y_val, y_raw = part.x_val.float(), part.y_val, dataset.y[part.val_idx]
+            batch_size = min(setting.batch_size, len(part.x_train))
             if setting.select_steps:
-                per_epoch = max(1, len(split.x_train) // batch_size)
+                per_epoch = max(1, len(part.x_train) // batch_size)
                 grid = selection_grid(setting, budget)
                 reached = {g: max(1, math.ceil(g / per_epoch)) for g in grid}  # the epoch that first reaches each
             else:
-                epochs, per_epoch = training_steps(len(split.x_train), batch_size, dataset.n_epochs or 40, budget,
+                epochs, per_epoch = training_steps(len(part.x_train), batch_size, dataset.n_epochs or 40, budget,
                                                    setting.min_steps)
                 grid = [0]  # one length: the protocol's
                 reached = {0: epochs}
@@ -335,11 +376,11 @@ def select_on_validation(dataset: UCIDataset, method: str, *, kind: str = "stand
                 if lengths:
                     with torch.random.fork_rng():
                         predictive = model.predict(x_val, n_samples=budget.n_samples)  # noqa: B023
-                    lls = [score(scale_noise(predictive, c), split, y_val, y_raw)["test_ll"] for c in scales]  # noqa: B023
+                    lls = [score(scale_noise(predictive, c), part, y_val, y_raw)["test_ll"] for c in scales]  # noqa: B023
                     for g in lengths:
                         val_ll.setdefault((rate, g), []).append(lls)  # noqa: B023
 
-            _train(candidate, dataset, split, max(reached.values()), batch_size, seed + k, at_epoch)
+            _train(candidate, dataset, part, max(reached.values()), batch_size, seed + k, at_epoch)
     means = {key: [sum(per[i] for per in v) / len(v) for i in range(len(scales))] for key, v in val_ll.items()}
     best_rate, best_g, best_i = max(
         ((r, g, i) for r in rates for g in grid for i in range(len(scales))),
@@ -471,16 +512,16 @@ def protocol_hidden(dataset: UCIDataset) -> int:
 
 
 def _splits_for(dataset: UCIDataset, method: str, kind: str, budget: Budget, splits: int | None) -> list[int]:
-    available = dataset.n_splits if kind == "standard" else dataset.x.shape[1]
+    available = list(range(dataset.n_splits)) if kind == "standard" else dataset.gap_dimensions
     wanted = splits if splits is not None else budget.splits
-    if kind == "standard" and splits is not None and splits > available and method != "hmc":
-        warnings.warn(f"{dataset.name} has {available} standard splits; --splits {splits} runs all {available}",
-                      stacklevel=3)
+    if kind == "standard" and splits is not None and splits > len(available) and method != "hmc":
+        warnings.warn(f"{dataset.name} has {len(available)} standard splits; --splits {splits} runs all "
+                      f"{len(available)}", stacklevel=3)
     if method == "hmc":
         if len(dataset.x) > HMC_MAX_ROWS:
             return []
-        wanted = min(wanted or available, budget.hmc_splits)
-    return list(range(min(available, wanted) if wanted is not None else available))
+        wanted = min(wanted or len(available), budget.hmc_splits)
+    return available[:wanted] if wanted is not None else available
 
 
 def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -507,10 +548,10 @@ def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                                for r in records]),
                      "failed_splits": failed, "n_splits": len(records), "splits": [r["split"] for r in records],
                      "seconds": sum(r["seconds"] for r in records)}
-            for key in ("selected_steps", "noise_scale", "selected_dropout"):
-                chosen = sorted({r[key] for r in records if key in r})
+            for key in CHOICES:
+                chosen = [r[key] for r in records if key in r]
                 if chosen:
-                    entry[key] = chosen[0] if len(chosen) == 1 else chosen
+                    entry[key] = {str(v): chosen.count(v) for v in sorted(set(chosen))}
             if method == "hmc" and all("diagnostics" in r for r in records):
                 diagnostics = [r["diagnostics"] for r in records]
                 entry["rhat_f_max"] = max(d["rhat_f_max"] for d in diagnostics)
@@ -520,6 +561,16 @@ def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             table.setdefault(name, {})[method] = entry
     _pair_with_hmc(table)
     return table
+
+
+CHOICES = ("selected_steps", "noise_scale", "selected_dropout")
+"""What a cell records of its split's validation choice; aggregated as {value: number of splits}."""
+
+
+def _counts(counts: dict[str, int] | None) -> str:
+    if not counts:
+        return "—"
+    return ", ".join(f"{float(v):.3g} ×{c}" if c > 1 else f"{float(v):.3g}" for v, c in counts.items())
 
 
 def _pair_with_hmc(table: dict[str, dict[str, Any]]) -> None:
@@ -582,7 +633,7 @@ def render_report(results: dict[str, Any]) -> str:
     """``report.md``: test LL and RMSE tables (datasets x methods, mean ± SE) with the published numbers in the
     columns beside, the settings, and the wall time."""
     table = results["datasets"]
-    methods = [m for m in (*UCI_METHODS, *REFERENCE_METHODS) if any(m in t for t in table.values())]
+    methods = [m for m in (*GRID_METHODS, *REFERENCE_METHODS) if any(m in t for t in table.values())]
     pub_ll = ["PBP", "MC-Dropout 2016", "MC-Dropout 2018", "Ensemble 2017"]
     lines = [f"# UCI regression benchmark ({results['split_kind']} splits, budget `{results['budget_name']}`)", "",
              f"Budget: {results['budget']}. Wall time of the finished cells: {results['seconds'] / 60:.1f} min "
@@ -595,7 +646,8 @@ def render_report(results: dict[str, Any]) -> str:
                   "one.", ""]
     if results["split_kind"] == "gap":
         lines += ["Gap splits (Foong et al. 2019): split k holds out the middle third of the data sorted by input "
-                  "dimension k; published numbers are for the standard splits and are not shown.", ""]
+                  "dimension k (only the dimensions with a real gap: no test value of the feature occurs in training, "
+                  "`UCIDataset.gap_dimensions`); published numbers are for the standard splits and are not shown.", ""]
     header = ["dataset", *methods] + (pub_ll if results["split_kind"] == "standard" else [])
     lines += ["## Test log-likelihood (higher is better)", "", "| " + " | ".join(header) + " |",
               "|" + "---|" * len(header)]
@@ -635,33 +687,26 @@ def render_report(results: dict[str, Any]) -> str:
                   "its splits): " + "; ".join(
                       f"{n}: R-hat max {(h := table[n]['hmc'])['rhat_f_max']:.2f}, median {h['rhat_f_median']:.3f}, "
                       f"ESS min {h['ess_f_min']:.0f}, {h['divergences']} divergences" for n in with_hmc) + "."]
-    chosen = {m: {n: table[n][m]["selected_steps"] for n in sorted(table) if "selected_steps" in table[n].get(m, {})}
-              for m in methods}
-    for m, lengths in chosen.items():
-        if lengths:
-            lines += ["", f"Training length of {m}, chosen per dataset on validation carve-outs of the training splits "
-                      "(no test data): " + ", ".join(f"{n} {v} steps" for n, v in lengths.items()) + "."]
-    scales = {m: {n: table[n][m]["noise_scale"] for n in sorted(table) if "noise_scale" in table[n].get(m, {})}
-              for m in methods}
-    rates = {m: {n: table[n][m]["selected_dropout"] for n in sorted(table)
-                 if "selected_dropout" in table[n].get(m, {})} for m in methods}
-    for m, chosen_rates in rates.items():
-        if chosen_rates:
-            lines += ["", f"Dropout rate of {m}, chosen per dataset on validation carve-outs of the training splits "
-                      "(no test data): " + ", ".join(f"{n} {v}" for n, v in chosen_rates.items()) + "."]
-    for m, factors in scales.items():
-        if factors:
-            lines += ["", f"Noise scale of {m} (its learned σ times c in the predictive), chosen per dataset on "
-                      "validation carve-outs of the training splits (no test data): "
-                      + ", ".join(f"{n} c = {v:.3f}" if isinstance(v, float) else f"{n} c = {v}"
-                                  for n, v in factors.items()) + "."]
+    if any(key in table[n].get(m, {}) for n in table for m in methods for key in CHOICES):
+        lines += ["", "## Chosen on validation", "",
+                  "Every tuned method chooses its training length, its noise factor c (the predictive uses c σ) "
+                  "and MC-Dropout its dropout rate per split, on that split's own validation "
+                  f"carve-out (the last {VALIDATION:.0%} of a seeded permutation of the split's training rows): no "
+                  "split's test rows touch any choice. The `-untuned` columns run the budget's length with c = 1. "
+                  "Chosen values, over the splits (value ×count):", "",
+                  "| dataset | method | length (steps) | c | dropout |", "|---|---|---|---|---|"]
+        for n in sorted(table):
+            for m in methods:
+                entry = table[n].get(m, {})
+                if any(key in entry for key in CHOICES):
+                    lines.append(f"| {n} | {m} | " + " | ".join(_counts(entry.get(key)) for key in CHOICES) + " |")
     lines += ["", f"Published: {PUBLISHED_SOURCES}", "", "Settings (every dataset): "
               + "; ".join(f"{m}: {results['settings'][m]}" for m in methods if m in results["settings"]), ""]
     return "\n".join(lines)
 
 
 def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | None = None,
-            methods: Sequence[str] = UCI_METHODS, splits: int | None = None, budget: str | Budget = "full",
+            methods: Sequence[str] = GRID_METHODS, splits: int | None = None, budget: str | Budget = "full",
             split_kind: str = "standard", seed: int = 0, progress: bool = True, train: bool = True,
             on_cell: Callable[[dict[str, Any]], None] | None = None,
             merge: str | Path | None = None) -> dict[str, Any]:
@@ -672,10 +717,10 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
             directory holding them under ``uci/``.
         out: the output folder; finished cells found there are not redone (resume).
         datasets: folder names (default: every dataset folder found).
-        methods: some of :data:`UCI_METHODS` and ``"hmc"``.
+        methods: some of :data:`GRID_METHODS` (:data:`UCI_METHODS` tuned, :data:`UNTUNED_METHODS`) and ``"hmc"``.
         splits: the first ``splits`` splits (default: the budget's).
         budget: a name in :data:`BUDGETS`, or a :class:`Budget` (recorded as ``"custom"``).
-        split_kind: ``"standard"`` (the published splits) or ``"gap"`` (one per input dimension).
+        split_kind: ``"standard"`` (the published splits) or ``"gap"`` (one per qualifying input dimension).
         seed: the base seed; split k trains with ``seed + k``.
         train: False: train nothing, only write ``results.json`` / ``report.md`` from the finished cells (e.g.
             after several processes each ran part of the grid into the same ``out``); missing cells are counted.
@@ -701,7 +746,7 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
         raise ValueError(f"unknown budget {budget!r}; expected one of {', '.join(BUDGETS)} or a Budget")
     if split_kind not in SPLIT_KINDS:
         raise ValueError(f"unknown split kind {split_kind!r}; expected one of {', '.join(SPLIT_KINDS)}")
-    valid = (*UCI_METHODS, *REFERENCE_METHODS)
+    valid = (*GRID_METHODS, *REFERENCE_METHODS)
     unknown = [m for m in methods if m not in valid]
     if unknown or not methods:
         raise ValueError(f"unknown UCI method(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
@@ -721,7 +766,7 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
     _check_same_budget(out_dir, budget, asdict(plan), seed)
     made_by = {"budget_name": budget, "budget": asdict(plan), "seed": seed}
     grid = [(n, m, k) for n in names for m in methods for k in _splits_for(loaded[n], m, split_kind, plan, splits)]
-    settings: dict[str, Any] = {m: uci_settings()[m].describe() for m in methods if m in UCI_METHODS}
+    settings: dict[str, Any] = {m: uci_settings()[m].describe() for m in methods if m in GRID_METHODS}
     cells: list[dict[str, Any]] = []
     todo = []
     for n, m, k in grid:
@@ -730,7 +775,7 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
         if record is None or not ({"test_ll", "rmse", "split"} <= record.keys() or "failed" in record):
             todo.append((n, m, k))
             continue
-        if m in UCI_METHODS and record.get("setting") != settings[m]:
+        if m in GRID_METHODS and record.get("setting") != settings[m]:
             raise ValueError(f"{path} was made with other {m} settings ({record.get('setting')}) than this version's "
                              f"({settings[m]}); choose another --out")
         other = {key: (record[key], value) for key, value in made_by.items() if key in record and record[key] != value}
@@ -751,16 +796,16 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
     results = tabulate(len(todo))
     if not train:
         todo = []
-    selecting = {m for m in methods if m in UCI_METHODS and uci_settings()[m].selects}
-    chosen: dict[tuple[str, str], dict[str, Any]] = {}  # (dataset, method) -> selection, read or made once per run
+    selecting = {m for m in methods if m in GRID_METHODS and uci_settings()[m].selects}
+    chosen: dict[tuple[str, str, int], dict[str, Any]] = {}  # (dataset, method, split) -> its own selection
     with tqdm(total=len(grid), initial=len(grid) - len(todo), desc="bbh uci", disable=not progress,
               unit="cell") as bar:
         for n, m, k in todo:
             bar.set_postfix_str(f"{n} {m} split {k}")
-            if m in selecting and (n, m) not in chosen:
-                bar.set_postfix_str(f"{n} {m}: choosing on validation carve-outs")
-                chosen[n, m] = _selection(out_dir, loaded[n], m, split_kind, plan, seed, settings[m])
-            selection = chosen.get((n, m), {})
+            if m in selecting and (n, m, k) not in chosen:
+                bar.set_postfix_str(f"{n} {m} split {k}: choosing on its validation carve-out")
+                chosen[n, m, k] = _selection(out_dir, loaded[n], m, k, split_kind, plan, seed, settings[m])
+            selection = chosen.get((n, m, k), {})
             try:
                 record = run_cell(loaded[n], m, k, kind=split_kind, budget=plan, seed=seed,
                                   steps=selection.get("steps"), noise_scale=selection.get("noise_scale"),
@@ -781,20 +826,21 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
     return results
 
 
-def selection_path(out: Path, kind: str, dataset: str, method: str) -> Path:
-    """Where what was chosen for (dataset, method) on validation lives (:func:`select_on_validation`)."""
-    return out / "selection" / kind / dataset / f"{method}.json"
+def selection_path(out: Path, kind: str, dataset: str, method: str, split: int) -> Path:
+    """Where what was chosen for (dataset, method, split) on validation lives (:func:`select_on_validation`)."""
+    return out / "selection" / kind / dataset / method / f"split_{split}.json"
 
 
-def _selection(out: Path, dataset: UCIDataset, method: str, kind: str, plan: Budget, seed: int,
+def _selection(out: Path, dataset: UCIDataset, method: str, k: int, kind: str, plan: Budget, seed: int,
                setting: dict[str, Any]) -> dict[str, Any]:
-    """The stored choice for (dataset, method) (:func:`select_on_validation`), made once and reused by every split
-    (and by a resumed run)."""
-    path = selection_path(out, kind, dataset.name, method)
+    """The stored choice for split ``k`` of (dataset, method) (:func:`select_on_validation` on that split's own
+    carve-out), made once and reused by a resumed run."""
+    path = selection_path(out, kind, dataset.name, method, k)
     stored = read_json_object(path)
-    if stored is not None and stored.get("setting") == setting and stored.get("budget") == asdict(plan):
+    if (stored is not None and stored.get("setting") == setting and stored.get("budget") == asdict(plan)
+            and stored.get("seed") == seed):
         return stored
-    chosen = select_on_validation(dataset, method, kind=kind, budget=plan, seed=seed)
+    chosen = select_on_validation(dataset, method, split=k, kind=kind, budget=plan, seed=seed)
     chosen.update(dataset=dataset.name, method=method, kind=kind, setting=setting, budget=asdict(plan), seed=seed)
     write_json(path, chosen)
     return chosen
@@ -836,7 +882,7 @@ def _write_results(out: Path, results: dict[str, Any]) -> None:
     atomic_write(out / f"report{suffix}.md", lambda tmp: Path(tmp).write_text(report))
 
 
-__all__ = ["BUDGETS", "HMC_MAX_ROWS", "UCI_METHODS", "Budget", "UCISetting", "aggregate", "build_method",
-           "mean_se", "merge_results", "render_report", "run_cell", "run_uci", "scale_noise", "score",
-           "select_on_validation", "selection_grid", "selection_path", "training_steps", "uci_settings", "NOISE_SCALES",
-           "SELECT_SPLITS"]
+__all__ = ["BUDGETS", "GRID_METHODS", "HMC_MAX_ROWS", "NOISE_SCALES", "UCI_METHODS", "UNTUNED_METHODS",
+           "VALIDATION", "Budget", "UCISetting", "aggregate", "build_method", "mean_se", "merge_results",
+           "prior_std", "render_report", "run_cell", "run_uci", "scale_noise", "score", "select_on_validation",
+           "selection_grid", "selection_path", "selection_rows", "training_steps", "uci_settings"]
