@@ -265,6 +265,33 @@ def test_entropy_auc_edge_cases(k):
     assert entropy_auc(h_mix, k) == pytest.approx(0.998, rel=1e-12)
 
 
+
+@pytest.mark.parametrize("k", [10, 5, 3])
+def test_entropy_auc_se_is_the_standard_error_of_the_mean_the_auc_is(k):
+    """entropy_auc is the mean over the kept examples of (e_J - e_bin) / Hmax; its SE is their std / sqrt(n)."""
+    h_max = max_entropy(k)
+    edges = np.arange(0, h_max, h_max / 500)
+    rng = np.random.default_rng(k)
+    h = np.concatenate([rng.uniform(0, h_max, 400), edges[rng.integers(0, len(edges), 20)], [edges[-1], h_max]])
+    kept = h[h <= edges[-1]]                                              # h_max itself is dropped
+    left = np.array([edges[edges <= v].max() if v < edges[-1] else edges[-2] for v in kept])
+    terms = (edges[-1] - left) / h_max
+    assert terms.mean() == pytest.approx(entropy_auc(h, k), abs=1e-12)
+    assert metrics.entropy_auc_se(h, k) == pytest.approx(terms.std(ddof=1) / math.sqrt(kept.size), rel=1e-12)
+    assert metrics.entropy_auc_se(np.zeros(50), k) == 0.0                 # all in the first bin: no spread
+    assert math.isnan(metrics.entropy_auc_se(np.array([0.1]), k))          # one example: no SE
+
+
+def test_set_metrics_store_the_entropy_auc_se():
+    from bbh.evaluation.api import set_metrics
+
+    mean = _random_probs(300, 5, seed=1, temperature=2.0)
+    summary = {"mean": mean, "entropy": entropy(mean, clamp=0), "expected_entropy": entropy(mean, clamp=0),
+               "mutual_information": torch.zeros(300, dtype=F64)}
+    out = set_metrics(summary, None, 5)
+    assert out.entropy_auc_se == metrics.entropy_auc_se(entropy(mean), 5) > 0
+    assert out.to_dict()["entropy_auc_se"] == out.entropy_auc_se
+
 # ----------------------------------------------------------------------------------------- decomposition
 def test_mutual_information_is_zero_when_samples_agree():
     p = _random_probs(7, 5, seed=4)

@@ -7,8 +7,9 @@ What is computed (paper-protocol 6.1-6.5; the same numbers ``bbh evaluate RUN_DI
 
 * on the test set (:class:`SetMetrics`): error %, NLL, Brier score, ECE and the reliability bins (``bins``
   equal-width bins), the paper's entropy AUC (area under the CDF of the authors' clamped entropy / log K,
-  :func:`bbh.evaluation.metrics.entropy_auc`), and the means of the total entropy / log K, the expected
-  entropy / log K and the mutual information (exact entropies, :class:`~bbh.evaluation.predictive.Predictive`);
+  :func:`bbh.evaluation.metrics.entropy_auc`) and its standard error over the examples, and the means of the
+  total entropy / log K, the expected entropy / log K and the mutual information (exact entropies,
+  :class:`~bbh.evaluation.predictive.Predictive`);
 * per out-of-distribution set (:class:`OODResults`): the same label-free metrics, and OOD detection (AUROC, AUPR
   in / out, FPR at 95 % TPR, :func:`bbh.evaluation.metrics.ood_metrics`) for three scores, each higher = more
   OOD: the total entropy H[p̄], the mutual information, and the negated maximum probability -max_k p̄_k;
@@ -119,6 +120,8 @@ class SetMetrics:
         ece: Σ_b (n_b / N) |accuracy_b - confidence_b| over equal-width top-label confidence bins.
         reliability: the bins of the ECE (:func:`bbh.evaluation.metrics.reliability`: ``lower``, ``upper``,
             ``confidence``, ``accuracy``, ``count``; empty bins have NaN confidence and accuracy).
+        entropy_auc_se: the standard error of ``entropy_auc`` over the examples, std / sqrt(n) of each example's
+            term of that mean (:func:`bbh.evaluation.metrics.entropy_auc_se`; NaN, written None, below 2 examples).
     """
 
     n: int
@@ -131,6 +134,7 @@ class SetMetrics:
     brier: float | None = None
     ece: float | None = None
     reliability: dict[str, list[float] | list[int]] | None = None
+    entropy_auc_se: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, strict-JSON-safe values (NaN and ±inf become None)."""
@@ -349,9 +353,11 @@ def set_metrics(summary: Mapping[str, Tensor], y: Tensor | None, num_classes: in
     """
     mean = summary["mean"]
     log_k = math.log(num_classes)
+    clamped = metrics.entropy(mean)
     out = SetMetrics(
         n=int(mean.shape[0]),
-        entropy_auc=metrics.entropy_auc(metrics.entropy(mean), num_classes),
+        entropy_auc=metrics.entropy_auc(clamped, num_classes),
+        entropy_auc_se=metrics.entropy_auc_se(clamped, num_classes),
         mean_entropy=float(summary["entropy"].double().mean()) / log_k,
         mean_expected_entropy=float(summary["expected_entropy"].double().mean()) / log_k,
         mean_mutual_information=float(summary["mutual_information"].double().mean()),

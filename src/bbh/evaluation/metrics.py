@@ -9,7 +9,7 @@ e.g. the mean of the posterior samples' softmax outputs), integer labels ``y [N]
 * entropy: :func:`entropy`, the one entropy function of bbh, with its clamp as an explicit argument (the
   authors' 1e-5 by default, 0 for the exact entropy), and the paper's uncertainty number :func:`entropy_auc`,
   the area under the CDF of the entropy divided by the maximum entropy (paper-protocol 6.2), bit-faithful to
-  the authors' ``calc_ent_auc``;
+  the authors' ``calc_ent_auc``, and its standard error over the examples :func:`entropy_auc_se`;
 * the posterior decomposition :func:`predictive_entropy` = :func:`expected_entropy` (aleatoric) +
   :func:`mutual_information` (epistemic);
 * out-of-distribution detection: :func:`ood_score` and :func:`ood_metrics` (AUROC, AUPR in/out, FPR at 95 % TPR).
@@ -271,6 +271,33 @@ def entropy_auc(entropies: Tensor | np.ndarray, num_classes: int) -> float:
     c_hist = np.cumsum(hist * np.diff(bin_edges))
     auc = np.sum(np.diff(bin_edges) * c_hist)
     return float(auc / h_max)
+
+
+def entropy_auc_se(entropies: Tensor | np.ndarray, num_classes: int) -> float:
+    """Standard error of :func:`entropy_auc` over the examples (the noise of the test set's draw).
+
+    :func:`entropy_auc` is exactly a mean over the examples it keeps (entropy in [0, e_J], e_J the last edge):
+    an example in bin k, whose left edge is e_k, raises the CDF from bin k on, so it adds
+    c = (e_J - e_k) / Hmax, and AUC = (1/n) Σ_i c_i. Hence
+
+        SE = std(c_i, ddof=1) / sqrt(n),   n = the examples kept;
+
+    NaN when fewer than 2 are kept.
+    """
+    h_max = max_entropy(num_classes)
+    h = entropies.detach().cpu().double().numpy() if isinstance(entropies, Tensor) else np.asarray(entropies)
+    h = np.asarray(h, dtype=np.float64)
+    if h.ndim != 1 or h.size == 0:
+        raise ValueError(f"entropies must be a non-empty 1-d array [N], got shape {h.shape}")
+    if not np.isfinite(h).all():
+        raise ValueError("entropies contain NaN or infinite values")
+    edges = np.arange(0, h_max, h_max / ENTROPY_AUC_BINS)
+    kept = h[(h >= edges[0]) & (h <= edges[-1])]  # np.histogram's range: the last bin includes its right edge
+    if kept.size < 2:
+        return math.nan
+    bin_index = np.minimum(np.searchsorted(edges, kept, side="right") - 1, edges.size - 2)
+    terms = (edges[-1] - edges[bin_index]) / h_max
+    return float(terms.std(ddof=1) / math.sqrt(kept.size))
 
 
 # ----------------------------------------------------------------------------------------- decomposition

@@ -12,7 +12,8 @@ For a table (:data:`bbh.experiments.paper_tables.TABLES`) the runner
 3. evaluates each run through :func:`bbh.reports.runs.evaluate_run` (``bbh.evaluate``: error, NLL, ECE, the
    paper's entropy AUCs, OOD AUROC, the FGSM curve), kept in the run's ``eval/`` and not redone;
 4. writes ``OUT/<name>.md`` and ``OUT/<name>.csv``: measured numbers with the paper's beside them, what the
-   budget changes against the paper, and which of the paper's claims the numbers support or contradict.
+   budget changes against the paper, and for each of the paper's claims whether the numbers support it,
+   contradict it, or cannot tell within the noise of the budget's test set (:mod:`bbh.experiments.claims`).
 
 Tables 3 and 4 also carry the post-hoc last-layer Laplace approximation of their MAP run
 (:func:`bbh.posteriors.laplace.fit_last_layer_laplace`: KFAC GGN, prior precision by marginal likelihood,
@@ -39,6 +40,7 @@ from typing import Any
 import torch
 
 from ..io import atomic_write, ensure_writable, read_json_object, write_json
+from .claims import TIMING_RELATIVE_SE
 from .config import load_config, validate
 from .paper_tables import FIGURES, LAPLACE, NAMES, TABLES, Row, TableSpec
 
@@ -452,11 +454,15 @@ def _batches(task: Any, batch_size: int) -> list[tuple[torch.Tensor, torch.Tenso
 
 # ---------------------------------------------------------------------------------------------- writing
 def row_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The numbers a table shows, from one run's ``eval/results.json``."""
+    """The numbers a table shows, from one run's ``eval/results.json``, and what their noise needs (the set sizes
+    ``n_test`` / ``n_outliers`` and the entropy AUCs' standard errors ``auc_in_se`` / ``auc_out_se``, None in
+    results written before they were stored; :func:`bbh.experiments.claims.standard_error`)."""
     test, out = results["test"], results.get("outliers", {})
     return {"error_percent": test["error_percent"], "auc_in": test["entropy_auc"], "auc_out": out.get("entropy_auc"),
             "ood_auroc": results.get("ood", {}).get("entropy", {}).get("auroc"), "nll": test["nll"],
-            "ece": test["ece"], "train_seconds": results.get("train_seconds"), "samples": results.get("samples")}
+            "ece": test["ece"], "train_seconds": results.get("train_seconds"), "samples": results.get("samples"),
+            "n_test": test.get("n"), "n_outliers": out.get("n"), "auc_in_se": test.get("entropy_auc_se"),
+            "auc_out_se": out.get("entropy_auc_se")}
 
 
 _COLUMNS = (("error_percent", "error %", 0, 2), ("auc_in", "AUC in", 1, 3), ("auc_out", "AUC out", 2, 3),
@@ -490,11 +496,29 @@ def render_table(table: TableSpec, metrics: Mapping[str, Mapping[str, Any]], bud
               "outlier score. Runtimes: ours on this machine (training only), the paper's on the authors' GPU.", "",
               "## Setting", "", budget_statement(table.task, budget), "", "## The paper's claims at this budget", ""]
     for claim in table.claims:
-        verdict = claim.check(metrics)
-        word = {True: "supported", False: "**contradicted**", None: "not measurable (rows missing)"}[verdict]
-        lines.append(f"* {claim.text}: {word}.")
-    lines += ["", f"Wall time of this command: {seconds:.0f} s (runs already done were not redone).", ""]
+        lines.append(f"* {claim.text}: {claim.check(metrics).text()}.")
+    lines += ["", noise_statement(metrics), "",
+              f"Wall time of this command: {seconds:.0f} s (runs already done were not redone).", ""]
     return "\n".join(lines)
+
+
+def noise_statement(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """How the claims above were decided, with the size of one test image at this budget."""
+    n_test = sorted({int(m["n_test"]) for m in metrics.values() if m.get("n_test")})
+    n_out = sorted({int(m["n_outliers"]) for m in metrics.values() if m.get("n_outliers")})
+    sizes = "test set size unknown"
+    if n_test:
+        sizes = (f"{' / '.join(f'{n:,}' for n in n_test)} test images, so one image is "
+                 f"{' / '.join(f'{100 / n:.2g}' for n in n_test)} points of error")
+    if n_out:
+        sizes += f"; {' / '.join(f'{n:,}' for n in n_out)} outliers"
+    return (f"Noise: {sizes}. A comparison decides a claim only when its margin exceeds 2 standard errors of the "
+            "difference (two rows' SEs combined as sqrt(se1² + se2²); for \"closer to a reference row\", the upper "
+            "bound sqrt(se1² + se2² + 4 se_ref²)); inside that it is not distinguishable at "
+            "this budget, and equal values are a tie. SEs: error, binomial sqrt(p (1 - p) / n_test); entropy AUCs, "
+            "std / sqrt(n) over the images (or, for older results, the bound sqrt(a (1 - a) / n)); training time, "
+            f"an assumed {TIMING_RELATIVE_SE:.0%} of each single timing (not measured). Margins are signed: positive "
+            "as the sentence says. Rows are one run each: the spread between training runs is not in these SEs.")
 
 
 def budget_statement(task: str, budget: ReproBudget) -> str:
@@ -556,5 +580,5 @@ def plan_text(plan: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BUDGETS", "ReproBudget", "Reproduction", "budget_statement", "plan_text", "render_table", "reproduce",
-           "row_config", "row_metrics", "run_name", "scale_kl_anneal", "table_csv"]
+__all__ = ["BUDGETS", "ReproBudget", "Reproduction", "budget_statement", "noise_statement", "plan_text",
+           "render_table", "reproduce", "row_config", "row_metrics", "run_name", "scale_kl_anneal", "table_csv"]
