@@ -151,7 +151,8 @@ def test_bad_arguments_are_refused_before_training(data_dir: Path, tmp_path: Pat
 def test_cli_gap_splits_and_errors(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "gap"
     code = main(["uci", "--data-dir", str(data_dir), "--datasets", "beta", "--methods",
-                 "map-untuned,mc-dropout-untuned", "--budget", "quick", "--split-kind", "gap", "--out", str(out), "--no-progress"])
+                 "map-untuned,mc-dropout-untuned", "--budget", "quick", "--split-kind", "gap", "--out", str(out),
+                 "--no-progress"])
     assert code == 0
     results = json.loads((out / "results-gap.json").read_text())
     assert results["split_kind"] == "gap"
