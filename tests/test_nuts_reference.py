@@ -80,3 +80,18 @@ def test_nuts_regression_returns_predictions_diagnostics_and_judges_a_short_run_
     assert len(metrics["test_ll_chains"]) == 2 and math.isfinite(metrics["test_ll"])
     with pytest.raises(ValueError, match="chains"):
         nuts_regression(x, y, x[:7], hidden=3, chains=0)
+
+
+def test_the_draws_are_cached_under_the_users_cache_folder(tmp_path, monkeypatch):
+    from bbh.reference.nuts import cache_path, save_draws
+
+    monkeypatch.setenv("BBH_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    x = torch.randn(20, 2, dtype=torch.float64)
+    res = nuts_regression(x, x[:, 0], x[:3], hidden=2, chains=2, warmup=10, samples=8, init_steps=5,
+                          max_tree_depth=3)
+    path = cache_path("toy", 0, res.settings)
+    assert path.parent == tmp_path / "cache" / "nuts" and path != cache_path("toy", 0, {**res.settings, "seed": 1})
+    stored = torch.load(save_draws(path, res))
+    assert torch.equal(stored["sample_means"], res.sample_means) and stored["settings"] == res.settings
+    assert [p.name for p in path.parent.iterdir()] == [path.name]            # nothing half-written beside it
