@@ -7,12 +7,14 @@ from pathlib import Path
 
 import torch
 
+import bbh
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 6, "README's python examples changed: update this test"
+    assert len(blocks) == 7, "README's python examples changed: update this test"
     monkeypatch.chdir(tmp_path)  # the checkpoint example writes runs/my-bbh
     namespace: dict = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)
@@ -52,3 +54,11 @@ def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     exec(compile(blocks[5], "README.md", "exec"), namespace)  # bbh.evaluate
     results = namespace["results"]
     assert results.num_classes == 4 and results.test.error_percent < 20
+
+    from test_data import make_fake_mnist  # bbh.data.load on fake files in ./DATA, as the snippet names it
+
+    make_fake_mnist(tmp_path / "DATA", n_test=6, n_outliers=5)
+    data: dict = {"lenet_method": bbh.create("map", bbh.models.LeNet5())}
+    exec("import bbh", data)
+    exec(compile(blocks[6], "README.md", "exec"), data)
+    assert data["results"].test.n == 6 and data["results"].ood["notmnist"].metrics.n == 5

@@ -9,7 +9,7 @@ Pawlowski, Brock, Lee, Rajchl, Glocker, "Implicit Weight Uncertainty in Neural N
 
 from __future__ import annotations
 
-from . import kl, likelihoods, models, priors
+from . import data, kl, likelihoods, models, priors, threads  # data: ~30 ms on top of torch's import
 from .backends import native
 from .elbo import ConstantWeight, LinearAnneal, LossTerms, ToyAnneal, elbo
 from .evaluation.api import EvaluationResults, evaluate
@@ -35,5 +35,6 @@ __all__ = [
     "Init", "Layout",
     "LikelihoodSamples", "LinearAnneal", "LossTerms", "Method", "Noise", "NonFiniteInputError",
     "NonFiniteLossError", "NormalPrior", "OptimizerName", "Predictive", "RegressionPredictive", "ToyAnneal",
-    "Trainer", "available_methods", "create", "elbo", "evaluate", "kl", "likelihoods", "models", "native", "priors",
+    "Trainer", "available_methods", "create", "data", "elbo", "evaluate", "kl", "likelihoods", "models", "native",
+    "priors", "threads",
 ]

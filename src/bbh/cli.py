@@ -15,7 +15,14 @@
 Every command checks that its output folder can be written to before it computes anything. Errors that are
 not about the command line (a missing or unwritable folder, a bad configuration, a run that cannot be
 resumed) are one line ``bbh: ...`` on stderr and exit status 2; wrong arguments print the usage. Progress
-bars are on when stderr is a terminal (``--progress`` / ``--no-progress`` force them on or off).
+bars are on when stderr is a terminal (``--progress`` / ``--no-progress`` force them on or off); without a
+terminal and without either flag, training prints plain lines instead (a plan, then one per epoch, at most one
+per 30 s, with an ETA: :mod:`bbh.training.progress`). Ctrl-C (SIGINT) stops any command with one line
+``bbh: interrupted...`` and exit status 130; files are written whole or not at all.
+
+The commands that train take ``--threads N``; without it they choose (:mod:`bbh.threads`, ``docs/threads.md``):
+one thread for the small networks of ``toy`` and ``uci``, the cores the process may use for ``train`` and
+``reproduce``, ``OMP_NUM_THREADS`` when it is set; the choice is said in one line when work starts.
 """
 
 from __future__ import annotations
@@ -25,8 +32,11 @@ import errno
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+
+from .threads import Kind
 
 TRAIN_SHORTCUTS = {"--epochs": "train.epochs", "--lr": "train.lr", "--batch-size": "train.batch_size",
                    "--optimizer": "train.optimizer", "--seed": "experiment.seed", "--device": "train.device",
@@ -36,6 +46,9 @@ TRAIN_SHORTCUTS = {"--epochs": "train.epochs", "--lr": "train.lr", "--batch-size
 
 STRING_KEYS = ("train.optimizer", "train.device", "train.model_dtype", "train.lr_schedule")
 """Shortcut keys whose values are strings (quoted for TOML)."""
+
+THREAD_KINDS: dict[str, Kind] = {"toy": "small", "uci": "small", "train": "large", "reproduce": "large"}
+"""The commands that train, and the kind of work each does (:func:`bbh.threads.choose_threads`)."""
 
 WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 """Errors of a write that fails mid-way (after the up-front check): reported in one line, exit status 1."""
@@ -82,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="training progress bars (default: when stderr is a terminal)")
     toy.add_argument("--no-hmc", action="store_true",
                      help="skip the HMC reference panel (computed once in ~15 s, then read from ~/.cache/bbh)")
+    toy.add_argument("--threads", metavar="N", help="torch threads (default: 1, the fastest for these small "
+                                                    "networks; OMP_NUM_THREADS when set)")
 
     train = sub.add_parser("train", help="train a method on MNIST or CIFAR-5 (the paper's experiments)",
                            description="Train one experiment in a run directory (config, metrics.jsonl, "
@@ -100,18 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--amp", action="store_true", help="automatic mixed precision (--set train.amp=true)")
     train.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
     train.add_argument("--data-dir", help="where the data lives (default: $BBH_DATA_DIR, else ~/.cache/bbh/data)")
+    train.add_argument("--download", action="store_true", help="fetch missing data files first (verified)")
     train.add_argument("--run-dir", help="the run directory (default: runs/NAME-YYYYmmdd-HHMMSS)")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue the run in RUN_DIR from its checkpoint (with its own data directory; --set "
                             "may change only train.epochs, eval.samples, train.keep_checkpoint, train.model_dtype)")
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="progress bars (default: when stderr is a terminal)")
+    train.add_argument("--threads", metavar="N", help="torch threads (default: the cores this process may use; "
+                                                      "OMP_NUM_THREADS when set)")
 
     ev = sub.add_parser("evaluate", help="evaluate finished runs: metrics, OOD, FGSM, figures, report.md",
                         description="Write RUN_DIR/eval/{results.json, report.md, *.png} for a finished run.")
     ev.add_argument("run_dir", help="a run directory (or, with --all, a directory of runs)")
     ev.add_argument("--all", action="store_true", help="evaluate every finished run below RUN_DIR")
     ev.add_argument("--data-dir", help="where the data lives")
+    ev.add_argument("--download", action="store_true", help="fetch missing data files first (verified)")
     ev.add_argument("--samples", type=_positive, help="posterior samples (default: the run's eval.samples)")
     ev.add_argument("--batch-size", type=_positive, default=500, help="examples per forward pass (default: 500)")
     ev.add_argument("--chunk-size", type=_positive,
@@ -155,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "budget and split kind), e.g. after rerunning one method into a new --out")
     uci.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: when stderr is a terminal)")
+    uci.add_argument("--threads", metavar="N", help="torch threads per process (default: 1, the fastest for these "
+                                                    "small networks; OMP_NUM_THREADS when set)")
 
     rep = sub.add_parser("reproduce", help="regenerate a table or figure of the paper (Tables 1-5, Figs. 1, 3-9)",
                          description="Train (through the Trainer, resumable: finished runs are skipped, a killed one "
@@ -167,11 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "paper's epochs and sets, for a GPU")
     rep.add_argument("--out", help="output directory (default: runs/reproduce-BUDGET)")
     rep.add_argument("--data-dir", help="MNIST, notMNIST and CIFAR-10 (default: $BBH_DATA_DIR, else ~/.cache/bbh/data)")
+    rep.add_argument("--download", action="store_true", help="fetch missing data files first (verified)")
     rep.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
     rep.add_argument("--plan", action="store_true",
                      help="print the planned runs with a measured time estimate and exit")
     rep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bars (default: when stderr is a terminal)")
+    rep.add_argument("--threads", metavar="N", help="torch threads (default: the cores this process may use, 1 "
+                                                    "for the toy of fig1; OMP_NUM_THREADS when set)")
 
     cmp = sub.add_parser("compare", help="Tables 3/4-style comparison of evaluated runs",
                          description="Write compare.md, compare.csv and adversarial.png into --out.")
@@ -197,7 +221,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                          chunk_size=args.chunk_size, adversarial=not args.no_adversarial,
                          adv_images=args.adv_images, adv_gradient=args.adv_gradient, adv_samples=args.adv_samples,
                          clamp=args.clamp, pgd=args.pgd, probes=not args.no_probes,
-                         posterior_plots=not args.no_posterior_plots, progress=args.progress)
+                         posterior_plots=not args.no_posterior_plots, progress=args.progress,
+                         download=args.download)
         t = r["test"]
         print(f"{run}: error {t['error_percent']:.2f} %, NLL {t['nll']:.4f}, ECE {t['ece']:.4f}, entropy AUC "
               f"{t['entropy_auc']:.3f}" + (f", outlier AUC {r['outliers']['entropy_auc']:.3f}, OOD AUROC "
@@ -257,12 +282,14 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if any((run_dir / name).exists() for name in (CHECKPOINT_NAME, CONFIG_NAME, MODEL_NAME)):
             raise ValueError(f"{run_dir} already holds a run; continue it with: bbh train --resume {run_dir} "
                              f"(or choose another --run-dir)")
+        if args.download:
+            from .data import fetch
+            fetch(config["experiment"]["task"], args.data_dir, progress=args.progress)
         run = Run(config, run_dir, data_dir=args.data_dir, progress=args.progress)
     try:
         summary = run.train()
     except KeyboardInterrupt as err:
-        print(f"{err}\ncontinue with: bbh train --resume {run.run_dir}", file=sys.stderr)
-        return 130
+        return _interrupted(f"{err or 'interrupted'}; continue with: bbh train --resume {run.run_dir}")
     except NonFiniteLossError as err:
         print(f"training stopped: {err}\nthe last good checkpoint is {run.run_dir / 'checkpoint.pt'}",
               file=sys.stderr)
@@ -273,20 +300,15 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _toy(args: argparse.Namespace) -> int:
-    from .experiments.toy import TOY_METHODS, run_toy
+    from .experiments.toy import TOY_METHODS, render_table, run_toy
 
-    report = run_toy(args.out, methods=args.methods or TOY_METHODS, seed=args.seed, faithful=args.faithful,
-                     n_samples=args.samples, progress=args.progress, hmc=not args.no_hmc)
-    hmc = report.get("hmc")
-    print(f"{'method':11s} {'RMSE':>6s} {'std |x|<=4':>11s} {'std 5<=|x|<=6':>14s} {'train s':>8s}"
-          + ("   std / HMC (in, out)" if hmc else ""))
-    for name, s in report["methods"].items():
-        ratios = f"   {s['std_ratio_inside']:5.2f}, {s['std_ratio_outside']:5.2f}" if hmc else ""
-        print(f"{name:11s} {s['rmse']:6.1f} {s['std_inside']:11.2f} {s['std_outside']:14.2f} "
-              f"{s['train_seconds']:8.1f}" + ratios)
-    if hmc:
-        print(f"{'hmc':11s} {hmc['rmse']:6.1f} {hmc['std_inside']:11.2f} {hmc['std_outside']:14.2f} "
-              f"{hmc['seconds']:8.1f}   (reference{', cached' if hmc['cached'] else ''})")
+    try:
+        report = run_toy(args.out, methods=args.methods or TOY_METHODS, seed=args.seed, faithful=args.faithful,
+                         n_samples=args.samples, progress=args.progress, hmc=not args.no_hmc)
+    except KeyboardInterrupt:
+        return _interrupted(f"interrupted; {args.out}/toy.png and toy.json are written only once every method has "
+                            f"trained: rerun the same command")
+    print(render_table(report))
     print(f"wrote {args.out}/toy.png and {args.out}/toy.json")
     return 0
 
@@ -311,8 +333,7 @@ def _uci(args: argparse.Namespace) -> int:
         _error(f"{err}" + ("" if args.download else " (--download fetches the standard datasets)"))
         return 2
     except KeyboardInterrupt:
-        _error(f"interrupted; finished cells are kept in {args.out}: rerun the same command to resume")
-        return 130
+        return _interrupted(f"interrupted; finished cells are kept in {args.out}: rerun the same command to resume")
     suffix = "" if args.split_kind == "standard" else f"-{args.split_kind}"
     print((Path(args.out) / f"report{suffix}.md").read_text(), end="")
     print(f"wrote {args.out}/results{suffix}.json and {args.out}/report{suffix}.md "
@@ -321,14 +342,25 @@ def _uci(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from .experiments.reproduce import Reproduction, plan_text
+    from .experiments.reproduce import Reproduction
 
     out = args.out or f"runs/reproduce-{args.budget}"
     repro = Reproduction.open(out, args.budget, data_dir=args.data_dir, device=args.device, progress=args.progress)
-    if args.plan or args.budget == "paper":
-        print(f"bbh reproduce {args.name} --budget {args.budget}: planned runs (device {args.device})")
-        print(plan_text(repro.plan(args.name, measure=True)), flush=True)
-        if args.plan:
+    if args.download:
+        from .data import fetch
+        fetch(sorted({p["task"] for p in repro.plan(args.name)}), args.data_dir, progress=args.progress)
+    measure = bool(getattr(args, "measure", False))  # --measure: time every run at full size (minutes per run)
+    if args.plan or measure or args.budget == "paper":
+        # the plan estimates from stored step times (bbh.experiments.costs): seconds, no full-size run, no data
+        print(f"bbh reproduce {args.name} --budget {args.budget}: planned runs (device {args.device})", flush=True)
+        try:
+            for line in repro.plan_lines(args.name, measure=measure):
+                print(line, flush=True)
+        except KeyboardInterrupt:
+            _error("interrupted while planning; nothing was trained" + (" (the runs measured so far are kept)"
+                                                                        if measure else ""))
+            return 130
+        if args.plan or measure:
             return 0
     try:
         written = repro.make(args.name)
@@ -358,6 +390,13 @@ def _error(message: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bbh`` command line; returns the exit status (0 success, 1 training stopped by a NaN or a
     write failing mid-way, 2 usage or runtime error, 130 interrupted)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # wherever it lands: a command that has its own line has said it already
+        return _interrupted()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     # An application may tune its process, a library may not: bbh sets no environment variable when imported.
     # Large CPU tensors (hypernet heads, their optimizer state) are allocated at every step; transparent huge
     # pages make each allocation several times cheaper (an 800 MB gradient 0.43 s -> 0.14 s). PyTorch reads
@@ -369,8 +408,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if getattr(args, "progress", None) is None and hasattr(args, "progress"):
+    threads: int | None = None
+    if args.command in THREAD_KINDS and args.threads is not None:
+        from .threads import parse_threads
+
+        try:  # refused in one line before anything runs
+            threads = parse_threads(args.threads)
+        except ValueError:
+            _error(f"--threads must be a whole number >= 1, got {args.threads!r}")
+            return 2
+    lines = False
+    if hasattr(args, "progress") and args.progress is None:
         args.progress = sys.stderr.isatty()  # bars for a person at a terminal, not in logs
+        lines = not args.progress  # no terminal (nohup, a scheduler, CI): plain progress lines instead
+    with ExitStack() as stack:
+        if args.command in THREAD_KINDS:
+            from .threads import announcing, use_threads
+
+            stack.enter_context(announcing())
+            stack.enter_context(use_threads(THREAD_KINDS[args.command], threads))
+        if lines:
+            from .training.progress import log_lines
+
+            stack.enter_context(log_lines())
+        return _run(args, parser)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the parsed command; errors that are not about the command line become one line."""
     from .io import OutputNotWritableError
 
     try:
@@ -399,6 +464,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2
+
+
+def _interrupted(message: str = "interrupted") -> int:
+    """The one answer to Ctrl-C: one line on stderr, no traceback, exit status 130 (128 + SIGINT)."""
+    _error(message)
+    return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,11 +23,22 @@ if TYPE_CHECKING:
 class Likelihood(Protocol):
     """Maps outputs [..., B, *out] and targets [B, ...] to log p(y | output), shape [..., B].
 
-    Optional: ``check_targets(y, batch)`` (run before the forward pass), ``predictive(outputs [S, B, *out])``
-    (what :meth:`bbh.Method.predict` returns; without it the softmax of the outputs), ``is_regression``.
+    Optional: ``check_targets(y, batch)`` (run before the forward pass; with a keyword ``outputs`` it is also given
+    an empty ``meta`` tensor of one pass's outputs ``[B, *out]``, to check the targets against),
+    ``predictive(outputs [S, B, *out])`` (what :meth:`bbh.Method.predict` returns; without it the softmax of the
+    outputs), ``is_regression``.
     """
 
     def log_prob(self, outputs: Tensor, y: Tensor) -> Tensor: ...
+
+
+def _check_classes(y: Tensor, classes: int) -> None:
+    """Raise ``ValueError`` unless every label of ``y`` is in [0, classes) (one device sync)."""
+    if y.numel():
+        low, high = torch.stack([y.min(), y.max()]).tolist()  # one device sync for both
+        if low < 0 or high >= classes:
+            found = " and ".join(str(v) for v, bad in ((low, low < 0), (high, high >= classes)) if bad)
+            raise ValueError(f"labels must be class indices in [0, {classes}); found {found}")
 
 
 class Categorical:
@@ -35,11 +46,12 @@ class Categorical:
 
     is_regression: bool = False
 
-    def check_targets(self, y: Tensor, batch: int | None = None) -> None:
-        """Raise ``ValueError`` unless ``y`` is a 1-d integer tensor of class labels (of ``batch`` entries).
+    def check_targets(self, y: Tensor, batch: int | None = None, outputs: Tensor | None = None) -> None:
+        """Raise ``ValueError`` unless ``y`` is a 1-d integer tensor of class labels (of ``batch`` entries) and,
+        when ``outputs`` (logits ``[B, K]``, or an empty ``meta`` tensor of their shape) is given, in [0, K).
 
-        Needs no logits, so a method runs it before its forward pass; the range [0, K) is checked by
-        :meth:`log_prob`, where K is known.
+        Needs no computed logits, so a method runs it before its forward pass (the shape of ``outputs`` comes
+        from a dry run on the ``meta`` device); :meth:`log_prob` checks the range again itself.
         """
         if not isinstance(y, Tensor):
             raise TypeError(f"categorical likelihood expects class labels as a torch.Tensor, got {type(y).__name__}")
@@ -49,6 +61,8 @@ class Categorical:
         if y.dim() != 1 or (batch is not None and y.shape[0] != batch):
             expected = "B" if batch is None else str(batch)
             raise ValueError(f"categorical likelihood expects class labels of shape [{expected}], got {tuple(y.shape)}")
+        if outputs is not None and outputs.dim() >= 2:
+            _check_classes(y, outputs.shape[-1])
 
     def log_prob(self, outputs: Tensor, y: Tensor) -> Tensor:
         """log softmax(outputs)_y, ``[..., B]``.
@@ -60,12 +74,7 @@ class Categorical:
         if outputs.dim() < 2:
             raise ValueError(f"categorical likelihood expects logits [..., B, K], got shape {tuple(outputs.shape)}")
         self.check_targets(y, outputs.shape[-2])
-        classes = outputs.shape[-1]
-        if y.numel():
-            low, high = torch.stack([y.min(), y.max()]).tolist()  # one device sync for both
-            if low < 0 or high >= classes:
-                found = " and ".join(str(v) for v, bad in ((low, low < 0), (high, high >= classes)) if bad)
-                raise ValueError(f"labels must be class indices in [0, {classes}); found {found}")
+        _check_classes(y, outputs.shape[-1])
         y = y.long()  # uint8 / int16 labels (as read from MNIST files) are fine
         logp = F.log_softmax(outputs, dim=-1)
         index = y.expand(*outputs.shape[:-1]).unsqueeze(-1)
@@ -81,8 +90,21 @@ class Categorical:
         return "Categorical()"
 
 
+def _check_float_targets(name: str, y: Tensor, dtype: torch.dtype | None = None) -> None:
+    """Raise ``ValueError`` unless ``y`` is floating point. Integer (or bool) targets are refused, not converted:
+    given to a regression likelihood they are more often class labels passed by mistake than values, and the
+    fix, stated in the message, is one call."""
+    if not y.dtype.is_floating_point:
+        conversion = "y.double()" if dtype == torch.float64 else "y.float()"
+        raise ValueError(f"{name} likelihood expects floating-point targets, got dtype {y.dtype}: convert them with "
+                         f"{conversion} (integer targets are not converted silently: class labels are meant for "
+                         f"likelihood='categorical')")
+
+
 def _check_gaussian_targets(name: str, outputs_shape: torch.Size, y: Tensor) -> None:
-    """Raise ``ValueError`` unless ``y`` matches the trailing dimensions ``outputs_shape`` (the per-draw mean)."""
+    """Raise ``ValueError`` unless ``y`` is floating point and matches the trailing dimensions ``outputs_shape``
+    (the per-draw mean)."""
+    _check_float_targets(name, y)
     target_shape = outputs_shape[-y.dim():] if y.dim() else torch.Size()
     if y.shape != target_shape or y.dim() > len(outputs_shape):
         raise ValueError(
@@ -108,6 +130,23 @@ class _Regression:
     """
 
     is_regression: bool = True
+
+    def check_targets(self, y: Tensor, batch: int | None = None, outputs: Tensor | None = None) -> None:
+        """Raise ``ValueError`` unless ``y`` holds floating-point targets of ``batch`` examples that fit ``outputs``
+        (one pass's outputs ``[B, *out]``, or an empty ``meta`` tensor of their shape), before any forward pass."""
+        if not isinstance(y, Tensor):
+            raise TypeError(f"{self._name} likelihood expects targets as a torch.Tensor, got {type(y).__name__}")
+        _check_float_targets(self._name, y, None if outputs is None else outputs.dtype)
+        if batch is not None and (y.dim() == 0 or y.shape[0] != batch):
+            raise ValueError(f"{self._name} likelihood expects targets of {batch} examples [B, ...], got shape "
+                             f"{tuple(y.shape)}")
+        if outputs is not None:
+            self._check_shape(outputs.shape, y)
+
+    _name = "Gaussian"
+
+    def _check_shape(self, outputs_shape: torch.Size, y: Tensor) -> None:
+        _check_gaussian_targets(self._name, outputs_shape, y)
 
     def mean_and_variance(self, outputs: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -213,12 +252,21 @@ class Heteroscedastic(_Regression):
         mean, log_var = outputs.chunk(2, dim=-1)
         return mean, log_var.exp() + self.min_variance
 
-    def log_prob(self, outputs: Tensor, y: Tensor) -> Tensor:
-        mean, var = self.mean_and_variance(outputs)
-        if y.dim() != 2 or y.shape != mean.shape[-2:]:
+    _name = "heteroscedastic"
+
+    def _check_shape(self, outputs_shape: torch.Size, y: Tensor) -> None:
+        if len(outputs_shape) < 2 or outputs_shape[-1] % 2:
+            raise ValueError(f"heteroscedastic likelihood expects outputs [..., B, 2D] (mean and log-variance), "
+                             f"got shape {tuple(outputs_shape)}")
+        expected = (outputs_shape[-2], outputs_shape[-1] // 2)
+        if y.dim() != 2 or tuple(y.shape) != expected:
             raise ValueError(f"heteroscedastic likelihood: targets of shape {tuple(y.shape)} do not match outputs "
-                             f"{tuple(outputs.shape)} (expected targets {tuple(mean.shape[-2:])}: D = half the "
-                             f"outputs)")
+                             f"{tuple(outputs_shape)} (expected targets {expected}: D = half the outputs)")
+
+    def log_prob(self, outputs: Tensor, y: Tensor) -> Tensor:
+        _check_float_targets(self._name, y)
+        self._check_shape(outputs.shape, y)
+        mean, var = self.mean_and_variance(outputs)
         lp = -0.5 * ((y - mean) ** 2 / var + var.log() + math.log(2 * math.pi))
         return lp.sum(-1)
 

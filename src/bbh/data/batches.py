@@ -1,11 +1,77 @@
-"""Minibatches with one shuffling order per ensemble member (deep ensembles, paper-protocol 4.3)."""
+"""Minibatches with one shuffling order per ensemble member (deep ensembles, paper-protocol 4.3), and the training-set
+size N that a DataLoader trains on (:func:`training_set_size`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    WeightedRandomSampler,
+)
+from torch.utils.data.distributed import DistributedSampler
+
+_ASK = "pass num_data=N (the number of training examples) to fit()"
+
+
+def known_length(obj: Any) -> int | None:
+    """``len(obj)``, or None where it has none (an IterableDataset's DataLoader raises TypeError in len())."""
+    try:
+        return len(obj)
+    except TypeError:
+        return None
+
+
+def training_set_size(data: Any) -> int | None:
+    """N, the number of training examples for the KL / N of the ELBO: the examples an epoch of ``data`` draws
+    from. None for an iterable with neither a ``dataset`` nor a sampler (the caller asks for ``num_data``).
+
+    For a DataLoader, from the sampler that picks its examples:
+
+    * ``SequentialSampler``, ``RandomSampler`` (also with ``num_samples`` or replacement: an epoch of k draws
+      from the whole dataset still trains on all of it) and ``DistributedSampler`` (each rank its share, the
+      ranks together the whole dataset): ``len(dataset)``;
+    * ``SubsetRandomSampler`` and any other sampler with a length: ``len(sampler)``, the examples it draws
+      per epoch (1,000 indices of a 60,000-example dataset: N = 1,000);
+    * ``WeightedRandomSampler``: the examples of positive weight (those that can be drawn).
+
+    Another iterable with a ``dataset`` (:class:`MemberBatches`): ``len(dataset)``.
+
+    Raises:
+        ValueError: N cannot be known (an ``IterableDataset`` without ``len``, a sampler without one, a batch
+            sampler of its own with no ``sampler``, ``batch_size=None``); the message asks for ``num_data``.
+    """
+    dataset = getattr(data, "dataset", None)
+    if not isinstance(data, DataLoader):
+        return known_length(dataset) if dataset is not None else None
+    if isinstance(dataset, IterableDataset):
+        n = known_length(dataset)
+        if n is None:
+            raise ValueError(f"a DataLoader over an IterableDataset ({type(dataset).__name__}) has no length: {_ASK}")
+        return n
+    batches = data.batch_sampler
+    if batches is None:
+        raise ValueError(f"a DataLoader with batch_size=None yields the dataset's items as batches, so their "
+                         f"number is not the number of examples: {_ASK}")
+    sampler = batches.sampler if isinstance(batches, BatchSampler) else getattr(batches, "sampler", None)
+    if sampler is None:
+        raise ValueError(f"the DataLoader's batch sampler ({type(batches).__name__}) says nothing of the examples "
+                         f"it draws: {_ASK}")
+    if isinstance(sampler, (SequentialSampler, RandomSampler, DistributedSampler)):
+        return len(dataset)
+    if isinstance(sampler, WeightedRandomSampler):
+        return int((torch.as_tensor(sampler.weights) > 0).sum())
+    n = known_length(sampler)
+    if n is None:
+        raise ValueError(f"the DataLoader's sampler ({type(sampler).__name__}) has no length: {_ASK}")
+    return n
 
 
 class MemberBatches:
@@ -45,4 +111,4 @@ class MemberBatches:
             yield self.x[idx], self.y[idx]
 
 
-__all__ = ["MemberBatches"]
+__all__ = ["MemberBatches", "known_length", "training_set_size"]

@@ -26,6 +26,7 @@ machinery here; their sources are in ``MIRRORS["uci/<name>"]``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -304,8 +305,12 @@ def ensure_datasets(datasets: Iterable[str], data_dir: str | Path | None = None,
     """Make sure every file of ``datasets`` is under the data directory; return that directory.
 
     Missing files are downloaded when ``download`` is true. When they cannot be (``download=False``, no
-    network, HTTP errors), :class:`MissingDataError` names the missing files, the folder they belong in
-    and the URLs to get them from. A checksum mismatch raises :class:`ChecksumError`.
+    network, HTTP errors), :class:`MissingDataError` names the missing files and the folder they belong in,
+    on one line (after it, with ``download=True``, the URLs tried and their errors). A checksum mismatch
+    raises :class:`ChecksumError`.
+
+    Nothing is created in the data directory unless ``download`` is true, and a download that fails removes
+    the (empty) folders it created: a mistyped ``data_dir`` is left as it was.
     """
     root = resolve_data_dir(data_dir)
     names = list(dict.fromkeys(datasets))
@@ -315,36 +320,47 @@ def ensure_datasets(datasets: Iterable[str], data_dir: str | Path | None = None,
         return root
     failures: list[str] = []
     if download:
-        dead_hosts: set[str] = set()
-        for d, r in needed:
-            try:
-                _fetch_resource(r, root / d, progress, dead_hosts)
-            except DownloadError as e:
-                failures.append(str(e))
-        needed = [(d, r) for d, r in needed if any(not (root / d / f).is_file() for f in r.provides)]
+        created = [p for p in (root, *(root / d for d, _ in needed)) if not p.exists()]
+        try:
+            dead_hosts: set[str] = set()
+            for d, r in needed:
+                try:
+                    _fetch_resource(r, root / d, progress, dead_hosts)
+                except DownloadError as e:
+                    failures.append(str(e))
+            needed = [(d, r) for d, r in needed if any(not (root / d / f).is_file() for f in r.provides)]
+        finally:
+            if needed:  # failed: take back the folders this call created, if nothing is in them
+                for folder in reversed(created):
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
         if not needed:
             return root
-    raise MissingDataError(_missing_message(root, needed, download, failures))
+    raise MissingDataError(_missing_message(root, needed, download, failures, data_dir is None))
 
 
-def _missing_message(root: Path, needed: list[tuple[str, Resource]], download: bool, failures: list[str]) -> str:
-    why = "downloading was not possible" if download else "downloading is off (download=False)"
-    lines = [f"missing data files ({why}); put them in the folders below:"]
+def _missing_message(root: Path, needed: list[tuple[str, Resource]], download: bool, failures: list[str],
+                     default_dir: bool = False) -> str:
+    """One line naming the missing files and their folder (and, after a failed download, one line per URL
+    tried). A folder that itself holds the files (``--data-dir .../mnist`` for ``.../``) is pointed out."""
+    lacks = []
     for d in dict.fromkeys(d for d, _ in needed):
-        folder = root / d
-        lines.append(f"  {folder}/")
-        for r in (r for dd, r in needed if dd == d):
-            files = [f for f in r.provides if not (folder / f).is_file()]
-            if r.is_archive:
-                lines.append(f"    {', '.join(files)}")
-                lines.append(f"      = the archive {r.filename}, extracted in {folder}/ "
-                             f"(it holds {r.provides[0].split('/')[0]}/), from: {' | '.join(urls_for(r))}")
-            else:
-                lines.append(f"    {r.filename}  from: {' | '.join(urls_for(r))}")
-    if failures:
-        lines.append("download errors:")
-        lines += [f"  {line.strip()}" for f in failures for line in f.splitlines()[1:]]
-    lines.append(_data_dir_note(root))
+        files = [f for dd, r in needed if dd == d for f in r.provides if not (root / d / f).is_file()]
+        archive = [r.filename for dd, r in needed if dd == d and r.is_archive]
+        lacks.append(f"{d}/ lacks {', '.join(files)}" + (f" (from {', '.join(archive)})" if archive else ""))
+    where = f"{root} (no such folder)" if not root.is_dir() else str(root)
+    line = f"missing data files in {where}: {'; '.join(lacks)}"
+    inside = list(dict.fromkeys(d for d, r in needed for f in r.provides
+                                if (root / f).is_file() or (root / PurePosixPath(f).name).is_file()))
+    if inside:
+        line += (f"; {root} itself holds {' and '.join(inside)} files: the data folder is the one that holds "
+                 f"{' and '.join(d + '/' for d in inside)}")
+    if default_dir:
+        line += f" (the default data folder: data_dir / --data-dir or ${ENV_DATA_DIR} choose another)"
+    if not download:
+        return line + "; download=True (or --download) fetches them, verified"
+    lines = [line + "; downloading them failed:"]
+    lines += [f"  {entry.strip()}" for f in failures for entry in f.splitlines()[1:]]
     return "\n".join(lines)
 
 

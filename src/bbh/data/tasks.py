@@ -1,9 +1,23 @@
 """The paper's classification tasks, MNIST (+ notMNIST outliers) and CIFAR-5 (paper-protocol 5.2, 5.3, 6.3),
 and full CIFAR-10 (issue 11's scale comparison; no outlier set).
 
-:func:`load_task` finds (or downloads) the files, loads them as uint8 tensors and returns a :class:`Task`
+:func:`load` is the simple door: one data set and split as a ``TensorDataset`` of evaluation-ready float inputs
+and int64 labels, for :func:`bbh.evaluate` or a ``DataLoader``::
+
+    import bbh
+    test = bbh.data.load("mnist", "DATA", split="test")              # DATA holds mnist/ (see below)
+    results = bbh.evaluate(method, test.tensors, ood={"notmnist": bbh.data.load("notmnist", "DATA").tensors})
+
+:func:`load_task` loads a whole task (train / validation / test / outliers as uint8 tensors) as a :class:`Task`
 whose ``train_transform`` / ``eval_transform`` turn uint8 batches into the network's float inputs (on the
-batch's device; see :mod:`bbh.data.transforms`).
+batch's device; see :mod:`bbh.data.transforms`); ``bbh train`` uses it.
+
+Both read the data folder (:func:`~bbh.data.resolve_data_dir`: the ``data_dir`` argument, else
+``$BBH_DATA_DIR``, else ``~/.cache/bbh/data``; layout ``mnist/``, ``notmnist/``, ``cifar10/cifar-10-batches-py/``,
+:mod:`bbh.data.download`) and download nothing unless asked: files that are not there raise
+:class:`~bbh.data.MissingDataError`, one line naming them and the folder, and nothing is created there.
+``download=True`` (the command line's ``--download``; :func:`fetch` alone) fetches them from the official
+sources, checksum-verified.
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data import TensorDataset
 
 from .cifar import BATCHES_DIR, load_cifar10, select_classes
 from .download import ensure_datasets
@@ -25,6 +40,10 @@ CIFAR5_OUTLIER_CLASSES = range(5, 10)
 CIFAR10_CLASSES = range(0, 10)
 PREPROCESSING = ("paper", "standard")
 TASKS = ("mnist", "cifar5", "cifar10")
+DATASETS: dict[str, tuple[str, ...]] = {"mnist": ("mnist", "notmnist"), "notmnist": ("notmnist",),
+                                        "cifar5": ("cifar10",), "cifar10": ("cifar10",)}
+"""The data folders (:data:`bbh.data.download.RESOURCES`) each name of :func:`load` / :func:`fetch` reads: a task
+includes its outlier set (MNIST's is notMNIST)."""
 OUTLIER_SETS: dict[str, str | None] = {"mnist": "notMNIST test", "cifar5": "CIFAR-10 test classes 5-9",
                                        "cifar10": None}
 """Each task's out-of-distribution set; None: the task has none (CIFAR-10 uses every CIFAR-10 class, and bbh
@@ -108,7 +127,7 @@ def available_tasks() -> tuple[str, ...]:
     return TASKS
 
 
-def load_task(name: str, data_dir: str | Path | None = None, *, download: bool = True, validation: bool = True,
+def load_task(name: str, data_dir: str | Path | None = None, *, download: bool = False, validation: bool = True,
               preprocessing: str = "paper", progress: bool = True, outliers: bool = True) -> Task:
     """Load one of the paper's tasks.
 
@@ -121,8 +140,8 @@ def load_task(name: str, data_dir: str | Path | None = None, *, download: bool =
             10,000, no outliers (:data:`OUTLIER_SETS`: ``outlier_x`` is None whatever ``outliers`` says), no
             validation split.
         data_dir: see :func:`bbh.data.resolve_data_dir` (argument, ``$BBH_DATA_DIR``, ``~/.cache/bbh/data``).
-        download: fetch missing files (verified) from the official sources; otherwise raise
-            :class:`~bbh.data.MissingDataError` naming them.
+        download: fetch missing files (verified) from the official sources. Default: do not; missing files
+            raise :class:`~bbh.data.MissingDataError` (one line naming them and the folder; nothing is created).
         validation: MNIST only: hold out TF's 5,000 validation images.
         preprocessing: ``"paper"`` (CIFAR: the authors' 24x24 pipeline) or ``"standard"`` (CIFAR: 32x32 with
             the usual pad-crop-flip and per-channel normalisation). MNIST has one preprocessing (pixels in
@@ -159,4 +178,72 @@ def load_task(name: str, data_dir: str | Path | None = None, *, download: bool =
                 preprocessing=preprocessing, pipeline=f"cifar-{preprocessing}")
 
 
-__all__ = ["OUTLIER_SETS", "Task", "available_tasks", "load_task"]
+SPLITS = ("train", "test")
+
+
+def fetch(names: str | tuple[str, ...] | list[str], data_dir: str | Path | None = None, *,
+          progress: bool = True) -> Path:
+    """Download the files of ``names`` (``"mnist"``, ``"notmnist"``, ``"cifar5"``, ``"cifar10"``; a task includes
+    its outlier set) that are not in the data folder yet, checksum-verified; return the data folder.
+
+    What ``--download`` does before a command runs. Raises :class:`~bbh.data.MissingDataError` (what could not be
+    fetched, and why) or :class:`~bbh.data.ChecksumError`.
+    """
+    names = (names,) if isinstance(names, str) else tuple(names)
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        raise ValueError(f"unknown data set {', '.join(map(repr, unknown))}; valid: {', '.join(DATASETS)}")
+    return ensure_datasets([d for n in names for d in DATASETS[n]], data_dir, download=True, progress=progress)
+
+
+def load(name: str, data_dir: str | Path | None = None, *, split: str = "test", download: bool = False,
+         preprocessing: str = "paper", progress: bool = True) -> TensorDataset:
+    """One data set's ``split`` as a ``TensorDataset(x, y)``: float32 inputs ready for the network and int64
+    labels, for :func:`bbh.evaluate` (``evaluate(method, ds.tensors)``) or a ``DataLoader``.
+
+    ``x`` is the task's deterministic evaluation preprocessing of the images (:meth:`Task.eval_transform`, no
+    augmentation): MNIST / notMNIST ``[N, 1, 28, 28]`` in [0, 1]; CIFAR ``[N, 3, 24, 24]`` (``"paper"``: central
+    crop, per-image standardisation, what ``bbh train``'s CIFAR runs see) or ``[N, 3, 32, 32]`` (``"standard"``:
+    per-channel normalisation). For training with the paper's augmentation and MNIST's validation split, use
+    :func:`load_task`.
+
+    Args:
+        name: ``"mnist"`` (train 60,000 / test 10,000), ``"notmnist"`` (letters A-J as labels 0..9; test
+            10,000 only, MNIST's outlier set), ``"cifar10"`` (train 50,000 / test 10,000), ``"cifar5"`` (CIFAR-10
+            classes 0-4: train 25,000 / test 5,000; its outlier set is ``cifar10``'s test images with labels >= 5).
+        data_dir: the folder that holds ``mnist/``, ``notmnist/``, ``cifar10/`` (default: ``$BBH_DATA_DIR``,
+            else ``~/.cache/bbh/data``; :func:`~bbh.data.resolve_data_dir`).
+        split: ``"test"`` (the default: what evaluation needs) or ``"train"``.
+        download: fetch missing files from the official sources, verified (:func:`fetch`). Default: do not.
+        preprocessing: CIFAR only, ``"paper"`` or ``"standard"``.
+        progress: download progress bars.
+
+    Raises:
+        MissingDataError: files that are not in the folder (one line naming them and the folder; nothing is
+            created or downloaded without ``download=True``).
+        DataFormatError: a file that is there but unreadable.
+        ValueError: an unknown name, split or preprocessing, or notMNIST's ``"train"``.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    if preprocessing not in PREPROCESSING:
+        raise ValueError(f"unknown preprocessing {preprocessing!r}; valid: {', '.join(PREPROCESSING)}")
+    if name == "notmnist" and split != "test":
+        raise ValueError("notMNIST has only a test split (it is MNIST's outlier set): split='test'")
+    folder = name if name in ("mnist", "notmnist") else "cifar10"
+    root = ensure_datasets([folder], data_dir, download=download, progress=progress)
+    if folder == "mnist":
+        x, y = load_mnist(root / "mnist", split)
+    elif folder == "notmnist":
+        x, y = load_notmnist(root / "notmnist")
+    else:
+        x, y = load_cifar10(root / "cifar10" / BATCHES_DIR, split)
+        if name == "cifar5":
+            x, y = select_classes(x, y, CIFAR5_CLASSES)
+    pipeline = "mnist" if folder != "cifar10" else f"cifar-{preprocessing}"
+    return TensorDataset(PIPELINES[pipeline][1](x), y)
+
+
+__all__ = ["DATASETS", "OUTLIER_SETS", "Task", "available_tasks", "fetch", "load", "load_task"]

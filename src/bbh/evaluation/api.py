@@ -12,7 +12,8 @@ What is computed (paper-protocol 6.1-6.5; the same numbers ``bbh evaluate RUN_DI
   :class:`~bbh.evaluation.predictive.Predictive`);
 * per out-of-distribution set (:class:`OODResults`): the same label-free metrics, and OOD detection (AUROC, AUPR
   in / out, FPR at 95 % TPR, :func:`bbh.evaluation.metrics.ood_metrics`) for three scores, each higher = more
-  OOD: the total entropy H[p̄], the mutual information, and the negated maximum probability -max_k p̄_k;
+  OOD: the total entropy H[p̄], the mutual information, and the negated maximum probability -max_k p̄_k (no mutual
+  information for a predictive without epistemic spread, e.g. MAP's one draw: it is 0 there, so it ranks nothing);
 * per attack (:class:`AttackCurve`): on the first ``images`` test examples, per ε: accuracy, mean authors'
   entropy / log K and entropy AUC of the predictive on the adversarial images (paper Figs. 3/4). At ε = 0 the
   clean test predictions of those images are reused, so the curve starts exactly at their clean accuracy. FGSM's
@@ -149,7 +150,8 @@ class OODResults:
         metrics: :class:`SetMetrics` of the OOD set (label metrics None).
         detection: per score (``"entropy"``, ``"mutual_information"``, ``"max_prob"``), the
             :func:`bbh.evaluation.metrics.ood_metrics` of test (negative) vs OOD (positive):
-            ``auroc``, ``aupr_in``, ``aupr_out``, ``fpr_at_95_tpr``.
+            ``auroc``, ``aupr_in``, ``aupr_out``, ``fpr_at_95_tpr``. No ``"mutual_information"`` for a predictive
+            without epistemic spread (one draw, as MAP's, or identical draws: :func:`has_epistemic_spread`).
     """
 
     metrics: SetMetrics
@@ -371,14 +373,39 @@ def set_metrics(summary: Mapping[str, Tensor], y: Tensor | None, num_classes: in
     return out
 
 
-def ood_detection(summary_in: Mapping[str, Tensor], summary_out: Mapping[str, Tensor]) -> dict[str, dict[str, float]]:
-    """:func:`bbh.evaluation.metrics.ood_metrics` of in- vs out-of-distribution for the three scores: the exact
-    entropy H[p̄], the mutual information, and the negated maximum probability -max_k p̄_k."""
-    scores = {
-        "entropy": (summary_in["entropy"], summary_out["entropy"]),
-        "mutual_information": (summary_in["mutual_information"], summary_out["mutual_information"]),
-        "max_prob": (-summary_in["mean"].max(-1).values, -summary_out["mean"].max(-1).values),
-    }
+NO_SPREAD_NATS = 1e-4
+"""Mutual information (nats) below which, on every example of the sets, S > 1 draws count as identical: the
+rounding of S equal float32 predictions leaves up to ~2e-6 (measured: K = 100 classes, S up to 1,000, chunked);
+a posterior whose draws disagree on some input has far more there."""
+
+
+def has_epistemic_spread(samples: int, *summaries: Mapping[str, Tensor]) -> bool:
+    """Whether the predictive's draws disagree at all, so that the mutual information can tell anything apart.
+
+    Decided on the predictive actually evaluated, not on the method's name: one draw (MAP, a Laplace probit
+    predictive, a one-member ensemble, or any method evaluated with ``n_samples=1``) has I = H[p̄] - E_s H[p_s] = 0
+    by definition; S draws that are all the same (a method without randomness) have I below
+    :data:`NO_SPREAD_NATS` everywhere. Either way the MI score is a constant, whose AUROC of 0.5 and FPR of 1
+    mean nothing.
+    """
+    if samples <= 1:
+        return False
+    values = [s["mutual_information"] for s in summaries if s["mutual_information"].numel()]
+    return any(float(v.max()) > NO_SPREAD_NATS for v in values)
+
+
+def ood_detection(summary_in: Mapping[str, Tensor], summary_out: Mapping[str, Tensor],
+                  samples: int | None = None) -> dict[str, dict[str, float]]:
+    """:func:`bbh.evaluation.metrics.ood_metrics` of in- vs out-of-distribution for the scores: the exact entropy
+    H[p̄], the mutual information, and the negated maximum probability -max_k p̄_k.
+
+    The mutual information is left out when the predictive has no epistemic spread
+    (:func:`has_epistemic_spread`; ``samples``: the draws per prediction, None: judged on the values alone).
+    """
+    scores = {"entropy": (summary_in["entropy"], summary_out["entropy"])}
+    if has_epistemic_spread(2 if samples is None else samples, summary_in, summary_out):
+        scores["mutual_information"] = (summary_in["mutual_information"], summary_out["mutual_information"])
+    scores["max_prob"] = (-summary_in["mean"].max(-1).values, -summary_out["mean"].max(-1).values)
     return {name: metrics.ood_metrics(a, b) for name, (a, b) in scores.items()}
 
 
@@ -536,7 +563,7 @@ def _run(method: Method, test: Batches, sets: dict[str, Batches], specs: dict[st
             raise ValueError(f"the outputs on ood[{name!r}] have {summary['mean'].shape[-1]} classes, on the "
                              f"test set {num_classes}")
         results.ood[name] = OODResults(metrics=set_metrics(summary, None, num_classes, bins),
-                                       detection=ood_detection(test_summary, summary))
+                                       detection=ood_detection(test_summary, summary, samples))
         results.predictions[name] = summary
     if specs:
         if y is None:
@@ -553,5 +580,5 @@ def _run(method: Method, test: Batches, sets: dict[str, Batches], specs: dict[st
     return results
 
 
-__all__ = ["ATTACKS", "AttackCurve", "AttackPoint", "AttackSpec", "EvaluationResults", "OODResults", "SetMetrics",
-           "evaluate", "json_safe", "ood_detection", "set_metrics"]
+__all__ = ["ATTACKS", "NO_SPREAD_NATS", "AttackCurve", "AttackPoint", "AttackSpec", "EvaluationResults", "OODResults",
+           "SetMetrics", "evaluate", "has_epistemic_spread", "json_safe", "ood_detection", "set_metrics"]

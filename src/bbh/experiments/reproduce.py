@@ -22,8 +22,11 @@ MC predictive), the baseline a user would pick instead of BbH. Figures: ``fig1``
 ``fig5-9`` (weight marginals and first-conv correlations of MNF and BbH on LeNet-5 and ResNet-32).
 
 An output folder belongs to one budget: ``OUT/reproduce.json`` records it and another budget is refused.
-``--budget paper`` prints the planned runs and an estimate of their time (measured training steps on the
-chosen device times the steps planned) before it starts.
+``--plan`` prints the planned runs, one line each as it goes, with an estimate of their training time and what
+it rests on, and exits; ``--budget paper`` prints the same before it starts. The estimate is the steps left times
+a step's time measured at full size and stored (:mod:`bbh.experiments.costs`: the file shipped with bbh, or this
+machine's own from ``--plan --measure``), scaled by a one-second probe where the machine differs: a plan builds
+no full-size run and reads no data set (it says whether the data is there).
 """
 
 from __future__ import annotations
@@ -32,17 +35,21 @@ import csv
 import io
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..io import atomic_write, ensure_writable, read_json_object, write_json
 from .claims import TIMING_RELATIVE_SE
 from .config import load_config, validate
+from .costs import PROBE_RUN
 from .paper_tables import FIGURES, LAPLACE, NAMES, TABLES, Row, TableSpec
+
+if TYPE_CHECKING:
+    from .costs import Basis
 
 Log = Callable[[str], None]
 
@@ -378,29 +385,120 @@ class Reproduction:
         return [self.out / "fig1" / "toy.png", md]
 
     # ---- the plan ----
-    def plan(self, name: str, measure: bool = False) -> list[dict[str, Any]]:
-        """The runs ``name`` needs: per run its name, task, method, epochs, steps and whether it is done; with
-        ``measure`` also the seconds of 3 training steps on the device (after one warm-up step) and the
-        estimated training time (seconds per step x steps)."""
-        rows = _rows_of(name)
-        planned, seen = [], set()
-        for row in rows:
-            if row.key == LAPLACE or run_name(row) in seen:
-                continue
-            seen.add(run_name(row))
-            config = row_config(row, self.budget, self.device)
-            task = config["experiment"]["task"]
-            n_train = self.budget.train.get(task) or _FULL_TRAIN[task]
-            steps = config["train"]["epochs"] * (n_train // config["train"]["batch_size"])
-            status = (read_json_object(self.run_dir(row) / "status.json") or {}).get("status", "not started")
-            entry = {"run": run_name(row), "task": task, "method": config["experiment"]["method"],
-                     "epochs": config["train"]["epochs"], "steps": steps, "status": status}
-            if measure and status != "finished":
-                entry["seconds_per_step"] = _time_steps(config, self.task(task))
-                entry["estimated_seconds"] = entry["seconds_per_step"] * steps
-            planned.append(entry)
-        return planned
+    def plan(self, name: str, measure: bool = False, estimate: bool = False) -> list[dict[str, Any]]:
+        """The runs ``name`` needs, each once: per run its name, task, method, epochs, steps, steps left and
+        status. With ``estimate`` also the estimated seconds per step and of the steps left (``seconds_per_step``,
+        ``estimated_seconds``; :mod:`bbh.experiments.costs`, never building a full-size run), with ``measure``
+        from a full-size measurement of every run made now (minutes per run, GBs; kept for later plans)."""
+        basis = self.plan_basis(measure) if estimate or measure else None
+        return list(self.iter_plan(name, basis=basis, measure=measure))
 
+    def plan_basis(self, measure: bool = False) -> Basis:
+        """What the estimates rest on (:func:`bbh.experiments.costs.load_basis`); with ``measure`` nothing stored
+        is read (every run is measured)."""
+        from .costs import Basis, load_basis, this_machine
+
+        device = _device(self.device)
+        if measure:
+            return Basis(this_machine(device))
+        probe = Row("map", "MAP", PROBE_RUN)
+        return load_basis(device, lambda: row_config(probe, BUDGETS["paper"], self.device))
+
+    def iter_plan(self, name: str, *, basis: Basis | None = None, measure: bool = False
+                  ) -> Iterator[dict[str, Any]]:
+        """:meth:`plan`, one run at a time, each as soon as it is known; with ``measure`` each run is timed at full
+        size first, the result added to ``basis.measured`` and to the user's file
+        (:func:`bbh.experiments.costs.user_file`) at once, so that an interrupted measurement keeps what it did."""
+        from .costs import load_average, store, user_file
+        from .costs import measure as measure_cost
+
+        for row in _plan_rows(name):
+            run = run_name(row)
+            config = row_config(row, self.budget, self.device)
+            task, batch = config["experiment"]["task"], int(config["train"]["batch_size"])
+            per_epoch = self._n_train(task) // batch
+            steps = int(config["train"]["epochs"]) * per_epoch
+            state = read_json_object(self.run_dir(row) / "status.json") or {}
+            status = state.get("status", "not started")
+            # a killed run's status.json holds where its last session started: a lower bound of what is done
+            done = min(steps, int(state.get("epoch") or 0) * per_epoch + int(state.get("step_in_epoch") or 0))
+            entry: dict[str, Any] = {"run": run, "task": task, "method": config["experiment"]["method"],
+                                     "epochs": config["train"]["epochs"], "batch_size": batch, "steps": steps,
+                                     "steps_left": 0 if status == "finished" else steps - done, "status": status}
+            if basis is not None:
+                if measure:
+                    # the full-size measurement is of the paper's configuration of the run (stored for any budget)
+                    cost = measure_cost(row_config(row, BUDGETS["paper"], self.device), _device(self.device))
+                    basis.measured[run] = cost
+                    store(user_file(), basis.machine, {run: cost}, {"load_average": load_average()})
+                cost, factor, how = basis.cost(run, config)
+                entry["basis"] = how
+                if cost is not None and entry["steps_left"] > 0:
+                    members = config["method"].get("members") if entry["method"] == "ensemble" else None
+                    entry["seconds_per_step"] = cost.seconds_per_step(batch, members) * factor
+                    entry["estimated_seconds"] = (cost.startup_seconds * factor
+                                                  + entry["seconds_per_step"] * entry["steps_left"])
+            yield entry
+
+    def plan_lines(self, name: str, *, measure: bool = False) -> Iterator[str]:
+        """The plan of ``name`` in words, each line yielded as soon as it is known (the command line prints them as
+        they come): where the data is, what the estimates rest on, one line per run (:func:`plan_row`), the rows
+        that train nothing, and the total. Builds no full-size run unless ``measure``, reads no data set."""
+        rows = _rows_of(name)
+        tasks = list(dict.fromkeys(_row_task(r) for r in rows if r.key != LAPLACE))
+        if tasks:
+            yield f"data: {self.data_status(tasks)}"
+        from .costs import busy_note, user_file
+
+        if measure:
+            yield (f"measuring: every run is built at full size and {_MEASURE_NOTE}; kept in {user_file()} for "
+                   f"later plans on this machine")
+        basis = self.plan_basis(measure)
+        yield from basis.lines
+        busy = busy_note(basis.machine)
+        if busy:
+            yield busy
+        yield plan_header()
+        entries = []
+        for entry in self.iter_plan(name, basis=basis, measure=measure):
+            entries.append(entry)
+            yield plan_row(entry)
+        for table in _laplace_tables(name):
+            yield (f"{table.task + '-' + LAPLACE:48s} the last-layer Laplace row of {table.name}: fitted on the "
+                   f"{table.task}-map run once it has trained (one pass over the training set; not estimated)")
+        if name in ("all", "fig1"):
+            yield (f"{'fig1':48s} the toy (Fig. 1: six methods and the HMC reference; not estimated here: about a "
+                   f"minute on 2 CPU cores, README)")
+        yield plan_total(entries)
+
+    def data_status(self, tasks: Sequence[str]) -> str:
+        """Whether each task's files are in the data folder (checked, nothing read or created)."""
+        from ..data.download import missing_files, resolve_data_dir
+
+        parts, lacking = [], False
+        for task in tasks:
+            if task in self.tasks:
+                parts.append(f"{task} given")
+                continue
+            missing = {d: missing_files(d, self.data_dir) for d in _DATASETS[task]}
+            gone = [f"{d}/ lacks {len(files)} file{'s' if len(files) > 1 else ''}" for d, files in missing.items()
+                    if files]
+            lacking |= bool(gone)
+            parts.append(f"{task} {'missing (' + ', '.join(gone) + ')' if gone else 'found'}")
+        root = resolve_data_dir(self.data_dir)
+        where = f"{root}{'' if root.is_dir() else ' (no such folder)'}"
+        note = "; the plan needs none, a run needs it (--download fetches it)" if lacking else ""
+        return f"{'; '.join(parts)} in {where}{note}"
+
+    def _n_train(self, task: str) -> int:
+        """Training images of ``task`` at this budget: the budget's cut of the full set (or of a given task)."""
+        full = len(self.tasks[task].train_x) if task in self.tasks else _FULL_TRAIN[task]
+        cut = self.budget.train.get(task)
+        return full if cut is None else min(cut, full)
+
+
+_MEASURE_NOTE = ("training steps are timed at its batch size and a quarter of it (minutes per run; up to several GB "
+                 "of memory for the hypernets)")
 
 _FULL_TRAIN = {"mnist": 55_000, "cifar5": 25_000}
 
@@ -425,25 +523,28 @@ def _device(device: str) -> str:
     return str(resolve_device(device))
 
 
-def _time_steps(config: dict[str, Any], task: Any, steps: int = 3) -> float:
-    """Seconds per training step of ``config`` on its device (one warm-up step, then ``steps`` timed)."""
-    from ..models.registry import build_model
-    from ..posteriors import create
-    from ..training.trainer import resolve_device
-    from .run import config_trainer
+def _plan_rows(name: str) -> list[Row]:
+    """The rows of ``name`` that train a run, one per run (rows of one configuration share it)."""
+    rows, seen = [], set()
+    for row in _rows_of(name):
+        if row.key != LAPLACE and run_name(row) not in seen:
+            seen.add(run_name(row))
+            rows.append(row)
+    return rows
 
-    device = resolve_device(config["train"]["device"])
-    batch = config["train"]["batch_size"]
-    method = create(config["experiment"]["method"], build_model(config["model"], task.num_classes),
-                    **config["method"])
-    trainer = config_trainer(config, method, device, steps=steps + 1, progress=False, handle_signals=False)
-    times: list[float] = []
-    trainer.callbacks.append(lambda rec: times.append(time.perf_counter()) if rec.get("event") == "step" else None)
-    n = batch * (steps + 1)
-    trainer.fit((task.train_x[:n], task.train_y[:n]), batch_size=batch, transform=task.train_transform)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (times[-1] - times[0]) / steps if len(times) > 1 else math.nan
+
+def _laplace_tables(name: str) -> list[TableSpec]:
+    """The tables whose last-layer Laplace row ``name`` makes (Figs. 3/4 make their table's rows)."""
+    names = [n for n in NAMES if n in TABLES] if name == "all" else [FIGURES.get(name, (name,))[0]]
+    return [TABLES[n] for n in names if n in TABLES and any(r.key == LAPLACE for r in TABLES[n].rows)]
+
+
+def _row_task(row: Row) -> str:
+    return str(load_config(row.config)["experiment"]["task"])
+
+
+_DATASETS = {"mnist": ("mnist", "notmnist"), "cifar5": ("cifar10",), "cifar10": ("cifar10",)}
+"""The data folders a task's runs need (training and evaluation: notMNIST is MNIST's outlier set)."""
 
 
 def _batches(task: Any, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -565,20 +666,57 @@ def reproduce(name: str, out: str | Path, *, budget: str | ReproBudget = "cpu", 
     return repro.make(name)
 
 
+def duration(seconds: float, days: bool = False) -> str:
+    """``< 1 s``, ``45 s``, ``12 min``, ``3.4 h``, ``1,310 h``; with ``days`` from 48 h on ``1,310 h (55 days)``."""
+    if seconds < 0.5:
+        return "< 1 s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    hours = seconds / 3600
+    if hours < 48:
+        return f"{hours:,.1f} h"
+    return f"{hours:,.0f} h" + (f" ({hours / 24:,.0f} days)" if days else "")
+
+
+_PLAN_COLUMNS = f"{'run':48s} {'epochs':>6s} {'steps left':>11s} {'s/step':>7s} {'estimate':>10s}  {'basis':12s} status"
+
+
+def plan_header() -> str:
+    return _PLAN_COLUMNS
+
+
+def plan_row(p: Mapping[str, Any]) -> str:
+    """One run of a plan as a line (:meth:`Reproduction.plan`); basis: where its step time comes from
+    (:meth:`bbh.experiments.costs.Basis.cost`)."""
+    sps, est = p.get("seconds_per_step"), p.get("estimated_seconds")
+    return (f"{p['run']:48s} {p['epochs']:6d} {p.get('steps_left', p['steps']):11,d} {_fmt(sps, 3):>7s} "
+            f"{'—' if est is None else duration(est):>10s}  {p.get('basis', '—') if p.get('steps_left', 1) else '':12s}"
+            f" {p['status']}")
+
+
+def plan_total(plan: Sequence[Mapping[str, Any]]) -> str:
+    """The last line of a plan: the estimated training time and what it leaves out."""
+    todo = [p for p in plan if p.get("steps_left", p["steps"]) > 0]
+    total = sum(p.get("estimated_seconds") or 0.0 for p in todo)
+    missing = [p["run"] for p in todo if p.get("estimated_seconds") is None]
+    line = f"total: {len(todo)} of {len(plan)} runs to train"
+    if len(missing) < len(todo):
+        line += (f", estimated {duration(total, days=True)} of training"
+                 + (f" for the {len(todo) - len(missing)} with an estimate" if missing else ""))
+    if missing and len(missing) == len(todo):
+        line += "; none estimated"
+    elif missing:
+        line += f"; not estimated: {', '.join(missing[:3])}" + (f" and {len(missing) - 3} more" if len(missing) > 3
+                                                                 else "")
+    return line + " (evaluation, the Laplace fits and the toy not included)"
+
+
 def plan_text(plan: Sequence[Mapping[str, Any]]) -> str:
-    """The planned runs as lines, with the estimated total where measured."""
-    lines = [f"{'run':60s} {'epochs':>6s} {'steps':>8s} {'s/step':>7s} {'estimate':>10s}  status"]
-    total = 0.0
-    for p in plan:
-        sps = p.get("seconds_per_step")
-        est = p.get("estimated_seconds")
-        total += est or 0.0
-        lines.append(f"{p['run']:60s} {p['epochs']:6d} {p['steps']:8d} {_fmt(sps, 3):>7s} "
-                     f"{_fmt(None if est is None else est / 3600, 1) + ' h' if est is not None else '—':>10s}  "
-                     f"{p['status']}")
-    lines.append(f"estimated training time: {total / 3600:.1f} h (evaluation not included)")
-    return "\n".join(lines)
+    """The planned runs as lines, with the estimated total where estimated."""
+    return "\n".join([plan_header(), *(plan_row(p) for p in plan), plan_total(plan)])
 
 
-__all__ = ["BUDGETS", "ReproBudget", "Reproduction", "budget_statement", "noise_statement", "plan_text",
+__all__ = ["BUDGETS", "ReproBudget", "Reproduction", "budget_statement", "duration", "noise_statement", "plan_text",
            "render_table", "reproduce", "row_config", "row_metrics", "run_name", "scale_kl_anneal", "table_csv"]

@@ -55,6 +55,7 @@ from ..io import OutputNotWritableError, cache_dir, ensure_writable, write_json
 from ..likelihoods import Gaussian
 from ..models import MLP
 from ..posteriors import create
+from ..threads import announce, use_threads
 from ..training.trainer import Trainer
 from .toy_reference import predictive_summary, toy_hmc
 
@@ -141,7 +142,7 @@ def train_toy_method(name: str, setting: ToySetting, seed: int, n_samples: int =
 
 def run_toy(out_dir: str | Path, methods: tuple[str, ...] = TOY_METHODS, seed: int = 0, faithful: bool = False,
             n_samples: int = 100, progress: bool = False, hmc: bool = True,
-            hmc_cache_dir: str | Path | None = None) -> dict[str, Any]:
+            hmc_cache_dir: str | Path | None = None, threads: int | None = None) -> dict[str, Any]:
     """Train ``methods`` on the toy problem and write ``toy.png`` and ``toy.json`` into ``out_dir``.
 
     With ``hmc`` the HMC reference posterior (:func:`bbh.hmc.toy_hmc`: same network, N(0, 1) prior,
@@ -151,6 +152,12 @@ def run_toy(out_dir: str | Path, methods: tuple[str, ...] = TOY_METHODS, seed: i
 
     ``out_dir`` is checked for writability before anything is trained. When the HMC cache folder cannot be
     written to, the reference is computed in a temporary copy of it (a warning says so) instead of failing.
+
+    Training runs on ``threads`` torch threads, by default one (:func:`bbh.threads.use_threads` with
+    ``"small"``: a 1-100-1 network gains nothing from more, and on shared cores loses several times; a count set
+    with ``OMP_NUM_THREADS`` or ``torch.set_num_threads`` is kept); the previous count is restored after.
+    ``toy.png`` and ``toy.json`` are written (atomically) only once everything has run: an interrupted call
+    leaves the previous ones, if any, as they were.
 
     Raises:
         OutputNotWritableError: ``out_dir`` cannot be created or written to.
@@ -167,6 +174,8 @@ def run_toy(out_dir: str | Path, methods: tuple[str, ...] = TOY_METHODS, seed: i
     from ..reports.plots import plot_toy  # matplotlib only when plotting, and once the output is known writable
 
     with ExitStack() as stack:
+        stack.enter_context(use_threads("small", threads))
+        announce()
         hmc_dir = _writable_hmc_cache(hmc_cache_dir, stack) if hmc else None
         bar = stack.enter_context(tqdm(total=len(methods) + hmc, desc="bbh toy", disable=not progress,
                                        leave=False))
@@ -210,3 +219,39 @@ def _writable_hmc_cache(folder: str | Path | None, stack: ExitStack) -> Path:
                 pass
         print(f"bbh toy: warning: {err}; the HMC reference is not cached", file=sys.stderr)
         return tmp
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """The table ``bbh toy`` prints: per method (and HMC) its spread relative to HMC's first, then its own
+    predictive stds, the distance of its predictive mean to x^3, and its training seconds; then what the columns
+    measure.
+
+    The comparison with HMC (the exact posterior of the same network) comes first because it is the one that ranks
+    the methods. The distance to x^3 does not: outside the data no posterior can know the cubic, so the exact one's
+    mean is far from it (HMC: ~61.5), and a point estimate that happens to extrapolate the trend (MAP: ~41) is
+    closer without being a better posterior. ``report`` is what :func:`run_toy` returns (``toy.json``'s ``rmse``
+    is this distance).
+    """
+    import textwrap
+
+    hmc = report.get("hmc")
+    head = f"{'method':11s}" + (f" {'std/HMC in':>10s} {'std/HMC out':>11s}" if hmc else "")
+    lines = [head + f" {'std |x|<=4':>10s} {'std 5<=|x|<=6':>13s} {'mean-to-x^3 RMS':>15s} {'train s':>8s}"]
+    for name, s in report["methods"].items():
+        ratios = f" {s['std_ratio_inside']:10.2f} {s['std_ratio_outside']:11.2f}" if hmc else ""
+        lines.append(f"{name:11s}{ratios} {s['std_inside']:10.2f} {s['std_outside']:13.2f} {s['rmse']:15.1f} "
+                     f"{s['train_seconds']:8.1f}")
+    if hmc:
+        lines.append(f"{'hmc':11s} {'1':>10s} {'1':>11s} {hmc['std_inside']:10.2f} {hmc['std_outside']:13.2f} "
+                     f"{hmc['rmse']:15.1f} {hmc['seconds']:8.1f}  (reference{', cached' if hmc['cached'] else ''})")
+        notes = ["std/HMC: the method's mean predictive std over HMC's (the exact posterior of the same network), "
+                 "inside the data (|x| <= 4) and outside it (5 <= |x| <= 6); 1 = as wide as HMC, below 1 "
+                 "over-confident, above 1 over-dispersed. This is the comparison that ranks the methods."]
+    else:
+        notes = ["No HMC reference (--no-hmc): the std columns show each method's spread but nothing to rank it "
+                 "against."]
+    reference = f" (HMC's own: {hmc['rmse']:.1f})" if hmc else ""
+    notes.append("mean-to-x^3 RMS: root-mean-square distance of the predictive mean to the noise-free x^3 on "
+                 f"[-6, 6]; not a quality ranking: outside the data no posterior can know x^3{reference}, and a "
+                 "point estimate (MAP) that extrapolates the trend can be closer than the exact posterior.")
+    return "\n".join([*lines, "", *(textwrap.fill(n, width=100) for n in notes)])

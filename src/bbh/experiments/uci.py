@@ -49,6 +49,8 @@ from ..io import atomic_write, ensure_writable, read_json_object, write_json
 from ..likelihoods import Heteroscedastic, LearnedGaussian
 from ..models import MLP
 from ..posteriors import Method, create
+from ..threads import announce, use_threads
+from ..training import progress as lines
 from ..training.trainer import Trainer
 
 UCI_METHODS = ("map", "mc-dropout", "ensemble", "bbb", "mnf", "bbh")
@@ -630,16 +632,39 @@ def _pub(value: float | None) -> str:
 
 
 def render_report(results: dict[str, Any]) -> str:
-    """``report.md``: test LL and RMSE tables (datasets x methods, mean ± SE) with the published numbers in the
-    columns beside, the settings, and the wall time."""
+    """``report.md``: test LL and RMSE tables (datasets x methods, mean ± SE; a single split as "mean (n = 1)", it
+    has no SE) with the published numbers in the columns beside, the budget in words, the settings, and the summed
+    time of the finished cells (labelled as such: it is not the command's wall time)."""
+
+    def cell(entry: dict[str, Any] | None, digits: int = 2) -> str:  # one split: no "± 0.00" that looks like an SE
+        if entry is not None and len(entry.get("per_split", ())) == 1:
+            return f"{entry['mean']:.{digits}f} (n = 1)"
+        return _fmt(entry, digits)
+
+    def plural(n: int, word: str) -> str:
+        return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+    def budget_text(b: dict[str, Any]) -> str:
+        splits = "every split" if b.get("splits") is None else f"the first {plural(b['splits'], 'split')}"
+        steps = (f"{b['min_steps']:,}–{b['max_steps']:,}" if b.get("max_steps") is not None
+                 else f"at least {b['min_steps']:,}")
+        return (f"{splits} of each dataset, {steps} training steps per cell (a method that chooses its length on "
+                f"validation: multiples of {b['min_steps']:,}), "
+                f"{plural(b['n_samples'], 'predictive draw')}; HMC on at most {plural(b['hmc_splits'], 'split')}, "
+                f"its chains at {b['hmc_scale']:g}x length")
+
     table = results["datasets"]
     methods = [m for m in (*GRID_METHODS, *REFERENCE_METHODS) if any(m in t for t in table.values())]
     pub_ll = ["PBP", "MC-Dropout 2016", "MC-Dropout 2018", "Ensemble 2017"]
+    budget = results["budget"]
+    missing = results.get("missing_cells") or 0
     lines = [f"# UCI regression benchmark ({results['split_kind']} splits, budget `{results['budget_name']}`)", "",
-             f"Budget: {results['budget']}. Wall time of the finished cells: {results['seconds'] / 60:.1f} min "
-             f"({results['n_cells']} cells"
-             + (f"; {results['missing_cells']} cells of the grid not run yet" if results.get("missing_cells") else "")
-             + "). Mean ± standard error over the splits (n in the last table); original units of y.", ""]
+             f"Budget: {budget_text(budget) if isinstance(budget, dict) else budget}. "
+             f"{plural(results['n_cells'], 'cell')} finished"
+             + (f", {plural(missing, 'cell')} of the grid not run yet" if missing else "")
+             + f"; {results['seconds'] / 60:.1f} min is the sum of the finished cells' wall times, not the command's "
+             "(cells finished by earlier runs count, the time between cells does not). Mean ± standard error over the "
+             "splits (n in the last table; one split: \"(n = 1)\", no SE); original units of y.", ""]
     if results.get("merged", {}).get("methods"):
         lines += [f"Cells of {', '.join(results['merged']['methods'])} taken from an earlier run "
                   f"(`{results['merged']['source']}`, same budget and split kind); the other methods' from this "
@@ -652,21 +677,21 @@ def render_report(results: dict[str, Any]) -> str:
     lines += ["## Test log-likelihood (higher is better)", "", "| " + " | ".join(header) + " |",
               "|" + "---|" * len(header)]
     for name in sorted(table):
-        row = [name, *(_fmt(table[name].get(m, {}).get("test_ll")) for m in methods)]
+        row = [name, *(cell(table[name].get(m, {}).get("test_ll")) for m in methods)]
         if results["split_kind"] == "standard":
             row += [_pub(PUBLISHED_LL.get(name, {}).get(p)) for p in pub_ll]
         lines.append("| " + " | ".join(row) + " |")
     header = ["dataset", *methods] + (["MC-Dropout 2018"] if results["split_kind"] == "standard" else [])
     lines += ["", "## RMSE (lower is better)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in sorted(table):
-        row = [name, *(_fmt(table[name].get(m, {}).get("rmse"), 3) for m in methods)]
+        row = [name, *(cell(table[name].get(m, {}).get("rmse"), 3) for m in methods)]
         if results["split_kind"] == "standard":
             row.append(_pub(PUBLISHED_RMSE.get(name, {}).get("MC-Dropout 2018")))
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Predictive std / RMSE (1: as wide as the errors; > 1 over-dispersed, < 1 over-confident)", "",
               "| dataset | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
     for name in sorted(table):
-        lines.append(f"| {name} | " + " | ".join(_fmt(table[name].get(m, {}).get("std_over_rmse")) for m in methods)
+        lines.append(f"| {name} | " + " | ".join(cell(table[name].get(m, {}).get("std_over_rmse")) for m in methods)
                      + " |")
     lines += ["", "## Splits and wall time per cell group", "", "| dataset | " + " | ".join(methods) + " |",
               "|" + "---|" * (len(methods) + 1)]
@@ -681,7 +706,7 @@ def render_report(results: dict[str, Any]) -> str:
         lines += ["", "## Test LL minus HMC's, paired over the splits HMC ran (0: as good as the exact posterior)", "",
                   "| dataset | " + " | ".join(paired) + " |", "|" + "---|" * (len(paired) + 1)]
         for name in with_hmc:
-            lines.append(f"| {name} | " + " | ".join(_fmt(table[name].get(m, {}).get("test_ll_minus_hmc"))
+            lines.append(f"| {name} | " + " | ".join(cell(table[name].get(m, {}).get("test_ll_minus_hmc"))
                                                        for m in paired) + " |")
         lines += ["", "HMC convergence (rank-normalised split R-hat and bulk ESS of the test predictions f(x), over "
                   "its splits): " + "; ".join(
@@ -709,7 +734,7 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
             methods: Sequence[str] = GRID_METHODS, splits: int | None = None, budget: str | Budget = "full",
             split_kind: str = "standard", seed: int = 0, progress: bool = True, train: bool = True,
             on_cell: Callable[[dict[str, Any]], None] | None = None,
-            merge: str | Path | None = None) -> dict[str, Any]:
+            merge: str | Path | None = None, threads: int | None = None) -> dict[str, Any]:
     """Run the benchmark grid (datasets x methods x splits) and write ``results.json`` and ``report.md``.
 
     Args:
@@ -727,6 +752,12 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
         on_cell: called with every newly finished cell's record.
         merge: an earlier run's ``results.json``: the methods not in ``methods`` are tabulated from it
             (:func:`merge_results`; same budget and split kind), e.g. after rerunning one method into a new ``out``.
+        threads: torch threads while training (default one per process, :func:`bbh.threads.use_threads` with
+            ``"small"``: these networks gain nothing from more, and several processes can share the cores; a
+            count set with ``OMP_NUM_THREADS`` or ``torch.set_num_threads`` is kept); restored after.
+
+    Without a progress bar, inside :func:`bbh.training.progress.log_lines` (``bbh uci`` without a terminal), one
+    line per finished cell with an ETA instead of the cells' own training lines.
 
     A cell whose training diverges (or whose scores are not finite) is recorded with its error under
     ``"failed"``, left out of the means and counted in the report; the run goes on. Cells record the budget and
@@ -798,18 +829,25 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
         todo = []
     selecting = {m for m in methods if m in GRID_METHODS and uci_settings()[m].selects}
     chosen: dict[tuple[str, str, int], dict[str, Any]] = {}  # (dataset, method, split) -> its own selection
-    with tqdm(total=len(grid), initial=len(grid) - len(todo), desc="bbh uci", disable=not progress,
-              unit="cell") as bar:
-        for n, m, k in todo:
+    started, done_before = time.perf_counter(), len(grid) - len(todo)
+    with use_threads("small", threads), tqdm(total=len(grid), initial=done_before, desc="bbh uci",
+                                             disable=not progress, unit="cell") as bar:
+        if todo:
+            announce()
+            if not progress:
+                lines.emit(f"bbh uci: {len(todo)} cell{'' if len(todo) == 1 else 's'} to run, {done_before} done")
+        for i, (n, m, k) in enumerate(todo, 1):
             bar.set_postfix_str(f"{n} {m} split {k}")
             if m in selecting and (n, m, k) not in chosen:
                 bar.set_postfix_str(f"{n} {m} split {k}: choosing on its validation carve-out")
-                chosen[n, m, k] = _selection(out_dir, loaded[n], m, k, split_kind, plan, seed, settings[m])
+                with lines.quiet():
+                    chosen[n, m, k] = _selection(out_dir, loaded[n], m, k, split_kind, plan, seed, settings[m])
             selection = chosen.get((n, m, k), {})
             try:
-                record = run_cell(loaded[n], m, k, kind=split_kind, budget=plan, seed=seed,
-                                  steps=selection.get("steps"), noise_scale=selection.get("noise_scale"),
-                                  dropout=selection.get("dropout"))
+                with lines.quiet():  # one line per cell below, not the cell's training lines
+                    record = run_cell(loaded[n], m, k, kind=split_kind, budget=plan, seed=seed,
+                                      steps=selection.get("steps"), noise_scale=selection.get("noise_scale"),
+                                      dropout=selection.get("dropout"))
             except FloatingPointError as err:  # a diverged cell is recorded (and not retried: its seed is fixed)
                 record = {"dataset": n, "method": m, "split": k, "kind": split_kind, "failed": str(err),
                           "seconds": 0.0, "setting": settings.get(m)}
@@ -822,6 +860,11 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
             if on_cell is not None:
                 on_cell(record)
             bar.update(1)
+            if not progress:
+                elapsed = time.perf_counter() - started
+                eta = f"ETA {lines.duration(elapsed / i * (len(todo) - i))}" if i < len(todo) else "done"
+                lines.emit(f"bbh uci: cell {done_before + i}/{len(grid)} {n} {m} split {k} "
+                           f"({record['seconds']:.1f} s); {lines.duration(elapsed)} elapsed, {eta}")
     _write_results(out_dir, results)
     return results
 

@@ -619,6 +619,19 @@ class BayesByHypernet(WeightSampler):
             params.update(self.posterior.component_norms(int(components[s])))
         return params
 
+    def _forward_rows(self, batch: int) -> tuple[int, str]:
+        """``split`` cuts the batch into ``num_samples`` parts, one forward pass each: the smallest part, checked
+        before any part runs (at least one example each, and what the model needs: BatchNorm in training mode
+        more than one value per channel)."""
+        if self.likelihood_samples != LikelihoodSamples.SPLIT:
+            return batch, ""
+        s = self.num_samples
+        if batch < s:
+            raise ValueError(f"likelihood_samples='split' cuts the batch into num_samples={s} parts; this batch has "
+                             f"{batch} example{'' if batch == 1 else 's'} (nothing was computed)")
+        return batch // s, (f"the smallest of the {s} parts likelihood_samples='split' cuts this batch of {batch} "
+                            f"into (batches of {2 * s} or more give every part 2 examples)")
+
     def _loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
         """Per-datum negative ELBO: mean NLL + kl_weight * KL / N (:func:`bbh.elbo.elbo`); for ``rank1`` the KL
         is that of the factors plus the base weights' -log p(W0) (:mod:`bbh.posteriors.rank1`)."""
@@ -629,10 +642,7 @@ class BayesByHypernet(WeightSampler):
         if one:
             outputs = forward_with(self.model, self._pass_params(samples, 0, components), x)
             nll = self.mean_nll(outputs, y)
-        elif self.likelihood_samples == LikelihoodSamples.SPLIT:
-            if x.shape[0] < self.num_samples:
-                raise ValueError(f"likelihood_samples='split' cuts the batch into num_samples={self.num_samples} "
-                                 f"parts; this batch has {x.shape[0]} examples")
+        elif self.likelihood_samples == LikelihoodSamples.SPLIT:  # batch size checked by _forward_rows
             parts = torch.arange(x.shape[0], device=x.device).tensor_split(self.num_samples)
             outputs = torch.cat([forward_with(self.model, self._pass_params(samples, s, components), x[part])
                                  for s, part in enumerate(parts)])

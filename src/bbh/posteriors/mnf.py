@@ -457,6 +457,7 @@ class MNF(Method):
         self.kl_layer_names: list[str] = [n for n in names if kl_layers == "all" or
                                           isinstance(self.model.get_submodule(n), MNFLinear)]
         """The MNF layers whose KL enters the loss."""
+        self._record_model()  # the model as MNF left it: what check_model compares with
 
     def mnf_layers(self) -> dict[str, MNFLayer]:
         """``{name: layer}`` of every MNF layer, in model order."""

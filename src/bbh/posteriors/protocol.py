@@ -8,6 +8,7 @@ the capabilities a method declares; :mod:`bbh.posteriors.factory` builds methods
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +42,52 @@ CONV_LAYERS: tuple[type[nn.Module], ...] = (
 )
 _SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
 _LOW_PRECISION = (torch.float16, torch.bfloat16, torch.float32)
+
+
+_STRUCTURE_VERSION = [0]
+"""Bumped by torch's global registration hooks whenever a module or parameter is assigned to a module anywhere in
+the process (a layer replaced or appended); a method re-walks its model's parameters only when this changed or
+one of its model's module / parameter tables shrank (a layer deleted). See :meth:`Method.check_model`."""
+
+
+def _structure_changed(module: nn.Module, name: str, value: object) -> None:
+    _STRUCTURE_VERSION[0] += 1
+
+
+nn.modules.module.register_module_module_registration_hook(_structure_changed)
+nn.modules.module.register_module_parameter_registration_hook(_structure_changed)
+
+
+def _parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+_TAKES_OUTPUTS: dict[object, bool] = {}
+
+
+def _takes_outputs(check: Callable[..., object]) -> bool:
+    """Whether a likelihood's ``check_targets`` accepts the ``outputs`` keyword (bbh's own do)."""
+    func = getattr(check, "__func__", check)
+    if func not in _TAKES_OUTPUTS:
+        try:
+            _TAKES_OUTPUTS[func] = "outputs" in inspect.signature(check).parameters
+        except (TypeError, ValueError):
+            _TAKES_OUTPUTS[func] = False
+    return _TAKES_OUTPUTS[func]
+
+
+@contextmanager
+def _attributes_kept(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's plain attributes after a dry run (a module that caches a tensor computed in
+    ``forward`` must not keep a ``meta`` one)."""
+    saved = [(m, dict(m.__dict__)) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, attrs in saved:
+            if len(m.__dict__) != len(attrs) or any(m.__dict__.get(k, attrs) is not v for k, v in attrs.items()):
+                m.__dict__.clear()
+                m.__dict__.update(attrs)
 
 
 class NonFiniteInputError(ValueError, FloatingPointError):
@@ -222,15 +269,19 @@ class Method(nn.Module):
         self.input_layer: InputLayer | None = find_input_layer(model)
         """The layer the inputs are checked against (found at construction, by module order)."""
         self._inputs_seen: set[tuple] = set()  # inputs (:meth:`_input_key`) the dry run let through
+        self._outputs_seen: dict[tuple, Tensor | None] = {}  # :meth:`_dry_outputs`
+        self._record_model()
 
     # ---- the public door: inputs checked, then the subclass's implementation ------------------------------
     def loss(self, x: Tensor, y: Tensor, *, num_data: int, kl_weight: float = 1.0) -> LossTerms:
         """Per-datum negative ELBO on one minibatch: ``mean NLL + kl_weight * KL / num_data``.
 
         Raises:
-            ValueError: inputs or targets that do not fit the model (:meth:`check_inputs`), found before any
-                forward pass, so no state (BatchNorm statistics) is touched; :class:`NonFiniteInputError` for
-                NaN or inf in them.
+            ValueError: a model changed since the method was built (:meth:`check_model`), an empty batch, or
+                inputs or targets that do not fit the model (:meth:`check_inputs`: shapes, dtypes, label range,
+                a batch or a ``split`` part the model cannot run on), all found before any forward pass, so no
+                state (BatchNorm statistics, random numbers) is touched; :class:`NonFiniteInputError` for NaN or
+                inf in them.
         """
         self.check_inputs(x, y, lead=self.loss_lead)
         return self._loss(x, y, num_data=num_data, kl_weight=kl_weight)
@@ -268,7 +319,9 @@ class Method(nn.Module):
     def check_inputs(self, x: Tensor, y: Tensor | None = None, *, lead: Sequence[str] = ("B",)) -> None:
         """Check a batch before any forward pass; the messages name what was expected and what was found.
 
-        * ``x`` is a tensor on the model's device with batch dimensions ``lead``;
+        * the model is the one the method was built on (:meth:`check_model`);
+        * ``x`` is a tensor on the model's device with batch dimensions ``lead``, not empty when ``y`` is given
+          (a loss);
         * where the model has a Linear / Conv layer (:attr:`input_layer`, the first in module order): x is
           floating point of the parameters' dtype (any of float32 / float16 / bfloat16 under autocast) and
           one example has the layer's shape (``[C, H, W]`` with C its input channels, ``[..., F]`` with F its
@@ -277,7 +330,11 @@ class Method(nn.Module):
           (no data, no state touched): it is rejected only if the model raises, or hands the layer an input
           it cannot take;
         * ``y`` (if given) is a tensor on x's device with the same batch dimensions, of the kind the
-          likelihood takes (its ``check_targets``, if it has one);
+          likelihood takes (its ``check_targets``, if it has one). With ``y`` the model is also dry-run to its
+          outputs on ``meta`` (once per example shape, dtype, pass size and mode: :meth:`_dry_outputs`), so
+          that a model that cannot run on the batch (a later layer's shape, BatchNorm on one example, a
+          ``split`` part) is refused here, and the targets are checked against the outputs (labels in [0, K),
+          regression targets' shape and dtype) where the likelihood's ``check_targets`` takes ``outputs``;
         * x and a floating-point y hold no NaN or inf (:class:`NonFiniteInputError`).
 
         Args:
@@ -290,11 +347,15 @@ class Method(nn.Module):
             ValueError: any other mismatch (:class:`NonFiniteInputError` for NaN / inf).
         """
         n, model = len(lead), type(self.model).__name__
+        self.check_model()
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__} (convert it with torch.as_tensor)")
         if x.dim() < n:
             raise ValueError(f"x must have the batch dimension{'s' if n > 1 else ''} [{', '.join(lead)}, ...], "
                              f"got shape {list(x.shape)}")
+        if y is not None and math.prod(x.shape[:n]) == 0:
+            raise ValueError(f"the batch is empty (x has shape {list(x.shape)}): a loss needs at least one example "
+                             f"(nothing was computed)")
         ref = self._reference_parameter()
         if ref is not None and ref.device.type != "meta" and x.device != ref.device:
             raise ValueError(f"x is on {x.device} but {model} is on {ref.device}: move it with x.to('{ref.device}')")
@@ -311,9 +372,14 @@ class Method(nn.Module):
             if y.shape[:n] != x.shape[:n]:
                 raise ValueError(f"x and y must have the same batch dimensions [{', '.join(lead)}]: x is "
                                  f"{list(x.shape)}, y is {list(y.shape)}")
+            outputs = self._dry_outputs(x, lead)
             check_targets = getattr(self.likelihood, "check_targets", None)
             if callable(check_targets):
-                check_targets(y.flatten(0, n - 1) if n > 1 else y, math.prod(x.shape[:n]))
+                flat = y.flatten(0, n - 1) if n > 1 else y
+                if outputs is not None and _takes_outputs(check_targets):
+                    check_targets(flat, math.prod(x.shape[:n]), outputs=outputs)
+                else:
+                    check_targets(flat, math.prod(x.shape[:n]))
         checked = [(name, t) for name, t in (("x", x), ("y", y))
                    if t is not None and (t.is_floating_point() or t.is_complex())]
         if checked:
@@ -361,7 +427,7 @@ class Method(nn.Module):
         except Exception:  # noqa: BLE001 - lazy or unusual modules: nothing certain to say
             return self._remember(x, n)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _attributes_kept(self.model):
                 functional_call(self.model, state, (torch.empty(x.shape[n - 1:], dtype=x.dtype, device="meta"),))
         except _Reached:
             pass
@@ -395,6 +461,114 @@ class Method(nn.Module):
         """Skip the dry run for inputs like ``x`` from now on (at most 64 kinds kept)."""
         if len(self._inputs_seen) < 64:
             self._inputs_seen.add(self._input_key(x, batch_dims))
+
+    def _forward_rows(self, batch: int) -> tuple[int, str]:
+        """The examples the smallest forward pass of :meth:`loss` runs on for a batch of ``batch``, and how the
+        batch was cut into passes ("" when it runs whole); raises ``ValueError`` for a batch that cannot be cut
+        as the method needs. Default: the whole batch (BbH's ``likelihood_samples="split"`` overrides it)."""
+        return batch, ""
+
+    def _dry_outputs(self, x: Tensor, lead: Sequence[str]) -> Tensor | None:
+        """An empty ``meta`` tensor of the outputs ``[B, *out]`` one pass of the model gives on ``x`` (B: all
+        batch dimensions together), from a dry run on ``meta`` of the smallest pass (:meth:`_forward_rows`) in the
+        current mode, remembered per example shape, dtype, autocast, pass size and mode (64 kinds). None where the
+        run is inconclusive (an operation the meta device lacks, a model that returns no tensor).
+
+        Raises:
+            ValueError: the model raised on it (a later layer's shape, BatchNorm in training mode on one value
+                per channel, ...): nothing was computed, no state touched.
+        """
+        n, model = len(lead), type(self.model).__name__
+        rows, note = self._forward_rows(int(x.shape[n - 1]))
+        key = (*self._input_key(x, n), rows, self.model.training)
+        if key not in self._outputs_seen:
+            if len(self._outputs_seen) >= 64:
+                self._outputs_seen.pop(next(iter(self._outputs_seen)))
+            state = {k: torch.empty_like(v, device="meta")
+                     for k, v in chain(self.model.named_parameters(), self.model.named_buffers())}
+            found: Tensor | None = None
+            try:
+                with torch.no_grad(), _attributes_kept(self.model):
+                    out = functional_call(self.model, state,
+                                          (torch.empty((rows, *x.shape[n:]), dtype=x.dtype, device="meta"),))
+                if isinstance(out, Tensor) and out.dim() >= 1 and out.shape[0] == rows:
+                    found = out.new_empty((math.prod(x.shape[:n]), *out.shape[1:]))
+            except Exception as err:  # noqa: BLE001
+                if not isinstance(err, NotImplementedError) and "meta" not in str(err).lower():
+                    what = (f"{rows} example{'' if rows == 1 else 's'}, {note}" if note
+                            else f"a batch of shape {list(x.shape)}")
+                    raise ValueError(f"{model} cannot run on {what}: it raised {type(err).__name__}: "
+                                     f"{' '.join(str(err).split())} (nothing was computed)") from err
+            self._outputs_seen[key] = found
+        found = self._outputs_seen[key]
+        total = math.prod(x.shape[:n])
+        if found is None or found.shape[0] == total:
+            return found
+        return found.new_empty((total, *found.shape[1:]))
+
+    # ---- the model the method was built on --------------------------------------------------------------------
+    def _record_model(self) -> None:
+        """Record the model's parameter names and shapes, which :meth:`check_model` compares with. Run at
+        construction; a method that restructures its model (MNF) runs it again at the end of its own."""
+        self._model_shapes = _parameter_shapes(self.model)
+        self._model_walk: tuple[int, list[dict], int] | None = None  # (structure version, tables, their sizes)
+        self._own_reference: str | None = None  # the name of the method's first own floating-point parameter
+        self._slots: tuple[dict, str, dict, str] | None = None  # where that one and the model's reference are
+
+    def check_model(self) -> None:
+        """Raise ``ValueError`` (one line) when the model is not the one the method was built on: a parameter
+        replaced by one of another shape, added (a layer appended or replaced) or gone since construction — the
+        posterior still describes the old parameters: rebuild the method with ``bbh.create`` — or the model
+        converted to another dtype or device without the method's own parameters (``model.double()`` instead
+        of ``method.double()``). Run by :meth:`check_inputs`, so by every ``loss``, ``sample_outputs``,
+        ``per_copy_outputs`` and ``predict``.
+
+        Cost: the parameters are walked (about 10 us for an MLP, 0.25 ms for a ResNet-18) only on the first
+        call and after a module or parameter was registered anywhere in the process or one of the model's
+        module / parameter tables shrank; otherwise it compares two dtypes and devices. Not detected: a
+        parameter's ``.data`` swapped for a tensor of another shape.
+        """
+        walk = self._model_walk
+        if walk is None or walk[0] != _STRUCTURE_VERSION[0] or sum(map(len, walk[1])) != walk[2]:
+            version, shapes = _STRUCTURE_VERSION[0], _parameter_shapes(self.model)
+            if shapes != self._model_shapes:
+                raise ValueError(self._change_message(shapes))
+            tables = [t for m in self.model.modules() for t in (m._modules, m._parameters)]
+            self._model_walk = version, tables, sum(map(len, tables))
+            self._own_reference = next((name for name, p in self.named_parameters()
+                                        if not name.startswith(("model.", "likelihood.")) and p.is_floating_point()),
+                                       None)
+            ref = self._reference_parameter()
+            self._slots = None
+            if self._own_reference is not None and ref is not None:  # the parameter tables holding both
+                owner, _, attr = self._own_reference.rpartition(".")
+                ref_owner = next(m for m in self.model.modules() if any(p is ref for p in m._parameters.values()))
+                ref_attr = next(k for k, p in ref_owner._parameters.items() if p is ref)
+                self._slots = self.get_submodule(owner)._parameters, attr, ref_owner._parameters, ref_attr
+        if self._slots is None:
+            return
+        own, ref = self._slots[0].get(self._slots[1]), self._slots[2].get(self._slots[3])
+        if own is None or ref is None or not ref.is_floating_point():
+            return
+        model, name = type(self.model).__name__, type(self).__name__
+        if own.device != ref.device:
+            raise ValueError(f"{model} is on {ref.device} but {name}'s own parameters (`{self._own_reference}`) are "
+                             f"on {own.device}: move the method as a whole, method.to('{ref.device}'), not its "
+                             f"model alone")
+        if own.dtype != ref.dtype:
+            raise ValueError(f"{model} is {ref.dtype} but {name}'s own parameters (`{self._own_reference}`) are "
+                             f"{own.dtype}: convert the method as a whole, method.to({ref.dtype}), not its model "
+                             f"alone (then give it inputs of that dtype)")
+
+    def _change_message(self, shapes: dict[str, tuple[int, ...]]) -> str:
+        old = self._model_shapes
+        changes = [f"`{k}` is {list(v)} (was {list(old[k])})" for k, v in shapes.items() if k in old and v != old[k]]
+        changes += [f"`{k}` {list(v)} is new" for k, v in shapes.items() if k not in old]
+        changes += [f"`{k}` {list(v)} is gone" for k, v in old.items() if k not in shapes]
+        listed = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+        return (f"{type(self.model).__name__} changed since this {type(self).__name__} was built on it ({listed}): "
+                f"the method still describes the old parameters; rebuild it with bbh.create(...) on the changed "
+                f"model")
 
     # ---- capabilities with defaults ---------------------------------------------------------------------
     def weight_samples(self, n: int) -> dict[str, Tensor] | None:

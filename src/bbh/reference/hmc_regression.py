@@ -72,6 +72,7 @@ from ..evaluation.predictive import RegressionPredictive
 from ..functional import forward_samples
 from ..models import MLP
 from ..priors import NormalPrior
+from ..threads import thread_count
 from .hmc import hmc
 
 # --------------------------------------------------------------------------------------------------------
@@ -408,17 +409,12 @@ def hmc_regression(x_train: Tensor, y_train: Tensor, x_test: Tensor, *, hidden: 
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                     or num_threads < 1):
         raise ValueError(f"num_threads must be an int >= 1 or None, got {num_threads!r}")
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
+    with thread_count(num_threads):
         return _hmc_regression(x_train, y_train, x_test, hidden=hidden, prior_scale=prior_scale,
                                noise_prior=noise_prior, num_samples=num_samples, burn_in=burn_in, thin=thin,
                                num_leapfrog=num_leapfrog, chains=chains, seed=seed, step_size=step_size,
                                target_accept=target_accept, jitter=jitter, init_steps=init_steps,
                                init_lr=init_lr, start=start)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _hmc_regression(x_train: Tensor, y_train: Tensor, x_test: Tensor, *, hidden: int, prior_scale: float,

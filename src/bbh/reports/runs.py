@@ -8,9 +8,11 @@ an earlier evaluation survives); that ``run_dir`` can be written to is checked b
 * ``results.json`` (strict JSON: NaN is ``null``) — on the test set: error, NLL, Brier, ECE and its reliability
   bins, the paper's entropy AUC, mean entropy / expected entropy / mutual information; on the outlier set:
   entropy AUC and OOD detection (AUROC, AUPR in and out, FPR at 95 % TPR) for three scores (entropy, mutual
-  information, max probability), or, for a task without one (``cifar10``), ``ood_skipped``: a sentence saying
-  that and why OOD detection was not computed (the report says it too); per FGSM epsilon: accuracy, mean
-  entropy / log K, entropy AUC (paper Figs. 3/4, paper-protocol 6.5); MNIST probes (rotations, mixup; 6.6);
+  information, max probability; no mutual information for a point estimate such as MAP, whose one draw makes it
+  zero, :func:`bbh.evaluation.api.has_epistemic_spread`), or, for a task without one (``cifar10``),
+  ``ood_skipped``: a sentence saying that and why OOD detection was not computed (the report says it too); per
+  FGSM epsilon: accuracy, mean entropy / log K, entropy AUC (paper Figs. 3/4, paper-protocol 6.5); MNIST probes
+  (rotations, mixup; 6.6);
 * figures: entropy CDFs in vs out (with an outlier set), FGSM accuracy and entropy against epsilon, the
   reliability diagram, and for methods with a weight posterior its marginals, correlations and per-weight std
   (Figs. 5-9);
@@ -162,14 +164,14 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
                  adv_images: int = 100, adv_gradient: str = "authors", adv_samples: int | None = None,
                  clamp: bool = False, pgd: bool = False, probes: bool = True, posterior_plots: bool = True,
                  task: Any = None, seed: int | None = 0, progress: bool = True,
-                 device: str | torch.device = "cpu") -> dict[str, Any]:
+                 device: str | torch.device = "cpu", download: bool = False) -> dict[str, Any]:
     """Evaluate one finished run with :func:`bbh.evaluate`; writes a fresh ``run_dir/eval/`` (module docstring)
     and returns what ``results.json`` holds.
 
     Args:
         run_dir: a finished run (``model.pt``).
-        data_dir: where the task's data lives (downloaded if missing; default: the run's own data directory,
-            recorded in ``status.json``, else :func:`bbh.data.resolve_data_dir`); unused with ``task``.
+        data_dir: where the task's data lives (default: the run's own data directory, recorded in
+            ``status.json``, else :func:`bbh.data.resolve_data_dir`); unused with ``task``.
         n_samples: posterior samples for every prediction (default: the run's ``eval.samples``, 100).
         batch_size, chunk_size: examples per forward pass; posterior draws evaluated at once (None: all).
         adversarial: run the FGSM curve.
@@ -184,6 +186,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
         seed: seed of every random draw (the caller's RNG state is left as it was either way).
         progress: show a progress bar.
         device: where the method runs (``"cuda"``: the batched predictive on the GPU; inputs are moved there).
+        download: fetch missing data files (verified); without it they raise
+            :class:`~bbh.data.MissingDataError` (``bbh evaluate --download``).
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a run directory, or the run has not finished.
@@ -201,7 +205,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
         if data_dir is None:
             data_dir = (read_json_object(Path(run_dir) / "status.json") or {}).get("data_dir")
         task = load_task(task_name, data_dir, validation=config["data"]["validation"],
-                         preprocessing=config["data"]["preprocessing"], download=True, progress=progress)
+                         preprocessing=config["data"]["preprocessing"], download=download, progress=progress)
     method = _build(state, int(state.get("num_classes") or task.num_classes), device)
     n = int(n_samples or config["eval"]["samples"])
     specs: list[AttackSpec] = []
@@ -340,21 +344,31 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 def _report(r: dict[str, Any]) -> str:
     t, o = r["test"], r.get("outliers", {})
+    # a point estimate (one draw) or identical draws: the mutual information is 0 by construction, so its column
+    # and OOD row would only say "AUROC 0.5, FPR 1" (older results.json files still carry the row)
+    spread = r["samples"] > 1 and "mutual_information" in r.get("ood", {"mutual_information": None})
+    mi = (lambda v: _fmt(v, 4)) if spread else (lambda v: "—")
     lines = [f"# Evaluation of `{r['run']}` ({r['method']} on {r['task']}, {r['samples']} posterior draw"
              f"{'s' if r['samples'] != 1 else ''} per prediction)", "",
              "| set | error % | NLL | Brier | ECE | entropy AUC | mean entropy / log K | mean MI |",
              "|---|---|---|---|---|---|---|---|",
              f"| test | {_fmt(t['error_percent'], 2)} | {_fmt(t['nll'])} | {_fmt(t['brier'])} | {_fmt(t['ece'])} "
-             f"| {_fmt(t['entropy_auc'])} | {_fmt(t['mean_entropy'])} | {_fmt(t['mean_mutual_information'], 4)} |"]
+             f"| {_fmt(t['entropy_auc'])} | {_fmt(t['mean_entropy'])} | {mi(t['mean_mutual_information'])} |"]
     if o:
         lines.append(f"| outliers | — | — | — | — | {_fmt(o['entropy_auc'])} | {_fmt(o['mean_entropy'])} "
-                     f"| {_fmt(o['mean_mutual_information'], 4)} |")
+                     f"| {mi(o['mean_mutual_information'])} |")
         lines += ["", "Entropy AUC: area under the CDF of the predictive entropy / log K (paper-protocol 6.2); high "
                   "on the test set = confident, low on outliers = uncertain.", "",
                   "| OOD score | AUROC | AUPR in | AUPR out | FPR at 95 % TPR |", "|---|---|---|---|---|"]
         for score, m in r["ood"].items():
-            lines.append(f"| {score} | {_fmt(m['auroc'])} | {_fmt(m['aupr_in'])} | {_fmt(m['aupr_out'])} "
-                         f"| {_fmt(m['fpr_at_95_tpr'])} |")
+            if score != "mutual_information" or spread:
+                lines.append(f"| {score} | {_fmt(m['auroc'])} | {_fmt(m['aupr_in'])} | {_fmt(m['aupr_out'])} "
+                             f"| {_fmt(m['fpr_at_95_tpr'])} |")
+    if not spread:
+        why = "one posterior draw per prediction (a point estimate)" if r["samples"] == 1 else "identical draws"
+        lines += ["", f"No mutual information (MI): with {why} it is zero by construction, so it measures no "
+                  "epistemic uncertainty and ranks no outliers."]
+    if o:
         lines += ["", "![entropy CDF](entropy_cdf.png) ![reliability](reliability.png)"]
     else:
         lines += ["", f"{r.get('ood_skipped') or _ood_skipped(r['task'])}.", "", "![reliability](reliability.png)"]

@@ -39,6 +39,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import threads
+from ..data.batches import known_length, training_set_size
 from ..elbo import ConstantWeight, LinearAnneal, Schedule, ToyAnneal, as_schedule
 from ..io import atomic_write
 from ..options import LRSchedule, OptimizerName, parse_option
@@ -46,6 +48,7 @@ from ..posteriors.protocol import Method
 from . import distributed as dist
 from . import optim
 from .optim import make_optimizer
+from .progress import start_lines
 
 CHECKPOINT_NAME = "checkpoint.pt"
 """The checkpoint's file name inside ``checkpoint_dir``."""
@@ -232,10 +235,8 @@ class _IterableData:
 
     def __init__(self, data: Iterable[tuple[Tensor, Tensor]], num_data: int | None) -> None:
         self.data = data
-        dataset = getattr(data, "dataset", None)
-        n = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
-        self.num_data = num_data if num_data is not None else n
-        self.steps_per_epoch: int | None = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
+        self.num_data = num_data if num_data is not None else training_set_size(data)  # N from the sampler
+        self.steps_per_epoch: int | None = known_length(data)  # None: an IterableDataset's DataLoader
 
     def info(self, batch_size: int | None) -> dict[str, Any]:
         return {"kind": self.kind, "num_data": self.num_data, "batch_size": None, "shuffle": None,
@@ -281,7 +282,9 @@ class Trainer:
         seed: when training starts (not when it resumes), seeds torch's generators with ``seed + rank``;
             the minibatch order and the augmentation generator derive from it too. None leaves torch's
             generators alone and derives the order from ``torch.initial_seed()``.
-        progress: show a progress bar with the loss terms (rank 0 only).
+        progress: show a progress bar with the loss terms (rank 0 only). Without a bar, inside
+            :func:`bbh.training.progress.log_lines` (``bbh`` commands without a terminal), plain lines instead:
+            a plan, then one per epoch (at most one per 30 s) with an ETA.
         factored_grads: let hypernet output layers pass their rank-S weight gradients as factors that the
             optimizer expands block by block (:mod:`bbh.training.optim`); same update, less memory traffic.
             The Trainer uses dense gradients by itself where factors cannot be used: with the CUDA
@@ -695,7 +698,9 @@ class Trainer:
 
         Args:
             data: an ``(x, y)`` tensor pair or an iterable of ``(x, y)`` batches.
-            num_data: N for the KL scaling; default the pair's size or ``len(data.dataset)``.
+            num_data: N for the KL scaling; default the pair's size, or for a DataLoader the examples its
+                sampler draws from (:func:`bbh.data.batches.training_set_size`: ``len(dataset)``, a
+                ``SubsetRandomSampler``'s indices, ...); needed where that is unknown (an IterableDataset).
             batch_size: minibatch size for a tensor pair (None: full batch).
             shuffle: reshuffle a tensor pair every epoch.
             drop_last: leave out a tensor pair's last incomplete minibatch.
@@ -733,6 +738,10 @@ class Trainer:
         self._write_metrics()
         bar = tqdm(total=self.planned_steps(per_epoch), initial=self.step,
                    disable=not (self.progress and dist.is_main()), desc=f"train {self.method.name}", leave=False)
+        threads.announce()  # the command line's thread choice, once, now that work starts
+        lines = None if self.progress or not dist.is_main() else start_lines(  # plain lines for logs, no bar
+            f"train {self.method.name}", total_steps=self.planned_steps(per_epoch), steps_per_epoch=per_epoch,
+            epochs=self.epochs, start_step=self.step)
         self._stop_signal = None
         restore = self._signal_handlers()
         start = time.perf_counter()
@@ -772,6 +781,8 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(nll=f"{logged['nll']:.4f}", kl=f"{logged['kl']:.4g}",
                                     w=f"{logged['kl_weight']:.3g}", refresh=False)
+                    if lines is not None:
+                        lines.step(self.epoch, self.step, self.step_in_epoch, self._sums)
                     self._emit({"event": "step", "epoch": self.epoch, "step": self.step,
                                 "step_in_epoch": self.step_in_epoch, **logged})
                     self._check_stop()
@@ -787,6 +798,9 @@ class Trainer:
                 start = time.perf_counter()
                 record = self._record_epoch()
                 self.history.append(record)
+                if lines is not None:
+                    lines.epoch(record, last=cut or (self.epochs is not None and self.epoch + 1 >= self.epochs)
+                                or (self.max_steps is not None and self.step >= self.max_steps))
                 if cut and (per_epoch is None or self.step_in_epoch < per_epoch):  # stopped by ``steps``
                     self._partial_in_history = True
                     break
