@@ -232,6 +232,18 @@ def max_entropy(num_classes: int) -> float:
     return float(np.sum(-1 * u * np.log(u), -1))
 
 
+def _entropy_bins(entropies: Tensor | np.ndarray, num_classes: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """The checked entropies as float64 [N], Hmax = log K and the bin edges of :func:`entropy_auc`."""
+    h_max = max_entropy(num_classes)
+    h = entropies.detach().cpu().double().numpy() if isinstance(entropies, Tensor) else np.asarray(entropies)
+    h = np.asarray(h, dtype=np.float64)
+    if h.ndim != 1 or h.size == 0:
+        raise ValueError(f"entropies must be a non-empty 1-d array [N], got shape {h.shape}")
+    if not np.isfinite(h).all():
+        raise ValueError("entropies contain NaN or infinite values")
+    return h, h_max, np.arange(0, h_max, h_max / ENTROPY_AUC_BINS)
+
+
 def entropy_auc(entropies: Tensor | np.ndarray, num_classes: int) -> float:
     """The paper's "AUC": area under the empirical CDF of the entropy, divided by the maximum entropy.
 
@@ -256,14 +268,7 @@ def entropy_auc(entropies: Tensor | np.ndarray, num_classes: int) -> float:
         entropies: 1-d entropies [N] (natural log), e.g. from :func:`entropy`; finite.
         num_classes: K >= 2, giving Hmax = log K.
     """
-    h_max = max_entropy(num_classes)
-    h = entropies.detach().cpu().double().numpy() if isinstance(entropies, Tensor) else np.asarray(entropies)
-    h = np.asarray(h, dtype=np.float64)
-    if h.ndim != 1 or h.size == 0:
-        raise ValueError(f"entropies must be a non-empty 1-d array [N], got shape {h.shape}")
-    if not np.isfinite(h).all():
-        raise ValueError("entropies contain NaN or infinite values")
-    edges = np.arange(0, h_max, h_max / ENTROPY_AUC_BINS)
+    h, h_max, edges = _entropy_bins(entropies, num_classes)
     counts, _ = np.histogram(h, bins=edges)
     if counts.sum() == 0:
         return 0.0
@@ -284,14 +289,7 @@ def entropy_auc_se(entropies: Tensor | np.ndarray, num_classes: int) -> float:
 
     NaN when fewer than 2 are kept.
     """
-    h_max = max_entropy(num_classes)
-    h = entropies.detach().cpu().double().numpy() if isinstance(entropies, Tensor) else np.asarray(entropies)
-    h = np.asarray(h, dtype=np.float64)
-    if h.ndim != 1 or h.size == 0:
-        raise ValueError(f"entropies must be a non-empty 1-d array [N], got shape {h.shape}")
-    if not np.isfinite(h).all():
-        raise ValueError("entropies contain NaN or infinite values")
-    edges = np.arange(0, h_max, h_max / ENTROPY_AUC_BINS)
+    h, h_max, edges = _entropy_bins(entropies, num_classes)
     kept = h[(h >= edges[0]) & (h <= edges[-1])]  # np.histogram's range: the last bin includes its right edge
     if kept.size < 2:
         return math.nan

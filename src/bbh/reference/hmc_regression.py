@@ -230,6 +230,21 @@ class HMCDiagnostics:
     draws: int
     seconds: float
 
+    @classmethod
+    def pooled(cls, f_chains: Tensor, ls_chains: Tensor, *, rhat_f: Tensor, ess_f: Tensor, seconds: float,
+               **per_chain: list[Any]) -> HMCDiagnostics:
+        """The diagnostics of f(x_test) draws ``f_chains`` [C, K, N_test] and log σ draws ``ls_chains`` [C, K]
+        (``rhat_f`` / ``ess_f``: their :func:`split_rhat` / :func:`bulk_ess`), with the per-chain lists given."""
+        return cls(**per_chain,  # type: ignore[arg-type]
+                   rhat_f_max=float(rhat_f.max()), rhat_f_median=float(rhat_f.median()),
+                   rhat_f_above_1_1=float((rhat_f > 1.1).double().mean()),
+                   rhat_f_classic_max=float(split_rhat(f_chains, rank_normalised=False).max()),
+                   ess_f_min=float(ess_f.min()), ess_f_median=float(ess_f.median()),
+                   rhat_log_sigma=float(split_rhat(ls_chains)),
+                   rhat_log_sigma_classic=float(split_rhat(ls_chains, rank_normalised=False)),
+                   ess_log_sigma=float(bulk_ess(ls_chains)), draws=int(f_chains.shape[0] * f_chains.shape[1]),
+                   seconds=seconds)
+
     def converged(self, rhat: float = 1.1) -> bool:
         """R-hat of every test prediction and of log sigma below ``rhat``, and no divergences."""
         return self.rhat_f_max < rhat and self.rhat_log_sigma < rhat and sum(self.divergences) == 0
@@ -482,18 +497,11 @@ def _hmc_regression(x_train: Tensor, y_train: Tensor, x_test: Tensor, *, hidden:
     ls_chains = log_sigma.reshape(chains, k)
     rhat_f = split_rhat(f_chains)
     ess_f = bulk_ess(f_chains)
-    diag = HMCDiagnostics(
+    diag = HMCDiagnostics.pooled(
+        f_chains, ls_chains, rhat_f=rhat_f, ess_f=ess_f, seconds=time.perf_counter() - start,
         acceptance=[st[0] for st in stats], burn_in_acceptance=[st[1] for st in stats],
         step_size=[st[2] for st in stats], divergences=[st[3] for st in stats],
-        init_log_prob=[st[4] for st in stats], chain_seconds=[st[5] for st in stats],
-        rhat_f_max=float(rhat_f.max()), rhat_f_median=float(rhat_f.median()),
-        rhat_f_above_1_1=float((rhat_f > 1.1).double().mean()),
-        rhat_f_classic_max=float(split_rhat(f_chains, rank_normalised=False).max()),
-        ess_f_min=float(ess_f.min()), ess_f_median=float(ess_f.median()),
-        rhat_log_sigma=float(split_rhat(ls_chains)),
-        rhat_log_sigma_classic=float(split_rhat(ls_chains, rank_normalised=False)),
-        ess_log_sigma=float(bulk_ess(ls_chains)),
-        draws=chains * k, seconds=time.perf_counter() - start)
+        init_log_prob=[st[4] for st in stats], chain_seconds=[st[5] for st in stats])
     return HMCRegressionResult(sample_means=means, noise_vars=torch.exp(2 * log_sigma), diagnostics=diag,
                                samples=samples, chains=chains, settings=settings)
 

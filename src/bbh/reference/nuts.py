@@ -175,17 +175,11 @@ def nuts_regression(x_train: Tensor, y_train: Tensor, x_test: Tensor, *, hidden:
     ls_chains = flat[:, -1].reshape(chains, samples)
     rhat_f, ess_f = split_rhat(f_chains), bulk_ess(f_chains)
     seconds = time.perf_counter() - start
-    diag = HMCDiagnostics(
+    diag = HMCDiagnostics.pooled(
+        f_chains, ls_chains, rhat_f=rhat_f, ess_f=ess_f, seconds=seconds,
         acceptance=[float(a) for a in extra["accept_prob"].mean(1)], burn_in_acceptance=[math.nan] * chains,
         step_size=[math.nan] * chains, divergences=[int(d) for d in extra["diverging"].sum(1)],
-        init_log_prob=[float(log_prob(torch.from_numpy(i))) for i in inits], chain_seconds=[seconds / chains] * chains,
-        rhat_f_max=float(rhat_f.max()), rhat_f_median=float(rhat_f.median()),
-        rhat_f_above_1_1=float((rhat_f > 1.1).double().mean()),
-        rhat_f_classic_max=float(split_rhat(f_chains, rank_normalised=False).max()),
-        ess_f_min=float(ess_f.min()), ess_f_median=float(ess_f.median()),
-        rhat_log_sigma=float(split_rhat(ls_chains)),
-        rhat_log_sigma_classic=float(split_rhat(ls_chains, rank_normalised=False)),
-        ess_log_sigma=float(bulk_ess(ls_chains)), draws=chains * samples, seconds=seconds)
+        init_log_prob=[float(log_prob(torch.from_numpy(i))) for i in inits], chain_seconds=[seconds / chains] * chains)
     settings = dict(sampler="numpyro-nuts", hidden=hidden, prior_scale=prior_scale,
                     noise_prior=tuple(float(v) for v in noise_prior), chains=chains, warmup=warmup, samples=samples,
                     max_tree_depth=max_tree_depth, target_accept=target_accept, seed=seed, init_steps=init_steps,
