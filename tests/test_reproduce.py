@@ -150,6 +150,8 @@ def test_the_plan_names_each_run_once_with_its_steps(smoke_out: dict[str, Any], 
     plan = repro.plan("table2")
     assert [p["run"] for p in plan] == [run_name(r) for r in TABLES["table2"].rows]
     assert all(p["status"] == "finished" and p["steps"] == 2 for p in plan)  # 128 images, batch 64, 1 epoch
-    paper = Reproduction.open(smoke_out["out"] / "paper", "paper", tasks=fake_tasks).plan("table3")
+    paper = Reproduction.open(smoke_out["out"] / "paper", "paper").plan("table3")  # no data needed for a plan
     assert {p["method"] for p in paper} == {"map", "ensemble", "bbb", "mc-dropout", "mnf", "bbh"}
     assert all(p["epochs"] == 100 and p["steps"] == 100 * 550 and p["status"] == "not started" for p in paper)
+    given = Reproduction.open(smoke_out["out"] / "paper-given", "paper", tasks=fake_tasks).plan("table3")
+    assert all(p["steps"] == 100 * 1 for p in given)  # the steps of the data given: 128 images, batch 100

@@ -191,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--download", action="store_true", help="fetch missing data files first (verified)")
     rep.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
     rep.add_argument("--plan", action="store_true",
-                     help="print the planned runs with a measured time estimate and exit")
+                     help="print the planned runs with a time estimate from stored step costs and exit")
+    rep.add_argument("--measure", action="store_true",
+                     help="with --plan: time every run's steps at full size here (minutes per run, GBs) and keep them "
+                          "for later plans")
     rep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bars (default: when stderr is a terminal)")
     rep.add_argument("--threads", metavar="N", help="torch threads (default: the cores this process may use, 1 "

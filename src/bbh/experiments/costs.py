@@ -373,7 +373,8 @@ def _probe(config: Mapping[str, Any], device: torch.device | str, machine: Machi
     """Seconds of a step of the probe configuration at its batch size here (timed once per process)."""
     key = (machine, cost_digest(config))
     if key not in _PROBES:
-        _PROBES[key] = measure(config, device, steps=3, batches=(int(config["train"]["batch_size"]),)).seconds[0]
+        _PROBES[key] = measure(config, device, steps=3, batches=(int(config["train"]["batch_size"]),),
+                               min_seconds=0.5).seconds[0]
     return _PROBES[key]
 
 
