@@ -93,6 +93,10 @@ def test_an_interrupted_toy_writes_nothing(tmp_path, monkeypatch, capsys):
     assert list(out.iterdir()) == []
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_stops_a_real_bbh_toy_in_one_line(tmp_path):
     """A real ``bbh toy`` in a subprocess: once BbH's training has started (its plan line, printed because stderr is
     a pipe), SIGINT; the command stops at the end of the step with one line, exit status 130, no files."""
@@ -100,7 +104,8 @@ def test_sigint_stops_a_real_bbh_toy_in_one_line(tmp_path):
     env = {**os.environ, "BBH_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("OMP_NUM_THREADS", None)
     proc = subprocess.Popen([sys.executable, "-m", "bbh.cli", "toy", "--methods", "bbh", "--no-hmc", "--out",
-                             str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+                             str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
+                            preexec_fn=_default_sigint)  # a background job's children start with SIGINT ignored
     assert proc.stderr is not None
     seen = b""
     try:

@@ -10,7 +10,7 @@ import bbh
 SRC = Path(bbh.__file__).resolve().parent
 
 LAYERS: list[tuple[str, ...]] = [
-    ("bbh.options", "bbh.io", "bbh.priors", "bbh.elbo", "bbh.functional"),   # core
+    ("bbh.options", "bbh.io", "bbh.threads", "bbh.priors", "bbh.elbo", "bbh.functional"),   # core
     # kernels; pure tensor functions (a likelihood builds its predictive: classification or regression)
     ("bbh.backends", "bbh.evaluation.metrics", "bbh.evaluation.predictive", "bbh.likelihoods"),
     ("bbh.kl",),
