@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from bbh.data.uci import load_uci
 from bbh.evaluation.predictive import RegressionPredictive
 from bbh.experiments import uci
+from bbh.experiments.costs import cpu_name
 from bbh.reference.nuts import cache_path
 from bbh.training.trainer import Trainer
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"dataset": dataset.name, "split": args.split, "steps": args.steps, "reference": str(cached[-1]),
               "reference_diagnostics": {k: d[k] for k in ("rhat_f_max", "rhat_f_median", "ess_f_min", "ess_f_median",
                                                           "draws", "seconds")},
-              "machine": platform.processor() or platform.machine(), "rows": []}
+              "machine": cpu_name(), "rows": []}
     print(f"{dataset.name} split {args.split}: NUTS reference {cached[-1].name} (R-hat max {d['rhat_f_max']:.3f}, "
           f"ESS min {d['ess_f_min']:.0f}, {d['draws']} draws)", flush=True)
     y_raw = dataset.y[split.test_idx]

@@ -18,7 +18,6 @@ evaluation again and reports the range.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
@@ -27,17 +26,8 @@ import bbh
 from bbh.data import load_task
 from bbh.evaluation.api import AttackSpec
 from bbh.experiments.config import load_config
+from bbh.experiments.costs import cpu_name
 from bbh.experiments.run import build_model
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -60,7 +50,7 @@ def main() -> None:
     test = (task.test_x[:args.images], task.test_y[:args.images])
     ood = {"outliers": task.outlier_x[:args.images]}
     attack = AttackSpec("fgsm", images=args.adv, samples=args.samples)
-    print(f"{_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; mnist-{args.method}, "
+    print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; mnist-{args.method}, "
           f"{args.samples} samples, {args.images} + {args.images} images, FGSM on {args.adv}, batch {args.batch}, "
           f"chunk {args.chunk or 'all'}")
     totals: dict[str, list[float]] = {}

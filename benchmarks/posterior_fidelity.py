@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shlex
 import sys
 import time
@@ -49,6 +48,7 @@ from bbh.evaluation.fidelity import (
     gaussian_fit_kl,
     percentiles,
 )
+from bbh.experiments.costs import cpu_name
 from bbh.kl import KLEstimator, make_kl_estimator
 from bbh.posteriors.hypernet import HypernetPosterior
 from bbh.posteriors.semi_implicit import SemiImplicitPosterior
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     reg_dims = [int(x) for x in args.regression_dims.split(",") if x]
     words = sys.argv[1:] if argv is None else argv
     report: dict = {"command": "python benchmarks/posterior_fidelity.py " + " ".join(shlex.quote(w) for w in words),
-                    "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+                    "machine": cpu_name(), "torch": torch.__version__,
                     "steps": args.steps, "samples": args.samples}
     md: list[str] = []
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 
 from bbh.data.toy import make_toy_data
+from bbh.experiments.costs import cpu_name
 from bbh.experiments.toy import toy_settings
 from bbh.experiments.uci import build_method, uci_settings
 from bbh.models import MLP
@@ -89,16 +90,6 @@ def ms_per_step(make: Callable[[], Step], threads: int, steps: int, cap: float) 
         step()
         done += 1
     return 1000 * (time.perf_counter() - start) / done
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def main() -> None:
