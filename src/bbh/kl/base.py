@@ -23,6 +23,12 @@ def flatten_samples(samples: dict[str, Tensor]) -> Tensor:
     return torch.cat([s.reshape(s.shape[0], -1) for s in samples.values()], dim=1)
 
 
+def pairwise_sq_distances(a: Tensor, b: Tensor) -> Tensor:
+    """``[n, m]`` squared Euclidean distances ||a_i - b_j||² of rows a [n, D] and b [m, D], from exact differences
+    one row of ``b`` at a time (memory O(n D); no ||a||² + ||b||² - 2 a·b cancellation for nearby draws)."""
+    return torch.stack([((a - b[j]) ** 2).sum(1) for j in range(b.shape[0])], dim=1)
+
+
 @dataclass(frozen=True)
 class GaussianLayer:
     """The Gaussian layer of a semi-implicit posterior: draw i is w_i = means_i + ε_i with ε_i ~ N(0, C) for each
@@ -95,4 +101,4 @@ def estimate_kl(estimator: KLEstimator, samples: dict[str, Tensor], prior: Prior
     return estimator(samples, prior, layer)
 
 
-__all__ = ["GaussianLayer", "KLEstimator", "estimate_kl", "flatten_samples"]
+__all__ = ["GaussianLayer", "KLEstimator", "estimate_kl", "flatten_samples", "pairwise_sq_distances"]

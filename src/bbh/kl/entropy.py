@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..priors import Prior
-from .base import KLEstimator, flatten_samples
+from .base import KLEstimator, flatten_samples, pairwise_sq_distances
 from .nearest import DISTANCE_EPS
 
 
@@ -55,7 +55,7 @@ def knn_entropy_full(q: Tensor, k: int = 1) -> Tensor:
     """
     _check(q, k)
     n, d = q.shape
-    dist = torch.stack([torch.sqrt(((q - q[j]) ** 2).sum(1) + DISTANCE_EPS) for j in range(n)], dim=1)   # [n, n]
+    dist = torch.sqrt(pairwise_sq_distances(q, q) + DISTANCE_EPS)                                      # [n, n]
     dist = dist.masked_fill(torch.eye(n, dtype=torch.bool, device=q.device), math.inf)
     eps = dist.topk(k, dim=1, largest=False).values[:, k - 1]
     return (torch.digamma(torch.tensor(float(n), dtype=torch.float64)).item()

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ..priors import Prior
-from .base import GaussianLayer, KLEstimator, flatten_samples
+from .base import GaussianLayer, KLEstimator, flatten_samples, pairwise_sq_distances
 
 
 def semi_implicit_entropy(w: Tensor, means: Tensor, scales: Tensor) -> Tensor:
@@ -52,7 +52,7 @@ def whitened_entropy(u: Tensor, v: Tensor, half_log_det: Tensor) -> Tensor:
     Computed one partner j at a time from exact differences (memory O(n D), time O(n² D)).
     """
     n, d = u.shape
-    sq = torch.stack([((u - v[j]) ** 2).sum(1) for j in range(n)], dim=1)                 # [n, n]
+    sq = pairwise_sq_distances(u, v)                                                        # [n, n]
     log_mix = torch.logsumexp(-0.5 * sq, dim=1) - math.log(n) - half_log_det - 0.5 * d * math.log(2 * math.pi)
     return -log_mix.mean()
 

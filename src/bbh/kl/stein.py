@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..priors import Prior
-from .base import KLEstimator, flatten_samples
+from .base import KLEstimator, flatten_samples, pairwise_sq_distances
 from .entropy import knn_entropy_full
 
 
@@ -47,7 +47,7 @@ def ssge_score(x: Tensor, *, threshold: float = 0.98, eta: float = 0.0, whiten: 
         n = z.shape[0]
         scale = z.std(0).clamp_min(1e-12) if whiten else torch.ones(z.shape[1], dtype=z.dtype, device=z.device)
         z = (z - z.mean(0)) / scale
-        sq = torch.stack([((z - z[j]) ** 2).sum(1) for j in range(n)], dim=1)               # [n, n]
+        sq = pairwise_sq_distances(z, z)                                                    # [n, n]
         off = sq[~torch.eye(n, dtype=torch.bool, device=z.device)]
         h2 = float(off.median().clamp_min(1e-12))
         k = torch.exp(-sq / (2.0 * h2)) + eta * torch.eye(n, dtype=z.dtype, device=z.device)
