@@ -28,17 +28,17 @@ def test_lenet5_has_the_papers_parameter_count():
 def test_layerwise_lenet_hypernet_size_matches_the_authors():
     method = bbh.create("bbh", bbh.models.LeNet5(), layout="layerwise", noise_dim=1, init="glorot",
                         kl="nn-per-weight")   # the paper's: no Gaussian layer
-    assert count(method.posterior) == 222_331_368  # paper-protocol 2.1
+    assert count(method.posterior) == 222_331_368  # docs/protocol.md §2.1
     assert [t.numel for t in method.hypernet.targets] == [500, 20, 25_000, 50, 400_000, 500, 5_000, 10]
 
 
 def test_sliced_and_single_lenet_hypernet_sizes_match_the_authors():
     sliced = bbh.create("bbh", bbh.models.LeNet5(), layout="sliced", noise_dim=1, init="glorot", kl="nn-per-weight")
-    assert count(sliced.posterior) == 2_457_957  # paper-protocol 2.3
+    assert count(sliced.posterior) == 2_457_957  # docs/protocol.md §2.3
     single = bbh.create("bbh", bbh.models.LeNet5(), layout="single", noise_dim=1, num_chunks=130, init="glorot",
                         kl="nn-per-weight")
     assert (single.hypernet.num_chunks, single.hypernet.chunk_size) == (130, 3316)
-    assert count(single.posterior) == 1_857_780  # paper-protocol 2.2
+    assert count(single.posterior) == 1_857_780  # docs/protocol.md §2.2
 
 
 @pytest.mark.parametrize("layout", ["layerwise", "sliced", "single"])

@@ -1,5 +1,5 @@
 """Tests of :mod:`bbh.evaluation.metrics`: hand-computed values, scikit-learn / independent numpy references, and the
-authors' ``calc_entropy`` / ``calc_ent_auc`` copied inline (paper-protocol 6.2)."""
+authors' ``calc_entropy`` / ``calc_ent_auc`` copied inline (docs/protocol.md §6.2)."""
 
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def test_ece_of_a_calibrated_constant_predictor_is_zero():
 
 
 # ----------------------------------------------------------------------------------------- entropy
-def _authors_calc_entropy(probs):  # copied from the authors' utils.py (paper-protocol 6.2)
+def _authors_calc_entropy(probs):  # copied from the authors' utils.py (docs/protocol.md §6.2)
     return np.sum(-1 * probs * np.log(np.maximum(probs, 1e-5)), -1)
 
 
@@ -207,7 +207,7 @@ def test_max_entropy_is_the_authors_value():
 
 
 # ----------------------------------------------------------------------------------------- entropy AUC
-def _authors_calc_ent_auc(ent, max_ent):  # copied from the authors' utils.py (paper-protocol 6.2)
+def _authors_calc_ent_auc(ent, max_ent):  # copied from the authors' utils.py (docs/protocol.md §6.2)
     hist, bin_edges = np.histogram(ent, density=True, bins=np.arange(0, max_ent, max_ent / 500))
     c_hist = np.cumsum(hist * np.diff(bin_edges))
     return np.sum(np.diff(bin_edges) * c_hist)

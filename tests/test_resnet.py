@@ -1,4 +1,4 @@
-"""ResNet-32 (paper-protocol 1.2, 1.3, 4.2): exact parameter counts, spatial sizes, the parameter-free shortcut,
+"""ResNet-32 (docs/protocol.md §1.2, 1.3, 4.2): exact parameter counts, spatial sizes, the parameter-free shortcut,
 TF padding, the three normalisation modes, the MC-Dropout sites, input checks, and one training step plus
 prediction of every bbh method on the authors' network."""
 

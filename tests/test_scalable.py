@@ -62,9 +62,9 @@ def test_the_size_estimate_counts_the_rank1_mixture_means():
 
 def test_the_estimate_matches_the_papers_lenet_sizes_without_building_them():
     shapes = random_shapes(LeNet5())
-    assert hypernet_parameters(shapes, "layerwise") == 222_331_368  # paper-protocol 2.1
-    assert hypernet_parameters(shapes, "sliced") == 2_457_957  # paper-protocol 2.3
-    assert hypernet_parameters(shapes, "single", num_chunks=130) == 1_857_780  # paper-protocol 2.2
+    assert hypernet_parameters(shapes, "layerwise") == 222_331_368  # docs/protocol.md §2.1
+    assert hypernet_parameters(shapes, "sliced") == 2_457_957  # docs/protocol.md §2.3
+    assert hypernet_parameters(shapes, "single", num_chunks=130) == 1_857_780  # docs/protocol.md §2.2
 
 
 def test_auto_keeps_the_papers_layerwise_hypernets_for_lenet_and_resnet32_and_scales_resnet18():

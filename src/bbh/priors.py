@@ -26,7 +26,7 @@ class Prior(Protocol):
 class NormalPrior:
     """Independent zero-mean Normal prior p(w) = prod_i N(w_i; 0, scale^2).
 
-    The paper uses ``scale = 1`` for every method (paper Sec. 3; paper-protocol 3.1).
+    The paper uses ``scale = 1`` for every method (paper Sec. 3; docs/protocol.md §3.1).
 
     Args:
         scale: standard deviation of every weight, > 0.

@@ -1,5 +1,5 @@
-"""Minibatches with one shuffling order per ensemble member (deep ensembles, paper-protocol 4.3), and the training-set
-size N that a DataLoader trains on (:func:`training_set_size`)."""
+"""Minibatches with one shuffling order per ensemble member (deep ensembles, docs/protocol.md §4.3), and the
+training-set size N that a DataLoader trains on (:func:`training_set_size`)."""
 
 from __future__ import annotations
 

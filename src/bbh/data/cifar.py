@@ -1,4 +1,4 @@
-"""CIFAR-10 from the official python batches, and the CIFAR-5 split of the paper (paper-protocol 5.3, 6.3).
+"""CIFAR-10 from the official python batches, and the CIFAR-5 split of the paper (docs/protocol.md §5.3, 6.3).
 
 Each batch (``data_batch_1..5``, ``test_batch`` in ``cifar-10-batches-py/``) is a pickled dict with
 ``data`` (uint8 [N, 3072]: the R plane, then G, then B, each 32x32 row-major) and ``labels`` (N ints);

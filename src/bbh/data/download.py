@@ -1,6 +1,6 @@
 """Where the real data sets live, and fetching them with checksum verification.
 
-Layout under the data directory (the same as ``../shared/data``, so ``--data-dir ../shared/data`` works)::
+Layout under the data directory (any folder in this layout works as ``--data-dir``)::
 
     mnist/      train-images-idx3-ubyte.gz  train-labels-idx1-ubyte.gz
                 t10k-images-idx3-ubyte.gz  t10k-labels-idx1-ubyte.gz
@@ -18,7 +18,7 @@ Sources are tried in order: the base URLs in ``$BBH_DATA_MIRROR`` (whitespace- o
 at ``<base>/<dataset>/<file>``, i.e. a copy of the layout above), then ``MIRRORS[dataset]`` (files at
 ``<base>/<file>``). Both are read at call time, so tests can point them at a local server. Checksums are in
 ``CHECKSUMS`` (``"algo:hex"``): MNIST and the CIFAR archive are the official ones; notMNIST has no published
-checksum, so it is the sha256 of the copy in ``../shared/data`` (davidflanagan/notMNIST-to-MNIST).
+checksum, so it is the sha256 of the davidflanagan/notMNIST-to-MNIST test split the project was developed on.
 
 The UCI regression datasets (``uci/<name>/``) are fetched by :mod:`bbh.data.uci_download`, which uses the
 machinery here; their sources are in ``MIRRORS["uci/<name>"]``.

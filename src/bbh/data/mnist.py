@@ -1,4 +1,4 @@
-"""MNIST and notMNIST from their gzipped IDX files (paper-protocol 5.2 and 6.3).
+"""MNIST and notMNIST from their gzipped IDX files (docs/protocol.md §5.2 and 6.3).
 
 The IDX format (http://yann.lecun.com/exdb/mnist/): a 4-byte big-endian magic number ``0x0000TTDD``
 (``TT`` the element type, 0x08 = unsigned byte; ``DD`` the number of dimensions), one 4-byte big-endian
@@ -119,7 +119,7 @@ def load_mnist(folder: str | Path, split: str = "train") -> tuple[Tensor, Tensor
 
 
 def load_notmnist(folder: str | Path) -> tuple[Tensor, Tensor]:
-    """The notMNIST test split (letters A-J as labels 0..9), the MNIST outlier set (paper-protocol 6.3).
+    """The notMNIST test split (letters A-J as labels 0..9), the MNIST outlier set (docs/protocol.md §6.3).
 
     ``folder`` holds ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz`` from
     davidflanagan/notMNIST-to-MNIST. Returns uint8 ``[N, 1, 28, 28]`` and int64 ``[N]``.
@@ -132,7 +132,7 @@ def split_validation(x: Tensor, y: Tensor, size: int) -> tuple[Tensor, Tensor, T
 
     TF (``tensorflow/contrib/learn/.../mnist.py``): ``validation_images = train_images[:validation_size]``,
     ``train_images = train_images[validation_size:]``; with ``size=5000`` this gives the authors' 55,000
-    training images (paper-protocol 5.2). Returns ``(train_x, train_y, val_x, val_y)``.
+    training images (docs/protocol.md §5.2). Returns ``(train_x, train_y, val_x, val_y)``.
     """
     if not 0 <= size <= len(x):
         raise ValueError(f"validation size must be in 0..{len(x)}, got {size}")

@@ -1,4 +1,4 @@
-"""A synthetic sequence-classification task for transformers (issue 11): which of two marker tokens comes first."""
+"""A synthetic sequence-classification task for transformers: which of two marker tokens comes first."""
 
 from __future__ import annotations
 

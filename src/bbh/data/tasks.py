@@ -1,5 +1,5 @@
-"""The paper's classification tasks, MNIST (+ notMNIST outliers) and CIFAR-5 (paper-protocol 5.2, 5.3, 6.3),
-and full CIFAR-10 (issue 11's scale comparison; no outlier set).
+"""The paper's classification tasks, MNIST (+ notMNIST outliers) and CIFAR-5 (docs/protocol.md §5.2, 5.3, 6.3),
+and full CIFAR-10 (the scale comparison of docs/scale.md; no outlier set).
 
 :func:`load` is the simple door: one data set and split as a ``TensorDataset`` of evaluation-ready float inputs
 and int64 labels, for :func:`bbh.evaluate` or a ``DataLoader``::
@@ -133,9 +133,9 @@ def load_task(name: str, data_dir: str | Path | None = None, *, download: bool =
 
     Args:
         name: ``"mnist"``: train 55,000 + validation 5,000 (TF ``read_data_sets``: the first 5,000 training
-            images are the validation split, paper-protocol 5.2) or all 60,000 with ``validation=False``;
+            images are the validation split, docs/protocol.md §5.2) or all 60,000 with ``validation=False``;
             test 10,000; outliers = notMNIST test (10,000). ``"cifar5"``: CIFAR-10 classes 0-4: train 25,000,
-            test 5,000; outliers = the 5,000 test images of classes 5-9 (paper-protocol 5.3, 6.3); no
+            test 5,000; outliers = the 5,000 test images of classes 5-9 (docs/protocol.md §5.3, 6.3); no
             validation split (``validation`` is ignored). ``"cifar10"``: all 10 classes: train 50,000, test
             10,000, no outliers (:data:`OUTLIER_SETS`: ``outlier_x`` is None whatever ``outliers`` says), no
             validation split.

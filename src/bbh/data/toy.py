@@ -18,7 +18,7 @@ def toy_function(x: Tensor) -> Tensor:
 def make_toy_data(n: int = 20, seed: int = 1, noise: float = TOY_NOISE) -> tuple[Tensor, Tensor]:
     """``n`` points with x ~ U(-4, 4) and y = x^3 + N(0, noise^2), from ``numpy.random.RandomState(seed)``.
 
-    The authors seed ``RandomState(1)`` (paper-protocol 1.4). Returns float32 tensors of shape [n, 1].
+    The authors seed ``RandomState(1)`` (docs/protocol.md §1.4). Returns float32 tensors of shape [n, 1].
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")

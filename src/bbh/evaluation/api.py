@@ -3,7 +3,7 @@
     results = bbh.evaluate(method, test=(x, y), ood={"noise": x_ood}, attacks={"fgsm": None}, seed=0)
     results.test.error_percent, results.ood["noise"].detection["entropy"]["auroc"], results.to_dict()
 
-What is computed (paper-protocol 6.1-6.5; the same numbers ``bbh evaluate RUN_DIR`` reports):
+What is computed (docs/protocol.md §6.1-6.5; the same numbers ``bbh evaluate RUN_DIR`` reports):
 
 * on the test set (:class:`SetMetrics`): error %, NLL, Brier score, ECE and the reliability bins (``bins``
   equal-width bins), the paper's entropy AUC (area under the CDF of the authors' clamped entropy / log K,
@@ -62,7 +62,7 @@ ATTACKS = ("fgsm", "pgd")
 # ---------------------------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class AttackSpec:
-    """One adversarial attack of the evaluation (paper-protocol 6.5).
+    """One adversarial attack of the evaluation (docs/protocol.md §6.5).
 
     Attributes:
         attack: ``"fgsm"`` (:func:`bbh.evaluation.attacks.fgsm`) or ``"pgd"`` (:func:`~bbh.evaluation.attacks.pgd`,
@@ -350,7 +350,7 @@ def set_metrics(summary: Mapping[str, Tensor], y: Tensor | None, num_classes: in
     """:class:`SetMetrics` from per-example summaries (``mean``, ``entropy``, ``expected_entropy``,
     ``mutual_information``, as :func:`bbh.evaluation.predictive.predict_batches` returns) and labels (or None).
 
-    The entropy AUC uses the authors' clamp: ``metrics.entropy(mean)`` (paper-protocol 6.2); the mean entropies
+    The entropy AUC uses the authors' clamp: ``metrics.entropy(mean)`` (docs/protocol.md §6.2); the mean entropies
     are the exact ones of the summaries, divided by log K.
     """
     mean = summary["mean"]

@@ -1,6 +1,6 @@
 """Adversarial examples against any bbh method: FGSM as the authors ran it, FGSM on the expected loss, and PGD.
 
-The authors' protocol (paper Fig. 3/4, paper-protocol 6.5): the first 100 test images, ε ∈ {0, 0.05, ..., 0.4},
+The authors' protocol (paper Fig. 3/4, docs/protocol.md §6.5): the first 100 test images, ε ∈ {0, 0.05, ..., 0.4},
 ``x_adv = x + ε · sign(∇_x CE)`` with no clipping to the valid range. For a Bayesian method the adversarial op
 was run once per posterior sample (a fresh sample each) and the **adversarial images** were averaged:
 
@@ -59,7 +59,7 @@ from ..posteriors.protocol import Method
 
 GRADIENTS = ("authors", "expectation")
 PAPER_EPSILONS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(9))
-"""The authors' ε grid, ``np.linspace(0, 0.4, 9)`` (paper-protocol 6.5)."""
+"""The authors' ε grid, ``np.linspace(0, 0.4, 9)`` (docs/protocol.md §6.5)."""
 PAPER_NUM_IMAGES = 100
 """The authors attacked the first 100 test images (the paper says 1 000)."""
 
@@ -164,7 +164,7 @@ def fgsm(method: Method, x: Tensor, y: Tensor, epsilon: float, *, n_samples: int
         epsilon: the L∞ step size (authors' grid :data:`PAPER_EPSILONS`).
         n_samples: S, posterior draws (authors: 100); MAP always uses 1, an ensemble its M members.
         gradient: ``"authors"`` — x + ε · mean_s sign(g_s), the average of the per-sample FGSM images
-            (paper-protocol 6.5); ``"expectation"`` — x + ε · sign(∇_x mean_s CE_s), FGSM on the expected
+            (docs/protocol.md §6.5); ``"expectation"`` — x + ε · sign(∇_x mean_s CE_s), FGSM on the expected
             loss (mean of the per-sample cross-entropies). See the module docstring for the cost.
         clamp: optional ``(low, high)`` applied after the step (the authors: none).
         chunk_size: evaluate at most this many posterior samples at once.

@@ -8,7 +8,7 @@ e.g. the mean of the posterior samples' softmax outputs), integer labels ``y [N]
 * calibration: :func:`reliability` (top-label, equal-width bins) and :func:`ece`;
 * entropy: :func:`entropy`, the one entropy function of bbh, with its clamp as an explicit argument (the
   authors' 1e-5 by default, 0 for the exact entropy), and the paper's uncertainty number :func:`entropy_auc`,
-  the area under the CDF of the entropy divided by the maximum entropy (paper-protocol 6.2), bit-faithful to
+  the area under the CDF of the entropy divided by the maximum entropy (docs/protocol.md §6.2), bit-faithful to
   the authors' ``calc_ent_auc``, and its standard error over the examples :func:`entropy_auc_se`;
 * the posterior decomposition :func:`predictive_entropy` = :func:`expected_entropy` (aleatoric) +
   :func:`mutual_information` (epistemic);
@@ -30,7 +30,7 @@ PROB_ATOL = 1e-3
 """Rows of ``probs`` must sum to 1 within this absolute tolerance (checked in float64)."""
 
 ENTROPY_CLAMP = 1e-5
-"""The authors' clamp in ``calc_entropy``: H = -Σ p log max(p, 1e-5) (paper-protocol 6.2)."""
+"""The authors' clamp in ``calc_entropy``: H = -Σ p log max(p, 1e-5) (docs/protocol.md §6.2)."""
 
 ENTROPY_AUC_BINS = 500
 """``calc_ent_auc`` builds its histogram edges as ``np.arange(0, Hmax, Hmax / 500)``."""
@@ -97,7 +97,7 @@ def accuracy(probs: Tensor, y: Tensor) -> float:
 
 
 def error_rate(probs: Tensor, y: Tensor) -> float:
-    """Fraction misclassified by the argmax: 1 - :func:`accuracy` (paper tables: 100 x this, paper-protocol 6.1)."""
+    """Fraction misclassified by the argmax: 1 - :func:`accuracy` (paper tables: 100 x this, docs/protocol.md §6.1)."""
     _check_probs(probs)
     _check_labels(y, probs)
     return (probs.detach().argmax(-1) != y.to(probs.device)).double().mean().item()
@@ -197,7 +197,7 @@ def entropy(probs: Tensor, clamp: float = ENTROPY_CLAMP) -> Tensor:
 
     ``clamp`` is explicit because two conventions are in use:
 
-    * ``clamp=ENTROPY_CLAMP`` (1e-5, the default) is the authors' ``calc_entropy`` (paper-protocol 6.2): every
+    * ``clamp=ENTROPY_CLAMP`` (1e-5, the default) is the authors' ``calc_entropy`` (docs/protocol.md §6.2): every
       class below 1e-5 contributes -p log 1e-5 instead of -p log p, so the value is slightly below the exact
       entropy. The paper's entropy AUC (:func:`entropy_auc`) and the FGSM entropy curves use it, which keeps
       those numbers bit-identical to the authors' code.
@@ -247,7 +247,7 @@ def _entropy_bins(entropies: Tensor | np.ndarray, num_classes: int) -> tuple[np.
 def entropy_auc(entropies: Tensor | np.ndarray, num_classes: int) -> float:
     """The paper's "AUC": area under the empirical CDF of the entropy, divided by the maximum entropy.
 
-    Exactly the authors' ``calc_ent_auc`` (paper-protocol 6.2), then divided by Hmax (:func:`max_entropy`):
+    Exactly the authors' ``calc_ent_auc`` (docs/protocol.md §6.2), then divided by Hmax (:func:`max_entropy`):
 
         edges = np.arange(0, Hmax, Hmax / 500)            # 500 edges for K = 5 and 10 (501 for e.g. K = 3, 8:
                                                           # float rounding in arange; reproduced by calling numpy)

@@ -1,6 +1,6 @@
 """The posterior predictive of a classifier and its uncertainty decomposition.
 
-For S posterior draws with class probabilities p_s(y | x) (paper-protocol 6.1):
+For S posterior draws with class probabilities p_s(y | x) (docs/protocol.md §6.1):
 
     p(y | x)  = (1/S) Σ_s p_s(y | x)                                   the predictive (mean)
     H[p]      = -Σ_k p_k log p_k                                       total uncertainty

@@ -1,4 +1,4 @@
-"""MNIST probes of the authors' code (paper-protocol 6.6; not in the paper): rotated digits and mixup.
+"""MNIST probes of the authors' code (docs/protocol.md §6.6; not in the paper): rotated digits and mixup.
 
 The authors rotated single test images with ``scipy.ndimage.rotate(img, angle, reshape=False)`` and recorded
 every one of 100 per-sample softmax vectors per image, to plot softmax vs angle:
@@ -128,7 +128,7 @@ def predict_probs(method: Method, images: Tensor, n_samples: int = 100) -> dict[
 
 def rotation_probe(method: Method, image: Tensor, angles: Sequence[float] | Tensor = ANGLES_90,
                    n_samples: int = 100) -> dict[str, Tensor]:
-    """Predictions on rotated copies of one image (paper-protocol 6.6).
+    """Predictions on rotated copies of one image (docs/protocol.md §6.6).
 
     Args:
         method: any bbh method (eval mode is the caller's business).

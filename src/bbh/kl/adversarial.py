@@ -7,7 +7,7 @@ samples (label 0):
 
 At its optimum T(w) = log q(w) - log p(w), so Σ_i E_q[T(w_i)] estimates KL(q || p) for a posterior that
 factorises over weights; the estimate is the sum over weights of the mean logit over the n samples
-(paper-protocol 3.4). The posterior gets its gradient through T's input; T gets its own gradient only from
+(docs/protocol.md §3.4). The posterior gets its gradient through T's input; T gets its own gradient only from
 L_T, in :meth:`AdversarialKL.update`, which the method's ``post_step`` calls after every main step.
 """
 

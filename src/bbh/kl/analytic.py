@@ -11,7 +11,7 @@ from torch import Tensor
 def gaussian_kl(mu: Tensor, sigma: Tensor, prior_scale: float = 1.0) -> Tensor:
     """Closed-form KL( N(mu, sigma^2) || N(0, s^2) ), summed over all elements.
 
-    KL = Σ [ log(s / sigma) + (sigma^2 + mu^2) / (2 s^2) - 1/2 ]   (paper-protocol 3.3)
+    KL = Σ [ log(s / sigma) + (sigma^2 + mu^2) / (2 s^2) - 1/2 ]   (docs/protocol.md §3.3)
 
     Args:
         mu: posterior means.

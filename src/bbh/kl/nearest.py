@@ -32,7 +32,7 @@ from .base import KLEstimator, flatten_samples
 
 DISTANCE_EPS = 1e-8
 """Added to squared distances before the square root: distances are floored smoothly at 1e-4, so the
-log-ratio of Eq. 2 stays finite when two samples coincide (the authors' guard, paper-protocol 3.2)."""
+log-ratio of Eq. 2 stays finite when two samples coincide (the authors' guard, docs/protocol.md §3.2)."""
 
 
 def _distance(a: Tensor, b: Tensor, dim: int | None = None) -> Tensor:
@@ -167,7 +167,7 @@ def nn_kl_full(q: Tensor, p: Tensor) -> Tensor:
 
     KL ≈ (D / n) Σ_i log( min_j ||q_i - p_j|| / min_{j≠i} ||q_i - q_j|| ) + log(m / (n - 1))
 
-    The authors' code adds the constant D times instead of once (paper-protocol 3.2); the constant has no
+    The authors' code adds the constant D times instead of once (docs/protocol.md §3.2); the constant has no
     gradient, and here it is added once, as in Eq. 2. With few samples in high dimension this estimate is
     dominated by the ratio of two distances, which is why the paper prefers :func:`nn_kl_per_weight`.
 

@@ -1,4 +1,4 @@
-"""LeNet-5 as used in the paper's MNIST experiments (paper-protocol 1.1)."""
+"""LeNet-5 as used in the paper's MNIST experiments (docs/protocol.md §1.1)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class LeNet5(nn.Module):
     fc1's input rows and changes nothing else.
 
     The identity modules ``drop1``, ``drop2``, ``drop3`` are the declared MC-Dropout sites (after the ReLUs
-    of c1 and c2, before pooling, and after fc1's ReLU — paper-protocol 4.2); they do nothing here.
+    of c1 and c2, before pooling, and after fc1's ReLU — docs/protocol.md §4.2); they do nothing here.
     """
 
     dropout_sites: tuple[str, ...] = ("drop1", "drop2", "drop3")

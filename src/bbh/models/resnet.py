@@ -1,4 +1,4 @@
-"""ResNet-32 for the paper's CIFAR-5 experiments (paper-protocol 1.2, 1.3, 4.2) and He et al.'s CIFAR ResNets.
+"""ResNet-32 for the paper's CIFAR-5 experiments (docs/protocol.md §1.2, 1.3, 4.2) and He et al.'s CIFAR ResNets.
 
 Two architectures share one class, :class:`ResNet32`, chosen by ``variant``; both are described below at their
 default depth, 32. ``depth`` = 6n + 2 (8, 14, 20, 32, 44, 56, 110, ...) sets the n units per stage (5 at depth 32):

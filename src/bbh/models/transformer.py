@@ -1,4 +1,4 @@
-"""A small transformer text classifier: what issue 11's "BbH wraps a transformer" is measured on.
+"""A small transformer text classifier: the model on which BbH's ``rank1`` layout is shown to wrap a transformer.
 
     tokens [B, L] -> embedding + learned positions -> nn.TransformerEncoder (pre-built torch layers)
                   -> mean over positions -> Linear -> logits [B, classes]

@@ -25,7 +25,7 @@ LOCAL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 @register("bbb")
 class BayesByBackprop(WeightSampler):
-    """q(w) = Π_i N(w_i; mu_i, sigma_i^2) over every selected weight and bias (paper-protocol 4.5).
+    """q(w) = Π_i N(w_i; mu_i, sigma_i^2) over every selected weight and bias (docs/protocol.md §4.5).
 
     loss = mean NLL(f(x; w)) + kl_weight * KL(q || p) / N,   w = mu + sigma * eps,
     KL = Σ_i [ log(s / sigma_i) + (sigma_i^2 + mu_i^2) / (2 s^2) - 1/2 ]   (analytic, prior N(0, s^2)).

@@ -59,7 +59,7 @@ def _resolve_sites(model: nn.Module, sites: Sequence[str] | str | None) -> tuple
 class MCDropout(Method):
     """MC-Dropout: dropout always on (training and prediction), plus MAP's Gaussian penalty.
 
-    loss = mean NLL(f(x; w, mask)) + (1/N) Σ_kernels w^2 / (2 s^2)     (paper-protocol 4.2)
+    loss = mean NLL(f(x; w, mask)) + (1/N) Σ_kernels w^2 / (2 s^2)     (docs/protocol.md §4.2)
 
     Where dropout acts, in this order of precedence:
 

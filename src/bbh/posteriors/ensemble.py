@@ -31,7 +31,7 @@ def _reinitialise(module: nn.Module, generator_seed: int) -> None:
 class DeepEnsemble(Method):
     """M independently initialised copies of the network, each trained on its own loss.
 
-    Member k minimises (paper-protocol 4.3; no prior, no L2)
+    Member k minimises (docs/protocol.md §4.3; no prior, no L2)
 
         loss_k = alpha * NLL_k(x, y) + (1 - alpha) * NLL_k(x_adv, y),   x_adv = x + eps * sign(∇_x NLL_k(x, y))
 

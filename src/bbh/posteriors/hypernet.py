@@ -4,7 +4,7 @@ A hypernetwork G(z | θ) maps noise z ~ N(0, I_d) to a sample of the main networ
 an implicit distribution q(w | θ) that can be sampled but has no tractable density. Training minimises the
 negative ELBO (see :mod:`bbh.elbo`) whose KL(q || p) is estimated from samples (:mod:`bbh.kl`, Eq. 2).
 
-Hypernet architecture (paper Sec. 3, paper-protocol 2): input ``[z, c]`` with c a one-hot conditioning
+Hypernet architecture (paper Sec. 3, docs/protocol.md §2): input ``[z, c]`` with c a one-hot conditioning
 vector (the constant 1 when there is a single slice), hidden layers (64, 256, 512) with LeakyReLU(0.1),
 and a linear output layer. Three layouts (paper Table 1, :class:`~bbh.options.Layout`):
 
@@ -15,7 +15,7 @@ and a linear output layer. Three layouts (paper Table 1, :class:`~bbh.options.La
 * ``sliced`` — one hypernet per tensor conditioned on the one-hot index of an **output channel**: in
   PyTorch's layout ([out, in, ...]) slice c is exactly the weights of output channel c. The authors'
   TensorFlow code concatenated its slices into the flat HWIO vector, so its "slices" were contiguous
-  chunks spanning several input positions x all output channels (paper-protocol 2.3), not channels.
+  chunks spanning several input positions x all output channels (docs/protocol.md §2.3), not channels.
   1-d tensors (biases) are generated unsliced, as theirs.
 * ``single`` — one hypernet for all parameters, conditioned on a chunk index over the flat parameter
   vector (parameters concatenated in the model's order, each in PyTorch layout; the authors used TF
@@ -458,19 +458,12 @@ class BayesByHypernet(WeightSampler):
 
     The Trainer's default learning rate for BbH is 2e-5 with Adam and the authors' 1e-4 with RMSProp-TF.
     Adam moves every head weight by ~lr per step and, the head's gradient being rank S, all 512 weights
-    feeding one generated weight move coherently: the generated weight moves by up to lr * ||h||_1. Measured
-    on LeNet-5 / MNIST (`bbh train --config mnist-bbh`, batch 100): Adam at 1e-3 and 3e-4 diverge; at the
-    paper's 1e-4 seed 0 blows up early and sits at chance for the whole first epoch (seeds 1 and 2 train);
-    at 5e-5, 3e-5, 2e-5 and 1e-5 seed 0 reaches a mean NLL of 0.53, 0.32, 0.27 and 0.32 over steps
-    100-150 (3e-5 with seed 1: 0.25).
+    feeding one generated weight move coherently: the generated weight moves by up to lr * ||h||_1, so BbH
+    needs a smaller Adam step than its main network would (the measurements: docs/design.md, "Learning rates").
 
     The ``rank1`` layout trains the main network's own weights W0 with the factor hypernets, and its defaults
-    are Adam at lr 1e-3 (:data:`RANK1_LR`, W0 needs MAP's learning rate) and the entropy KL ``"nn-entropy"``.
-    Measured on a 2-layer ``nn.TransformerEncoder`` text classifier (tests/test_scalable.py's task, 160 steps
-    of batch 64; MAP reaches 100 % test accuracy), at lr 1e-3: with the per-weight NN-KL (one or all samples
-    in the likelihood) or with the KL switched off, the factors' RMS grew to 1.9-4.4 and the network stayed at
-    chance; with ``nn-entropy`` it reached 100 % with the factors at the prior's scale (RMS 0.098 against
-    s_u = 0.1). At lr 1e-4 (per-weight) and 3e-4 (``nn-entropy``) it had not left chance after 160 steps.
+    are Adam at lr 1e-3 (:data:`RANK1_LR`, W0 needs MAP's learning rate) and the entropy KL ``"nn-entropy"``
+    (the per-weight estimate lets the factors grow far past the prior's scale; docs/design.md).
     """
 
     default_lr = {"adam": 2e-5, "rmsprop-tf": 1e-4}

@@ -12,14 +12,14 @@ each layer uses the auxiliary inverse model r(z | W) of the MNF paper (Eq. 11 th
     KL_layer = KL(q(W | z) || p(W)) + KL(q(b) || p(b)) + log q(z) - log r(z | W)
 
 Every detail follows the authors' TensorFlow port of the AMLab ``MNF_VBNN`` code (``layers.MNFDenseLayer``,
-``layers.MNFConvLayer``, ``base_layers.MaskedNVPFlow/PlanarFlow``; paper-protocol 4.4), namely:
+``layers.MNFConvLayer``, ``base_layers.MaskedNVPFlow/PlanarFlow``; docs/protocol.md §4.4), namely:
 
 * parameters: ``weight_mu`` (initialised from the replaced layer's weight), ``weight_log_std`` ~ TruncN(-9, 0.05)
   (the authors' ``w_log_scale_sq``, used as a log-*std*), ``bias_mu`` (the replaced layer's bias),
   ``bias_log_var`` ~ TruncN(-9, 0.05) (a log-*variance*), ``q0_mean`` ~ TruncN(z_init, 0.05),
   ``q0_log_var`` ~ TruncN(log 0.1, 1e-6), and the r-model vectors ``r_apvar``, ``r_rsr``, ``r_rsri`` ~ TruncN(0, 0.05);
 * prior N(0, e^{pvar}) for weights and biases with a fixed pvar = 1.0 (a buffer, not trained): N(0, 2.72), not
-  the N(0, 1) of the other methods (paper-protocol 8.9);
+  the N(0, 1) of the other methods (docs/protocol.md §8.9);
 * forward with the local reparameterisation trick and one z per example, the std clipped at ``thres_var``:
   dense ``mean = (x ⊙ z) μ^T + b``, ``var = x^2 σ^2^T + σ_b^2``; conv ``mean = (conv(x, μ) + b) ⊙ z``,
   ``var = conv(x^2, σ^2) + σ_b^2``; ``out = mean + sqrt(var) ε``, with σ = clip(e^{log_std}, 0, thres) and
@@ -34,7 +34,7 @@ Dense layers with ``in_features == 1`` (the toy's first layer) use planar flows 
 
 Deviations, all documented at their option: ``kl_layers="all"`` (default) puts every MNF layer's KL into the
 loss, whereas the authors' code only added the **dense** layers' KL (``kl_layers="dense"``; conv layers were
-trained by the likelihood alone, paper-protocol 4.4 "Important quirk"); ``z_init`` default 1.0 (authors 0.0,
+trained by the likelihood alone, docs/protocol.md §4.4 "Important quirk"); ``z_init`` default 1.0 (authors 0.0,
 see :class:`MNF`); a floor of 1e-16 on the output variance before the square root (a layer without bias fed an
 all-zero input would otherwise give a 0/0 gradient).
 """
@@ -401,7 +401,7 @@ def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
 # ---------------------------------------------------------------------------------------------------- method
 @register("mnf")
 class MNF(Method):
-    """Multiplicative Normalizing Flows (Louizos & Welling 2017) for any ``nn.Module`` (paper-protocol 4.4).
+    """Multiplicative Normalizing Flows (Louizos & Welling 2017) for any ``nn.Module`` (docs/protocol.md §4.4).
 
     **The model is modified in place**: each selected ``nn.Linear`` becomes an :class:`MNFLinear` and each
     ``nn.Conv2d`` an :class:`MNFConv2d` (weights and biases initialised from the replaced layer); other modules
@@ -417,7 +417,7 @@ class MNF(Method):
         thres_var: clip on the forward std of the weights (the bias variance is clipped at its square);
             authors: 0.5 on MNIST and the toy, 0.3 on CIFAR. Must be > 0.
         prior_log_var: pvar of the fixed N(0, e^{pvar}) prior of weights and biases. The authors' 1.0 makes it
-            N(0, 2.72), **not** N(0, 1) (paper-protocol 8.9); pass 0.0 for a standard normal.
+            N(0, 2.72), **not** N(0, 1) (docs/protocol.md §8.9); pass 0.0 for a standard normal.
         init_log_std: initial log-std of the weights and log-variance of the biases (authors: -9).
         z_init: initial mean of q_0(z). The authors' port (and the AMLab code whenever q-flows are used) start at
             0.0, so the mean output of every layer starts near zero and training first has to grow z; the

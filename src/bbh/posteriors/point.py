@@ -17,7 +17,7 @@ def kernel_names(model: nn.Module) -> list[str]:
 
 
 class GaussianPenalty:
-    """-log N(w; 0, s^2) up to a constant over named parameters: Σ_k w_k^2 / (2 s^2) (paper-protocol 4.1).
+    """-log N(w; 0, s^2) up to a constant over named parameters: Σ_k w_k^2 / (2 s^2) (docs/protocol.md §4.1).
 
     The authors' ``l2_regularizer`` for MAP and MC-Dropout; by default over the kernels only (biases and
     normalisation parameters are not penalised). ``scale=None`` gives no penalty (plain maximum likelihood).
@@ -38,7 +38,7 @@ class GaussianPenalty:
 
 @register("map")
 class MAP(Method):
-    """MAP estimate: loss = mean NLL + (1/N) Σ_k w_k^2 / (2 s^2) (paper-protocol 4.1).
+    """MAP estimate: loss = mean NLL + (1/N) Σ_k w_k^2 / (2 s^2) (docs/protocol.md §4.1).
 
     The penalty (:class:`GaussianPenalty`) is -log N(w; 0, s^2) up to a constant, over the kernels only,
     scaled by 1/N like the KL of the variational methods, and reported in the ``kl`` slot of
@@ -47,7 +47,7 @@ class MAP(Method):
     Args:
         model: the network.
         likelihood: ``"categorical"`` or a likelihood object.
-        prior_scale: s; None for plain maximum likelihood (the toy's MAP, paper-protocol 1.4).
+        prior_scale: s; None for plain maximum likelihood (the toy's MAP, docs/protocol.md §1.4).
         params: parameters that get the penalty (default: Linear/Conv kernels).
     """
 

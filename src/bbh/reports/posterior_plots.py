@@ -1,4 +1,4 @@
-"""Posterior weight plots (paper Figs. 5-9, paper-protocol 6.7): marginals, correlations and per-weight stds.
+"""Posterior weight plots (paper Figs. 5-9, docs/protocol.md §6.7): marginals, correlations and per-weight stds.
 
 The authors drew 1 000 weight samples (200 runs x 5) from BbH / BbB / MNF, flattened each into one vector, and
 plotted
@@ -40,7 +40,7 @@ from ..posteriors.protocol import Method  # noqa: E402
 
 LAYOUTS = ("torch", "tf")
 PAPER_NUM_SAMPLES = 1000
-"""200 runs x 5 samples (paper-protocol 6.7)."""
+"""200 runs x 5 samples (docs/protocol.md §6.7)."""
 LENET_CONV1_SCALARS = 500
 """5 x 5 x 1 x 20: the LeNet conv1 kernel, the authors' correlation plot on MNIST."""
 RESNET_STEM_SCALARS = 432

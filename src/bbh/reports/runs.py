@@ -11,7 +11,7 @@ an earlier evaluation survives); that ``run_dir`` can be written to is checked b
   information, max probability; no mutual information for a point estimate such as MAP, whose one draw makes it
   zero, :func:`bbh.evaluation.api.has_epistemic_spread`), or, for a task without one (``cifar10``),
   ``ood_skipped``: a sentence saying that and why OOD detection was not computed (the report says it too); per
-  FGSM epsilon: accuracy, mean entropy / log K, entropy AUC (paper Figs. 3/4, paper-protocol 6.5); MNIST probes
+  FGSM epsilon: accuracy, mean entropy / log K, entropy AUC (paper Figs. 3/4, docs/protocol.md §6.5); MNIST probes
   (rotations, mixup; 6.6);
 * figures: entropy CDFs in vs out (with an outlier set), FGSM accuracy and entropy against epsilon, the
   reliability diagram, and for methods with a weight posterior its marginals, correlations and per-weight std
@@ -310,7 +310,7 @@ def _fresh_dir(path: Path) -> Iterator[Path]:
 
 
 def _probes(method: Method, task: Any, n: int) -> dict[str, Any]:
-    """The authors' MNIST rotation and mixup probes (paper-protocol 6.6): per angle / lambda, the predicted
+    """The authors' MNIST rotation and mixup probes (docs/protocol.md §6.6): per angle / lambda, the predicted
     class and the predictive entropy (nats)."""
     from ..evaluation import probes
 
@@ -357,7 +357,7 @@ def _report(r: dict[str, Any]) -> str:
     if o:
         lines.append(f"| outliers | — | — | — | — | {_fmt(o['entropy_auc'])} | {_fmt(o['mean_entropy'])} "
                      f"| {mi(o['mean_mutual_information'])} |")
-        lines += ["", "Entropy AUC: area under the CDF of the predictive entropy / log K (paper-protocol 6.2); high "
+        lines += ["", "Entropy AUC: area under the CDF of the predictive entropy / log K (docs/protocol.md §6.2); high "
                   "on the test set = confident, low on outliers = uncertain.", "",
                   "| OOD score | AUROC | AUPR in | AUPR out | FPR at 95 % TPR |", "|---|---|---|---|---|"]
         for score, m in r["ood"].items():
