@@ -3,7 +3,7 @@
     python benchmarks/epoch_time.py --data-dir ../shared/data [--task mnist|cifar5|all] [--steps 10]
 
 For each task (MNIST / LeNet-5, 550 steps per epoch; CIFAR-5 / ResNet-32, 250 steps per epoch; batch 100)
-and each method with its shipped configuration (``bbh/configs``), times ``--steps`` training steps on real
+and each method with its shipped configuration (``bbh/experiments/configs``), times ``--steps`` training steps on real
 minibatches (preprocessing included) after ``--warmup`` steps, with the methods interleaved step by step,
 and extrapolates the median step to a full epoch. The ratio to MAP is measured in the same run. The
 extrapolation is labelled as such: nothing here trains a whole epoch.
@@ -19,8 +19,9 @@ import torch
 
 import bbh
 from bbh.data import load_task
+from bbh.elbo import schedule_from_spec
 from bbh.experiments.config import load_config
-from bbh.experiments.run import build_model, build_schedule
+from bbh.experiments.run import build_model
 
 METHODS = ("map", "mc-dropout", "ensemble", "bbb", "mnf", "bbh")
 PAPER = {"map": 1.0, "mc-dropout": 1.7, "ensemble": 3.8, "bbb": 4.1, "mnf": 30.7, "bbh": 16.2}
@@ -32,7 +33,7 @@ def make_step(task, name: str, device: torch.device):
     method = bbh.create(name, build_model(config["model"], task.num_classes), **config["method"])
     train = config["train"]
     trainer = bbh.Trainer(method, optimizer=train["optimizer"], lr=train["lr"], eps=train["eps"],
-                          kl_anneal=build_schedule(train["kl_anneal"]), device=device, progress=False)
+                          kl_anneal=schedule_from_spec(train["kl_anneal"]), device=device, progress=False)
     n = task.train_x.shape[0]
     steps_per_epoch = n // train["batch_size"]
     g = torch.Generator().manual_seed(0)

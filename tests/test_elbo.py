@@ -154,7 +154,7 @@ def test_bbh_loss_is_batch_size_invariant_for_fixed_draws(likelihood_samples):
 
 # ----------------------------------------------------------------------------------------- schedules
 def test_linear_anneal_in_epochs_matches_the_authors_mnist_schedule():
-    # paper-protocol 3: s = 5, L = 15 epochs, B = 550 batches per epoch: ramp over iterations 2750 -> 11000.
+    # docs/protocol.md §3: s = 5, L = 15 epochs, B = 550 batches per epoch: ramp over iterations 2750 -> 11000.
     sched = LinearAnneal(5, 15, unit="epoch")
     spe = 550
     assert sched(0, spe) == 0.0
@@ -208,7 +208,7 @@ def test_linear_anneal_validates(kwargs, match):
 
 
 def test_toy_anneal_matches_the_authors_notebook():
-    # clip(10 / (i + 1) - 1, 0, 1): 1 for i <= 4, then 0.667, 0.4286, 0.25, 0.111, 0 from i = 9 (paper-protocol 1.4)
+    # clip(10 / (i + 1) - 1, 0, 1): 1 for i <= 4, then 0.667, 0.4286, 0.25, 0.111, 0 from i = 9 (docs/protocol.md §1.4)
     sched = ToyAnneal()
     assert [sched(i) for i in range(5)] == [1.0] * 5
     expected = {5: 2 / 3, 6: 3 / 7, 7: 0.25, 8: 1 / 9}
@@ -263,3 +263,23 @@ def test_trainer_feeds_steps_per_epoch_to_the_schedule():
     # per-epoch mean of kl_weight: epoch 0 steps 0..3 -> 0; epoch 1 steps 4..7 -> (0 + 1 + 2 + 3) / 8 / 4;
     # epoch 2 steps 8..11 -> (4 + 5 + 6 + 7) / 8 / 4; epoch 3 -> 1
     assert [h["kl_weight"] for h in history] == pytest.approx([0.0, 0.1875, 0.6875, 1.0])
+
+
+def test_schedule_codec_round_trips_and_fills_the_papers_defaults():
+    """One codec (bbh.elbo) reads every schedule written as data: TOML configs and checkpoints."""
+    from bbh.elbo import scale_schedule_spec, schedule_from_spec, schedule_to_spec
+
+    for schedule in (ConstantWeight(0.3), LinearAnneal(2, 7, unit="step"), ToyAnneal(0.5)):
+        back = schedule_from_spec(schedule_to_spec(schedule))
+        assert type(back) is type(schedule) and repr(back) == repr(schedule)
+    assert schedule_from_spec(None) is None and schedule_from_spec("none") is None
+    assert schedule_from_spec(schedule_to_spec(None)) is None
+    default = schedule_from_spec({"kind": "linear"})  # the paper's 5 and 15 epochs, stated once
+    assert (default.start, default.length, default.unit) == (5.0, 15.0, "epoch")
+    assert schedule_from_spec(0.5)(123) == 0.5
+    for bad in ("linear", {"kind": "cosine"}, {"kind": "linear", "begin": 3}, True, {"kind": "custom", "repr": "f"}):
+        with pytest.raises(ValueError):
+            schedule_from_spec(bad)
+    assert scale_schedule_spec({"kind": "linear", "start": 4, "length": 10, "unit": "step"}, 0.5) == {
+        "kind": "linear", "start": 2.0, "length": 5.0, "unit": "step"}
+    assert scale_schedule_spec(0.25, 0.1) == 0.25

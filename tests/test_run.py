@@ -254,7 +254,7 @@ def test_deterministic_mode_is_switched_on(tmp_path):
 @pytest.mark.parametrize("name", ["mnist-bbh", "mnist-bbh-authors", "mnist-mnf", "cifar5-bbh", "cifar5-bbh-authors",
                                   "cifar5-mnf"])
 def test_kl_annealing_follows_the_authors_schedule_per_task(name):
-    """paper-protocol 3: a = 0 before s epochs, then a linear ramp over L = 15 epochs; s = 5 on MNIST, 20 on
+    """docs/protocol.md §3: a = 0 before s epochs, then a linear ramp over L = 15 epochs; s = 5 on MNIST, 20 on
     CIFAR-5 (BbH and MNF only)."""
     from bbh.experiments.config import load_config
 

@@ -14,8 +14,9 @@ the KL term"); it is 1 for the plain ELBO.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -98,7 +99,7 @@ class ConstantWeight:
 class LinearAnneal:
     """kl_weight(t) = clip((t - start) / length, 0, 1): zero, then a linear ramp, then one.
 
-    The authors' ``-a`` schedule (paper-protocol 3): start 5 epochs, length 15 epochs on MNIST
+    The authors' ``-a`` schedule (docs/protocol.md §3): start 5 epochs, length 15 epochs on MNIST
     (start 20 on CIFAR), counted in iterations: a = (i - s·B) / (L·B) with B batches per epoch.
 
     Args:
@@ -122,6 +123,11 @@ class LinearAnneal:
             scale = float(steps_per_epoch)
         return min(max((step - self.start * scale) / (self.length * scale), 0.0), 1.0)
 
+    def scaled(self, factor: float) -> LinearAnneal:
+        """The same ramp with ``start`` and ``length`` multiplied by ``factor`` (a run cut to 3 of 100 epochs
+        keeps its KL switched on: "0 until epoch 5, 1 from epoch 20" becomes "0 until 0.15, 1 from 0.6")."""
+        return LinearAnneal(self.start * factor, self.length * factor, self.unit)
+
     def __repr__(self) -> str:
         return f"LinearAnneal(start={self.start:g}, length={self.length:g}, unit={self.unit!r})"
 
@@ -130,7 +136,7 @@ class ToyAnneal:
     """kl_weight(i) = clip(10 / (i + 1) - offset, 0, 1): the authors' toy-regression schedule.
 
     With offset 1 (their newer notebook and the PyTorch port) the weight is 1 for i <= 4, then 0.67, 0.43,
-    0.25, 0.11 and 0 from i = 9 on: the KL acts only in the first ten iterations (paper-protocol 1.4).
+    0.25, 0.11 and 0 from i = 9 on: the KL acts only in the first ten iterations (docs/protocol.md §1.4).
     """
 
     def __init__(self, offset: float = 1.0) -> None:
@@ -152,3 +158,61 @@ def as_schedule(value: Schedule | float | None) -> Schedule:
     if callable(value):
         return value
     raise TypeError(f"kl_anneal must be a number, a schedule or None, got {type(value).__name__}")
+
+
+def schedule_to_spec(schedule: Schedule | None) -> dict[str, Any]:
+    """A schedule as plain data (checkpoints, configs): the inverse of :func:`schedule_from_spec`.
+
+    None -> ``{"kind": "none"}``; bbh's schedules -> their kind and arguments; any other callable ->
+    ``{"kind": "custom", "repr": ...}``, which cannot be rebuilt from data.
+    """
+    if schedule is None:
+        return {"kind": "none"}
+    if isinstance(schedule, ConstantWeight):
+        return {"kind": "constant", "value": schedule.value}
+    if isinstance(schedule, LinearAnneal):
+        return {"kind": "linear", "start": schedule.start, "length": schedule.length, "unit": schedule.unit}
+    if isinstance(schedule, ToyAnneal):
+        return {"kind": "toy", "offset": schedule.offset}
+    return {"kind": "custom", "repr": repr(schedule)}
+
+
+def schedule_from_spec(spec: Any) -> Schedule | None:
+    """The one reader of KL schedules written as data (TOML ``train.kl_anneal``, checkpoints).
+
+    ``None`` / ``"none"`` / ``{"kind": "none"}`` -> None (weight 1); a number -> :class:`ConstantWeight`;
+    ``{"kind": "constant", "value": v}``; ``{"kind": "linear", "start", "length", "unit"}`` -> :class:`LinearAnneal`
+    (missing keys take its defaults, the paper's 5 and 15 epochs); ``{"kind": "toy", "offset"}`` ->
+    :class:`ToyAnneal`.
+
+    Raises:
+        ValueError: anything else, a ``"custom"`` schedule included (a callable must be passed again).
+    """
+    if spec is None or spec == "none":
+        return None
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return ConstantWeight(float(spec))
+    if isinstance(spec, Mapping):
+        kind, args = spec.get("kind"), {k: v for k, v in spec.items() if k != "kind"}
+        builders: dict[str, Callable[..., Schedule]] = {"constant": ConstantWeight, "linear": LinearAnneal,
+                                                        "toy": ToyAnneal}
+        if kind == "none" and not args:
+            return None
+        if kind in builders:
+            try:
+                return builders[kind](**args)
+            except TypeError as error:
+                raise ValueError(f"KL schedule {dict(spec)!r}: {error}") from None
+        if kind == "custom":
+            raise ValueError(f"a custom KL schedule ({spec.get('repr')}) cannot be rebuilt from data; pass it again")
+    raise ValueError(f"a KL schedule must be 'none', a number or a table {{kind = \"linear\", start, length, unit}} "
+                     f"(or constant / toy), got {spec!r}")
+
+
+def scale_schedule_spec(spec: Any, factor: float) -> Any:
+    """``spec`` with a linear ramp's epochs (or steps) multiplied by ``factor`` (:meth:`LinearAnneal.scaled`);
+    every other schedule is returned as it is."""
+    schedule = schedule_from_spec(spec)
+    if not isinstance(schedule, LinearAnneal):
+        return spec
+    return schedule_to_spec(schedule.scaled(factor))

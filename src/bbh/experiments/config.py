@@ -17,8 +17,8 @@ finished; false deletes it then (the run can no longer be continued, ``model.pt`
 ``lr_schedule`` is ``"constant"`` (default) or ``"cosine"`` (:class:`bbh.options.LRSchedule`: the learning rate
 decays to zero over the run's steps). ``model_dtype`` (``"float32"`` default, or ``"bfloat16"``) is the dtype of
 the floating tensors stored in ``model.pt`` (bfloat16: half the size; loading converts back). When a run is
-resumed only :data:`RESUMABLE_KEYS` may change. The experiments shipped with bbh live in ``bbh/configs/*.toml``
-(one per task x method, the paper's settings; :func:`available_experiments`).
+resumed only :data:`RESUMABLE_KEYS` may change. The experiments shipped with bbh live in
+``bbh/experiments/configs/*.toml`` (one per task x method, the paper's settings; :func:`available_experiments`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..elbo import schedule_from_spec
 from ..options import LRSchedule
 
 if sys.version_info >= (3, 11):
@@ -77,7 +78,7 @@ def _read(source: str | Path) -> tuple[dict[str, Any], str]:
             raise ValueError(f"unknown experiment {str(source)!r}; shipped experiments: {', '.join(names)} "
                              f"(or pass a path to a .toml file)")
         text = (resources.files("bbh.experiments") / "configs" / f"{source}.toml").read_text()
-        return tomllib.loads(text), f"bbh/configs/{source}.toml"
+        return tomllib.loads(text), f"bbh/experiments/configs/{source}.toml"
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     try:
@@ -139,6 +140,10 @@ def validate(config: dict[str, Any], origin: str = "config") -> dict[str, Any]:
     if train["lr_schedule"] not in LR_SCHEDULES:
         raise ValueError(f"{origin}: train.lr_schedule must be one of {', '.join(map(repr, LR_SCHEDULES))}, "
                          f"got {train['lr_schedule']!r}")
+    try:
+        schedule_from_spec(train["kl_anneal"])
+    except ValueError as error:
+        raise ValueError(f"{origin}: train.kl_anneal: {error}") from None
     clip = train["clip_grad_norm"]
     if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool)
                                  and math.isfinite(clip) and clip > 0):

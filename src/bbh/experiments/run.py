@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..elbo import ConstantWeight, LinearAnneal, Schedule
+from ..elbo import schedule_from_spec
 from ..evaluation import metrics
 from ..io import atomic_write, ensure_writable, read_json_object, write_json
 from ..models.registry import build_model
@@ -76,18 +76,6 @@ def _resume_config(config: dict[str, Any], overrides: Sequence[str], run_dir: Pa
     return new
 
 
-def build_schedule(spec: Any) -> Schedule | None:
-    """``"none"`` -> None (weight 1), a number -> constant, a table ``{kind = "linear", ...}`` -> ramp."""
-    if spec in (None, "none"):
-        return None
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return ConstantWeight(float(spec))
-    if isinstance(spec, dict) and spec.get("kind") == "linear":
-        return LinearAnneal(start=spec.get("start", 5), length=spec.get("length", 15), unit=spec.get("unit", "epoch"))
-    raise ValueError(f"train.kl_anneal must be 'none', a number or {{kind = \"linear\", start, length, unit}}, "
-                     f"got {spec!r}")
-
-
 def predict_probs(method: Method, x: Tensor, transform: Callable[[Tensor], Tensor] | None, n_samples: int,
                   batch_size: int = 500) -> Tensor:
     """Mean predictive class probabilities ``[N, K]`` over ``n_samples`` posterior draws (streamed)."""
@@ -103,8 +91,8 @@ def config_trainer(config: dict[str, Any], method: Method, device: torch.device 
     steps, seed, checkpoints, ...)."""
     train = config["train"]
     return Trainer(method, optimizer=train["optimizer"], lr=train["lr"], lr_schedule=train["lr_schedule"],
-                   eps=train["eps"],
-                   kl_anneal=build_schedule(train["kl_anneal"]), device=device, factored_grads=train["factored_grads"],
+                   eps=train["eps"], kl_anneal=schedule_from_spec(train["kl_anneal"]), device=device,
+                   factored_grads=train["factored_grads"],
                    amp=train["amp"], clip_grad_norm=train["clip_grad_norm"], **kwargs)
 
 
@@ -308,4 +296,4 @@ class Run:
         return summary
 
 
-__all__ = ["Run", "build_model", "build_schedule", "config_trainer", "predict_probs", "read_status"]
+__all__ = ["Run", "build_model", "config_trainer", "predict_probs", "read_status"]

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from .. import threads
 from ..data.batches import known_length, training_set_size
-from ..elbo import ConstantWeight, LinearAnneal, Schedule, ToyAnneal, as_schedule
+from ..elbo import Schedule, as_schedule, schedule_from_spec, schedule_to_spec
 from ..io import atomic_write
 from ..options import LRSchedule, OptimizerName, parse_option
 from ..posteriors.protocol import Method
@@ -121,29 +121,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 # ---- KL schedules as plain data ---------------------------------------------------------------------------
-def schedule_to_spec(schedule: Schedule) -> dict[str, Any]:
-    """A plain-data description of bbh's schedules (``{"kind": "custom"}`` for any other callable)."""
-    if isinstance(schedule, ConstantWeight):
-        return {"kind": "constant", "value": schedule.value}
-    if isinstance(schedule, LinearAnneal):
-        return {"kind": "linear", "start": schedule.start, "length": schedule.length, "unit": schedule.unit}
-    if isinstance(schedule, ToyAnneal):
-        return {"kind": "toy", "offset": schedule.offset}
-    return {"kind": "custom", "repr": repr(schedule)}
-
-
-def schedule_from_spec(spec: dict[str, Any]) -> Schedule | None:
-    """Inverse of :func:`schedule_to_spec`; None for a custom schedule (it must be passed again)."""
-    kind = spec.get("kind")
-    if kind == "constant":
-        return ConstantWeight(spec["value"])
-    if kind == "linear":
-        return LinearAnneal(start=spec["start"], length=spec["length"], unit=spec["unit"])
-    if kind == "toy":
-        return ToyAnneal(offset=spec["offset"])
-    return None
-
-
 # ---- random states as plain data --------------------------------------------------------------------------
 def _python_rng() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
@@ -581,11 +558,10 @@ class Trainer:
         settings = dict(state["settings"])
         spec = settings.pop("kl_anneal")
         if "kl_anneal" not in overrides:
-            schedule = schedule_from_spec(spec)
-            if schedule is None:
+            if spec.get("kind") == "custom":
                 raise ValueError(f"the checkpoint was trained with a custom KL schedule ({spec.get('repr')}); "
                                  f"pass it again: Trainer.resume(..., kl_anneal=...)")
-            settings["kl_anneal"] = schedule
+            settings["kl_anneal"] = schedule_from_spec(spec)
         directory = Path(checkpoint_dir)
         if directory.is_file():
             directory = directory.parent
@@ -838,4 +814,4 @@ class Trainer:
 
 
 __all__ = ["CHECKPOINT_NAME", "CHECKPOINT_VERSION", "METRICS_NAME", "NonFiniteLossError", "Trainer",
-           "read_checkpoint", "resolve_device", "schedule_from_spec", "schedule_to_spec"]
+           "read_checkpoint", "resolve_device"]
