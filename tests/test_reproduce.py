@@ -13,6 +13,7 @@ from test_data import make_fake_cifar, make_fake_mnist
 
 import bbh.experiments.run as run_mod
 from bbh.data import load_task
+from bbh.elbo import scale_schedule_spec
 from bbh.experiments.paper_tables import NAMES, TABLES
 from bbh.experiments.reproduce import (
     BUDGETS,
@@ -20,7 +21,6 @@ from bbh.experiments.reproduce import (
     budget_statement,
     row_config,
     run_name,
-    scale_kl_anneal,
 )
 
 
@@ -30,9 +30,9 @@ def _row(table: str, key: str) -> Any:
 
 def test_kl_schedule_is_compressed_with_the_epochs() -> None:
     """3 of MNIST's 100 epochs: 'weight 0 until epoch 5, 1 from 20' becomes 0 until 0.15, 1 from 0.6."""
-    assert scale_kl_anneal({"kind": "linear", "start": 5, "length": 15, "unit": "epoch"}, 0.03) == {
+    assert scale_schedule_spec({"kind": "linear", "start": 5, "length": 15, "unit": "epoch"}, 0.03) == {
         "kind": "linear", "start": pytest.approx(0.15), "length": pytest.approx(0.45), "unit": "epoch"}
-    assert scale_kl_anneal("none", 0.03) == "none" and scale_kl_anneal(0.5, 0.03) == 0.5
+    assert scale_schedule_spec("none", 0.03) == "none" and scale_schedule_spec(0.5, 0.03) == 0.5
     cpu = row_config(_row("table3", "bbh"), BUDGETS["cpu"])
     assert cpu["train"]["epochs"] == 3 and cpu["eval"]["samples"] == 30
     assert cpu["train"]["kl_anneal"]["start"] == pytest.approx(0.15)

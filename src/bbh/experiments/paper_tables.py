@@ -1,6 +1,6 @@
 """The paper's tables and figures as data: which runs each needs, the published numbers, and its claims.
 
-Every table of Pawlowski et al. (2017) is a list of :class:`Row` (a shipped experiment, ``bbh/configs``,
+Every table of Pawlowski et al. (2017) is a list of :class:`Row` (a shipped experiment, ``bbh/experiments/configs``,
 plus the overrides that make the row) with the paper's Error %, in-distribution entropy AUC, outlier
 entropy AUC and runtime beside it; each table states the claims the paper draws from it as
 :class:`Claim` checks over the measured rows: ``bbh reproduce`` writes whether each is supported, contradicted or not
@@ -8,7 +8,7 @@ distinguishable within the noise of the budget's test set (:mod:`bbh.experiments
 figures are rows of the tables (Figs. 3/4: Tables 3/4's FGSM curves; Figs. 5-9: Tables 3/4's MNF and BbH
 weight posteriors), so a figure never trains anything a table does not.
 
-Row mapping (paper-protocol 7): Table 1 single / sliced / layer-wise hypernets with shared noise d = 1;
+Row mapping (docs/protocol.md §7): Table 1 single / sliced / layer-wise hypernets with shared noise d = 1;
 Table 2 shared / independent noise x d in {1, 8}; Tables 3 / 4 the six methods on MNIST / CIFAR-5 (BbH
 with independent noise, d = 1) plus the post-hoc last-layer Laplace approximation of the MAP run, the
 baseline users would pick instead (not in the paper: its paper columns are empty); Table 5 Bayes by

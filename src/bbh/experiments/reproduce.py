@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..elbo import scale_schedule_spec
 from ..io import atomic_write, ensure_writable, read_json_object, write_json
 from .claims import TIMING_RELATIVE_SE
 from .config import load_config, validate
@@ -71,6 +72,9 @@ class ReproBudget:
         toy_samples: predictive draws of the toy (Fig. 1).
         avb: options of the adversarial KL estimator (Table 5's AVB row; ``None``: the authors' 100 pre-training
             steps on every scalar of every sample).
+        toy_steps: at most this many training steps per method on the toy (``None``: ``bbh toy``'s own).
+        hypernet_hidden: BbH's hypernet hidden widths (``None``: the paper's (64, 256, 512)); ``smoke`` narrows them
+            so that CI builds every table without allocating the 222 M-parameter hypernets.
     """
 
     name: str
@@ -84,16 +88,19 @@ class ReproBudget:
     batch_size: int | None = None
     toy_samples: int = 100
     avb: Mapping[str, Any] | None = None
+    hypernet_hidden: tuple[int, ...] | None = None
+    toy_steps: int | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {k: dict(v) if isinstance(v, Mapping) else v for k, v in asdict(self).items()}
+        plain = {Mapping: dict, tuple: list}
+        return {k: next((f(v) for kind, f in plain.items() if isinstance(v, kind)), v) for k, v in asdict(self).items()}
 
 
 BUDGETS: dict[str, ReproBudget] = {
     "smoke": ReproBudget("smoke", epochs={"mnist": 1, "cifar5": 1}, train={"mnist": 128, "cifar5": 128},
                          test={"mnist": 64, "cifar5": 64}, samples=3, adv_images=16, ensemble_members=2,
                          weight_samples=20, batch_size=64, toy_samples=20,
-                         avb={"pretrain_steps": 2, "max_weights": 20_000}),
+                         avb={"pretrain_steps": 2, "max_weights": 20_000}, hypernet_hidden=(8, 8, 16), toy_steps=100),
     "cpu": ReproBudget("cpu", epochs={"mnist": 3, "cifar5": 3}, train={"mnist": 20_000, "cifar5": 5_000},
                        test={"mnist": 2_000, "cifar5": 1_000}, samples=30, adv_images=200, ensemble_members=5,
                        weight_samples=200),
@@ -110,19 +117,6 @@ STATE_NAME = "reproduce.json"
 
 
 # ---------------------------------------------------------------------------------------------- configs
-def scale_kl_anneal(spec: Any, factor: float) -> Any:
-    """The KL-annealing schedule ``spec`` with its epochs multiplied by ``factor`` (a budget of 3 of the paper's
-    100 epochs turns "0 until epoch 5, 1 from epoch 20" into "0 until epoch 0.15, 1 from epoch 0.6"), so the KL
-    is switched on at every budget. Schedules in steps are scaled the same way; ``"none"`` and constants are
-    returned as they are."""
-    if not isinstance(spec, Mapping) or spec.get("kind") != "linear":
-        return spec
-    scaled = dict(spec)
-    scaled["start"] = float(spec.get("start", 5)) * factor
-    scaled["length"] = float(spec.get("length", 15)) * factor
-    return scaled
-
-
 def row_config(row: Row, budget: ReproBudget, device: str = "auto") -> dict[str, Any]:
     """The resolved configuration of ``row`` at ``budget`` (see the module docstring)."""
     config = load_config(row.config)
@@ -133,7 +127,7 @@ def row_config(row: Row, budget: ReproBudget, device: str = "auto") -> dict[str,
     paper_epochs = int(train["epochs"])
     epochs = budget.epochs.get(task) or paper_epochs
     train["epochs"] = epochs
-    train["kl_anneal"] = scale_kl_anneal(train["kl_anneal"], epochs / paper_epochs)
+    train["kl_anneal"] = scale_schedule_spec(train["kl_anneal"], epochs / paper_epochs)
     if budget.batch_size is not None:
         train["batch_size"] = budget.batch_size
     train["device"] = device
@@ -143,6 +137,8 @@ def row_config(row: Row, budget: ReproBudget, device: str = "auto") -> dict[str,
         config["method"]["members"] = budget.ensemble_members
     if config["method"].get("kl") == "adversarial" and budget.avb is not None:
         config["method"]["kl_options"] = dict(budget.avb)
+    if config["experiment"]["method"] == "bbh" and budget.hypernet_hidden is not None:
+        config["method"]["hidden"] = list(budget.hypernet_hidden)
     config["experiment"]["name"] = run_name(row)
     return validate(config, f"{row.config} with {dict(row.overrides)}")
 
@@ -371,9 +367,11 @@ class Reproduction:
     def make_toy(self) -> list[Path]:
         from .toy import run_toy
 
-        report = run_toy(self.out / "fig1", n_samples=self.budget.toy_samples, progress=self.progress)
+        report = run_toy(self.out / "fig1", n_samples=self.budget.toy_samples, progress=self.progress,
+                         max_steps=self.budget.toy_steps)
+        steps = "" if self.budget.toy_steps is None else f"at most {self.budget.toy_steps} training steps per method; "
         lines = ["# Figure 1: toy regression", "", f"Budget {self.budget.name!r}: {self.budget.toy_samples} "
-                 "predictive draws per method; `bbh toy` settings (docs/toy.md).", "",
+                 f"predictive draws per method; {steps}`bbh toy` settings (docs/toy.md).", "",
                  "| method | RMSE | std, abs(x) <= 4 | std, 5 <= abs(x) <= 6 | std / HMC inside | std / HMC outside |",
                  "|---|---|---|---|---|---|"]
         for m, s in report["methods"].items():
@@ -593,8 +591,8 @@ def render_table(table: TableSpec, metrics: Mapping[str, Mapping[str, Any]], bud
                 cells.append(_fmt(row.paper[paper], digits) if row.paper else "—")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "AUC in / out: area under the CDF of the predictive entropy / log K on the test set / the outliers "
-              "(paper-protocol 6.2; high in = confident, low out = uncertain on outliers). OOD AUROC: entropy as the "
-              "outlier score. Runtimes: ours on this machine (training only), the paper's on the authors' GPU.", "",
+              "(docs/protocol.md §6.2; high in = confident, low out = uncertain on outliers). OOD AUROC: entropy as "
+              "the outlier score. Runtimes: ours on this machine (training only), the paper's on the authors' GPU.", "",
               "## Setting", "", budget_statement(table.task, budget), "", "## The paper's claims at this budget", ""]
     for claim in table.claims:
         lines.append(f"* {claim.text}: {claim.check(metrics).text()}.")
@@ -639,10 +637,12 @@ def budget_statement(task: str, budget: ReproBudget) -> str:
         parts.append(f"batch size {budget.batch_size} (paper 100)")
     if budget.avb is not None:
         parts.append(f"AVB discriminator options {dict(budget.avb)} (authors: 100 pre-training steps on every weight)")
+    if budget.hypernet_hidden is not None:
+        parts.append(f"BbH hypernets of hidden widths {tuple(budget.hypernet_hidden)} (paper (64, 256, 512))")
     schedule = (f"KL annealing (MNF, BbH) compressed with the epochs: weight 0 until epoch {start * factor:g}, "
                 f"1 from epoch {end * factor:g} (paper: {start} and {end})")
     return "; ".join(parts) + ". " + schedule + ". Every other setting is the shipped experiment's " \
-        "(`bbh/configs`, paper-protocol); BbH uses Adam at lr 2e-5 (the paper's 1e-4 diverged with Adam)."
+        "(`bbh/experiments/configs`, docs/protocol.md); BbH uses Adam at lr 2e-5 (the paper's 1e-4 diverged with Adam)."
 
 
 def table_csv(table: TableSpec, metrics: Mapping[str, Mapping[str, Any]]) -> str:
@@ -719,4 +719,4 @@ def plan_text(plan: Sequence[Mapping[str, Any]]) -> str:
 
 
 __all__ = ["BUDGETS", "ReproBudget", "Reproduction", "budget_statement", "duration", "noise_statement", "plan_text",
-           "render_table", "reproduce", "row_config", "row_metrics", "run_name", "scale_kl_anneal", "table_csv"]
+           "render_table", "reproduce", "row_config", "row_metrics", "run_name", "table_csv"]

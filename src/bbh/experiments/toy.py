@@ -12,7 +12,7 @@ method's stds are also reported relative to it. Measurements: ``docs/toy.md``.
 
 Two settings per method:
 
-* ``faithful`` — the authors' toy settings (paper-protocol 1.4): every baseline Adam lr 0.1 for 40
+* ``faithful`` — the authors' toy settings (docs/protocol.md §1.4): every baseline Adam lr 0.1 for 40
   iterations, BbB (init log-variance -3) and MNF (thres_var 0.5) with their KL not divided by N and
   annealed by clip(10/(i+1) - 1, 0, 1), MC-Dropout without a prior term. BbH: hypernets (16, 32, 64), d = 1,
   shared noise, 5 samples, full-vector nearest-neighbour KL *not* divided by N and annealed by
@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from ..elbo import ConstantWeight, Schedule, ToyAnneal
 from ..io import OutputNotWritableError, cache_dir, ensure_writable, write_json
 from ..likelihoods import Gaussian
 from ..models import MLP
+from ..options import check_int
 from ..posteriors import create
 from ..threads import announce, use_threads
 from ..training.trainer import Trainer
@@ -142,8 +143,11 @@ def train_toy_method(name: str, setting: ToySetting, seed: int, n_samples: int =
 
 def run_toy(out_dir: str | Path, methods: tuple[str, ...] = TOY_METHODS, seed: int = 0, faithful: bool = False,
             n_samples: int = 100, progress: bool = False, hmc: bool = True,
-            hmc_cache_dir: str | Path | None = None, threads: int | None = None) -> dict[str, Any]:
+            hmc_cache_dir: str | Path | None = None, threads: int | None = None,
+            max_steps: int | None = None) -> dict[str, Any]:
     """Train ``methods`` on the toy problem and write ``toy.png`` and ``toy.json`` into ``out_dir``.
+
+    ``max_steps`` caps every method's training steps (``bbh reproduce``'s smoke budget; None: each method's own).
 
     With ``hmc`` the HMC reference posterior (:func:`bbh.hmc.toy_hmc`: same network, N(0, 1) prior,
     sigma 9; seed 0 whatever ``seed`` is; cached in ``hmc_cache_dir``, default ``~/.cache/bbh``) is the last
@@ -166,6 +170,9 @@ def run_toy(out_dir: str | Path, methods: tuple[str, ...] = TOY_METHODS, seed: i
     from tqdm.auto import tqdm
 
     settings = toy_settings(faithful)
+    if max_steps is not None:
+        cap = check_int("max_steps", max_steps, 1)
+        settings = {m: replace(s, steps=min(s.steps, cap)) for m, s in settings.items()}
     unknown = [m for m in methods if m not in settings]
     if unknown:
         raise ValueError(f"unknown toy method(s) {', '.join(map(repr, unknown))}; "

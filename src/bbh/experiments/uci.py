@@ -171,7 +171,7 @@ class UCISetting:
 
     def describe(self) -> dict[str, Any]:
         """The setting as plain data (recorded in every cell; resuming compares it). ``select_steps`` and
-        ``calibrate_noise`` appear only when set, so cells made before they existed still match their setting."""
+        ``calibrate_noise`` appear only when set, so a setting without them describes itself as before."""
         d = asdict(self)
         d["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()}
         if self.select_steps:
