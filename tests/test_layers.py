@@ -10,9 +10,9 @@ import bbh
 SRC = Path(bbh.__file__).resolve().parent
 
 LAYERS: list[tuple[str, ...]] = [
-    ("bbh.options", "bbh.io", "bbh.threads", "bbh.priors", "bbh.elbo", "bbh.functional"),   # core
-    # kernels; pure tensor functions (a likelihood builds its predictive: classification or regression)
-    ("bbh.backends", "bbh.evaluation.metrics", "bbh.evaluation.predictive", "bbh.likelihoods"),
+    ("bbh.core",),                          # plain tensor code: options, io, threads, priors, elbo, functional,
+                                            # likelihoods, metrics, the posterior predictive
+    ("bbh.backends",),                      # the optional native kernels behind one seam
     ("bbh.kl",),
     ("bbh.models", "bbh.data"),
     ("bbh.posteriors",),
@@ -20,10 +20,19 @@ LAYERS: list[tuple[str, ...]] = [
     ("bbh.evaluation",),
     ("bbh.reports",),
     ("bbh.experiments",),
-    ("bbh.cli", "bbh"),
+    ("bbh.cli", "bbh"),                     # the command line and the package's public face
 ]
-"""Lowest first; the most specific prefix decides (``bbh.evaluation.metrics`` sits below the methods:
-``Method.predict`` summarises sampled outputs with it)."""
+"""Lowest first. Every layer is a folder (a package): no module is ranked apart from its folder."""
+
+
+def test_layers_are_folders():
+    """The layers name packages, never single modules inside a package (bar the top: the CLI and ``bbh``)."""
+    for prefixes in LAYERS[:-1]:
+        for prefix in prefixes:
+            folder = SRC.parent.joinpath(*prefix.split("."))
+            assert (folder / "__init__.py").is_file(), f"{prefix} is not a folder"
+    top_level_files = {p.stem for p in SRC.glob("*.py")} - {"__init__"}
+    assert top_level_files == {"cli"}, f"modules outside every layer folder: {sorted(top_level_files - {'cli'})}"
 
 
 def module_name(path: Path) -> str:

@@ -147,7 +147,7 @@ def test_predict_switches_to_eval_mode_and_restores_the_callers_mode():
     assert method.training and all(m.training for m in method.modules())
 
 
-CONSUMERS = ["evaluation/attacks.py", "evaluation/probes.py", "evaluation/api.py", "evaluation/predictive.py",
+CONSUMERS = ["evaluation/attacks.py", "evaluation/probes.py", "evaluation/api.py", "core/predictive.py",
              "reports/posterior_plots.py", "reports/runs.py", "training/trainer.py", "experiments/run.py"]
 CONCRETE = {"MAP", "MCDropout", "DeepEnsemble", "BayesByBackprop", "BayesByHypernet", "MNF", "HypernetPosterior"}
 

@@ -9,12 +9,19 @@ Pawlowski, Brock, Lee, Rajchl, Glocker, "Implicit Weight Uncertainty in Neural N
 
 from __future__ import annotations
 
-from . import data, kl, likelihoods, models, priors, threads  # data: ~30 ms on top of torch's import
+import sys as _sys
+
+from . import data, kl, models  # data: ~30 ms on top of torch's import
 from .backends import native
-from .elbo import ConstantWeight, LinearAnneal, LossTerms, ToyAnneal, elbo
+from .core import elbo as _elbo_module
+from .core import functional, io, likelihoods, options, priors, threads
+from .core import metrics as _metrics
+from .core import predictive as _predictive
+from .core.elbo import ConstantWeight, LinearAnneal, LossTerms, ToyAnneal, elbo
+from .core.options import Init, Layout, LikelihoodSamples, Noise, OptimizerName
+from .core.predictive import Predictive, RegressionPredictive
+from .core.priors import NormalPrior
 from .evaluation.api import EvaluationResults, evaluate
-from .evaluation.predictive import Predictive, RegressionPredictive
-from .options import Init, Layout, LikelihoodSamples, Noise, OptimizerName
 from .posteriors import (
     MAP,
     BayesByHypernet,
@@ -25,8 +32,14 @@ from .posteriors import (
     create,
 )
 from .posteriors.protocol import NonFiniteInputError
-from .priors import NormalPrior
 from .training.trainer import NonFiniteLossError, Trainer
+
+# The core modules under their public names: ``import bbh.likelihoods`` and ``bbh.likelihoods.Gaussian`` are
+# bbh.core.likelihoods; bbh.evaluation.metrics / .predictive are bbh.core's (they sit below the methods).
+for _name, _module in {"elbo": _elbo_module, "functional": functional, "io": io, "likelihoods": likelihoods,
+                       "options": options, "priors": priors, "threads": threads,
+                       "evaluation.metrics": _metrics, "evaluation.predictive": _predictive}.items():
+    _sys.modules.setdefault(f"{__name__}.{_name}", _module)
 
 __version__ = "0.1.0"
 

@@ -36,7 +36,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from .threads import Kind
+from .core.threads import Kind
 
 TRAIN_SHORTCUTS = {"--epochs": "train.epochs", "--lr": "train.lr", "--batch-size": "train.batch_size",
                    "--optimizer": "train.optimizer", "--seed": "experiment.seed", "--device": "train.device",
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _evaluate(args: argparse.Namespace) -> int:
 
-    from .io import ensure_writable
+    from .core.io import ensure_writable
     from .reports.runs import evaluate_run
 
     root = Path(args.run_dir)
@@ -413,7 +413,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     threads: int | None = None
     if args.command in THREAD_KINDS and args.threads is not None:
-        from .threads import parse_threads
+        from .core.threads import parse_threads
 
         try:  # refused in one line before anything runs
             threads = parse_threads(args.threads)
@@ -426,7 +426,7 @@ def _main(argv: Sequence[str] | None) -> int:
         lines = not args.progress  # no terminal (nohup, a scheduler, CI): plain progress lines instead
     with ExitStack() as stack:
         if args.command in THREAD_KINDS:
-            from .threads import announcing, use_threads
+            from .core.threads import announcing, use_threads
 
             stack.enter_context(announcing())
             stack.enter_context(use_threads(THREAD_KINDS[args.command], threads))
@@ -439,7 +439,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run the parsed command; errors that are not about the command line become one line."""
-    from .io import OutputNotWritableError
+    from .core.io import OutputNotWritableError
 
     try:
         if args.command == "toy":

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..io import cache_dir
+from ..core.io import cache_dir
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAG_SETS = (["-O3", "-march=native", "-fno-math-errno"], ["-O3", "-fno-math-errno"])

@@ -43,7 +43,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from ..io import atomic_write, cache_dir
+from ..core.io import atomic_write, cache_dir
 from .cifar import BATCHES_DIR, CIFAR_FILES
 from .mnist import MNIST_FILES, NOTMNIST_FILES, DataFormatError
 

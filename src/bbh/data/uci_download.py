@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from ..io import atomic_write
+from ..core.io import atomic_write
 from .download import (
     CHUNK,
     MIRRORS,

@@ -7,11 +7,11 @@ What is computed (docs/protocol.md §6.1-6.5; the same numbers ``bbh evaluate RU
 
 * on the test set (:class:`SetMetrics`): error %, NLL, Brier score, ECE and the reliability bins (``bins``
   equal-width bins), the paper's entropy AUC (area under the CDF of the authors' clamped entropy / log K,
-  :func:`bbh.evaluation.metrics.entropy_auc`) and its standard error over the examples, and the means of the
+  :func:`bbh.core.metrics.entropy_auc`) and its standard error over the examples, and the means of the
   total entropy / log K, the expected entropy / log K and the mutual information (exact entropies,
-  :class:`~bbh.evaluation.predictive.Predictive`);
+  :class:`~bbh.core.predictive.Predictive`);
 * per out-of-distribution set (:class:`OODResults`): the same label-free metrics, and OOD detection (AUROC, AUPR
-  in / out, FPR at 95 % TPR, :func:`bbh.evaluation.metrics.ood_metrics`) for three scores, each higher = more
+  in / out, FPR at 95 % TPR, :func:`bbh.core.metrics.ood_metrics`) for three scores, each higher = more
   OOD: the total entropy H[p̄], the mutual information, and the negated maximum probability -max_k p̄_k (no mutual
   information for a predictive without epistemic spread, e.g. MAP's one draw: it is 0 there, so it ranks nothing);
 * per attack (:class:`AttackCurve`): on the first ``images`` test examples, per ε: accuracy, mean authors'
@@ -47,10 +47,10 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
+from ..core import metrics
+from ..core.predictive import iter_batches, predict_batches
 from ..posteriors.protocol import Method
 from . import attacks as _attacks
-from . import metrics
-from .predictive import iter_batches, predict_batches
 
 Batches = Union[Tensor, "tuple[Tensor, Tensor]", Iterable[Any]]
 """What a data set may be: a tensor of inputs ``[N, ...]``, an ``(x, y)`` pair of tensors, or an iterable of
@@ -111,7 +111,7 @@ class SetMetrics:
     Attributes:
         n: number of examples.
         entropy_auc: the paper's entropy AUC — area under the empirical CDF of H_1e-5[p̄] / log K, with the
-            authors' clamp (:func:`bbh.evaluation.metrics.entropy_auc`); high = confident.
+            authors' clamp (:func:`bbh.core.metrics.entropy_auc`); high = confident.
         mean_entropy: mean over examples of H[p̄] / log K (exact entropy of the predictive).
         mean_expected_entropy: mean of E_s H[p_s] / log K (aleatoric part).
         mean_mutual_information: mean of I = H[p̄] - E_s H[p_s], nats (epistemic part).
@@ -119,10 +119,10 @@ class SetMetrics:
         nll: -(1/N) Σ_n log max(p̄_{n, y_n}, 1e-12).
         brier: (1/N) Σ_n Σ_k (p̄_nk - [y_n = k])².
         ece: Σ_b (n_b / N) |accuracy_b - confidence_b| over equal-width top-label confidence bins.
-        reliability: the bins of the ECE (:func:`bbh.evaluation.metrics.reliability`: ``lower``, ``upper``,
+        reliability: the bins of the ECE (:func:`bbh.core.metrics.reliability`: ``lower``, ``upper``,
             ``confidence``, ``accuracy``, ``count``; empty bins have NaN confidence and accuracy).
         entropy_auc_se: the standard error of ``entropy_auc`` over the examples, std / sqrt(n) of each example's
-            term of that mean (:func:`bbh.evaluation.metrics.entropy_auc_se`; NaN, written None, below 2 examples).
+            term of that mean (:func:`bbh.core.metrics.entropy_auc_se`; NaN, written None, below 2 examples).
     """
 
     n: int
@@ -149,7 +149,7 @@ class OODResults:
     Attributes:
         metrics: :class:`SetMetrics` of the OOD set (label metrics None).
         detection: per score (``"entropy"``, ``"mutual_information"``, ``"max_prob"``), the
-            :func:`bbh.evaluation.metrics.ood_metrics` of test (negative) vs OOD (positive):
+            :func:`bbh.core.metrics.ood_metrics` of test (negative) vs OOD (positive):
             ``auroc``, ``aupr_in``, ``aupr_out``, ``fpr_at_95_tpr``. No ``"mutual_information"`` for a predictive
             without epistemic spread (one draw, as MAP's, or identical draws: :func:`has_epistemic_spread`).
     """
@@ -348,7 +348,7 @@ def _seed(seed: int, devices: list[int]) -> None:
 # ---------------------------------------------------------------------------------------------- metrics
 def set_metrics(summary: Mapping[str, Tensor], y: Tensor | None, num_classes: int, bins: int = 15) -> SetMetrics:
     """:class:`SetMetrics` from per-example summaries (``mean``, ``entropy``, ``expected_entropy``,
-    ``mutual_information``, as :func:`bbh.evaluation.predictive.predict_batches` returns) and labels (or None).
+    ``mutual_information``, as :func:`bbh.core.predictive.predict_batches` returns) and labels (or None).
 
     The entropy AUC uses the authors' clamp: ``metrics.entropy(mean)`` (docs/protocol.md §6.2); the mean entropies
     are the exact ones of the summaries, divided by log K.
@@ -396,7 +396,7 @@ def has_epistemic_spread(samples: int, *summaries: Mapping[str, Tensor]) -> bool
 
 def ood_detection(summary_in: Mapping[str, Tensor], summary_out: Mapping[str, Tensor],
                   samples: int | None = None) -> dict[str, dict[str, float]]:
-    """:func:`bbh.evaluation.metrics.ood_metrics` of in- vs out-of-distribution for the scores: the exact entropy
+    """:func:`bbh.core.metrics.ood_metrics` of in- vs out-of-distribution for the scores: the exact entropy
     H[p̄], the mutual information, and the negated maximum probability -max_k p̄_k.
 
     The mutual information is left out when the predictive has no epistemic spread

@@ -54,7 +54,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..functional import chunk_sizes
+from ..core.functional import chunk_sizes
 from ..posteriors.protocol import Method
 
 GRADIENTS = ("authors", "expectation")

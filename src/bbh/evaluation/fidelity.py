@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..core.priors import NormalPrior
 from ..kl import GaussianLayer, KLEstimator, estimate_kl, flatten_samples
-from ..priors import NormalPrior
 from ..reference.known import GaussianTarget
 
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.metrics import entropy
 from ..posteriors.protocol import Method
-from .metrics import entropy
 
 ANGLES_90: tuple[int, ...] = tuple(range(0, 91, 10))
 """0, 10, ..., 90 (the authors' ``rot_*`` sets of images 270 and 202)."""

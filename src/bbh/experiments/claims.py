@@ -17,7 +17,7 @@ overstates the noise of a difference, never understates it):
 
 * ``error_percent``: binomial, SE = 100 sqrt(p (1 - p) / n_test), p = error_percent / 100;
 * ``auc_in`` / ``auc_out`` (the paper's entropy AUC, a mean over the examples of a term in [0, 1]): the stored
-  ``auc_in_se`` / ``auc_out_se`` (std / sqrt(n) of those terms, :func:`bbh.evaluation.metrics.entropy_auc_se`);
+  ``auc_in_se`` / ``auc_out_se`` (std / sqrt(n) of those terms, :func:`bbh.core.metrics.entropy_auc_se`);
   for results written before that was stored, the Bhatia-Davis bound SE <= sqrt(a (1 - a) / n) (a term in [0, 1]
   with mean a has variance at most a (1 - a)), n = n_test / n_outliers: an upper bound;
 * ``ood_auroc``: Hanley & McNeil (1982) from the two set sizes, n_1 = n_outliers (positives), n_0 = n_test:

@@ -30,8 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..elbo import schedule_from_spec
-from ..options import LRSchedule
+from ..core.elbo import schedule_from_spec
+from ..core.options import LRSchedule
 
 if sys.version_info >= (3, 11):
     import tomllib

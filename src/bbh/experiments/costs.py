@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from ..io import cache_dir, read_json_object, write_json
+from ..core.io import cache_dir, read_json_object, write_json
 
 STORED_FILE = Path(__file__).with_name("step_costs.json")
 """The measurements shipped with bbh (made with ``bbh reproduce all --budget paper --plan --measure``)."""

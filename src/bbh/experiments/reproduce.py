@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..elbo import scale_schedule_spec
-from ..io import atomic_write, ensure_writable, read_json_object, write_json
+from ..core.elbo import scale_schedule_spec
+from ..core.io import atomic_write, ensure_writable, read_json_object, write_json
 from .claims import TIMING_RELATIVE_SE
 from .config import load_config, validate
 from .costs import PROBE_RUN

@@ -42,9 +42,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..elbo import schedule_from_spec
+from ..core.elbo import schedule_from_spec
+from ..core.io import atomic_write, ensure_writable, read_json_object, write_json
 from ..evaluation import metrics
-from ..io import atomic_write, ensure_writable, read_json_object, write_json
 from ..models.registry import build_model
 from ..posteriors import Method, create
 from ..training import distributed as dist
@@ -79,7 +79,7 @@ def _resume_config(config: dict[str, Any], overrides: Sequence[str], run_dir: Pa
 def predict_probs(method: Method, x: Tensor, transform: Callable[[Tensor], Tensor] | None, n_samples: int,
                   batch_size: int = 500) -> Tensor:
     """Mean predictive class probabilities ``[N, K]`` over ``n_samples`` posterior draws (streamed)."""
-    from ..evaluation.predictive import iter_batches, predict_batches
+    from ..core.predictive import iter_batches, predict_batches
 
     with method.evaluating():  # eval mode for the prediction, the caller's modes restored after it
         return predict_batches(method, iter_batches(x, batch_size), n_samples, transform=transform)["mean"]

@@ -49,14 +49,14 @@ from typing import Any
 
 import torch
 
+from ..core.elbo import ConstantWeight, Schedule, ToyAnneal
+from ..core.io import OutputNotWritableError, cache_dir, ensure_writable, write_json
+from ..core.likelihoods import Gaussian
+from ..core.options import check_int
+from ..core.threads import announce, use_threads
 from ..data.toy import TOY_NOISE, make_toy_data, toy_grid
-from ..elbo import ConstantWeight, Schedule, ToyAnneal
-from ..io import OutputNotWritableError, cache_dir, ensure_writable, write_json
-from ..likelihoods import Gaussian
 from ..models import MLP
-from ..options import check_int
 from ..posteriors import create
-from ..threads import announce, use_threads
 from ..training.trainer import Trainer
 from .toy_reference import predictive_summary, toy_hmc
 

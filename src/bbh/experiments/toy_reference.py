@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from .. import io
+from ..core import io
+from ..core.functional import forward_samples
+from ..core.likelihoods import Gaussian
 from ..data.toy import make_toy_data, toy_function, toy_grid
-from ..functional import forward_samples
-from ..likelihoods import Gaussian
 from ..models import MLP
 from ..reference.hmc import effective_sample_size, posterior_hmc
 

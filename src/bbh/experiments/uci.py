@@ -43,13 +43,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.io import atomic_write, ensure_writable, read_json_object, write_json
+from ..core.likelihoods import Heteroscedastic, LearnedGaussian
+from ..core.predictive import RegressionPredictive
+from ..core.threads import announce, use_threads
 from ..data.uci import SPLIT_KINDS, UCIDataset, UCISplit, load_uci, uci_datasets
-from ..evaluation.predictive import RegressionPredictive
-from ..io import atomic_write, ensure_writable, read_json_object, write_json
-from ..likelihoods import Heteroscedastic, LearnedGaussian
 from ..models import MLP
 from ..posteriors import Method, create
-from ..threads import announce, use_threads
 from ..training import progress as lines
 from ..training.trainer import Trainer
 

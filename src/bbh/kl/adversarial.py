@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..priors import Prior
+from ..core.priors import Prior
 from .base import KLEstimator, flatten_samples
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..priors import Prior
+from ..core.priors import Prior
 
 
 def flatten_samples(samples: dict[str, Tensor]) -> Tensor:

@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..priors import Prior
+from ..core.priors import Prior
 from .base import KLEstimator, flatten_samples, pairwise_sq_distances
 from .nearest import DISTANCE_EPS
 

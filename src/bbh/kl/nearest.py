@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..backends import ops
-from ..priors import Prior
+from ..core.priors import Prior
 from .base import KLEstimator, flatten_samples
 
 DISTANCE_EPS = 1e-8

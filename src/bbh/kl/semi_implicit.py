@@ -33,7 +33,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..priors import Prior
+from ..core.priors import Prior
 from .base import GaussianLayer, KLEstimator, flatten_samples, pairwise_sq_distances
 
 

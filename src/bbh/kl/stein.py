@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..priors import Prior
+from ..core.priors import Prior
 from .base import KLEstimator, flatten_samples, pairwise_sq_distances
 from .entropy import knn_entropy_full
 

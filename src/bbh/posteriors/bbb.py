@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..elbo import LossTerms, elbo
-from ..functional import forward_with
+from ..core.elbo import LossTerms, elbo
+from ..core.functional import forward_with
+from ..core.likelihoods import Likelihood
+from ..core.options import check_float, check_int
+from ..core.priors import Prior
 from ..kl import KLEstimator, gaussian_kl, make_kl_estimator
-from ..likelihoods import Likelihood
-from ..options import check_float, check_int
-from ..priors import Prior
 from .factory import register
 from .protocol import ParamFilter, check_finite, select_parameters
 from .sampled import WeightSampler

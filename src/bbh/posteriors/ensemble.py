@@ -11,9 +11,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from ..elbo import LossTerms, elbo
-from ..likelihoods import Likelihood
-from ..options import check_float, check_int
+from ..core.elbo import LossTerms, elbo
+from ..core.likelihoods import Likelihood
+from ..core.options import check_float, check_int
 from .factory import register
 from .protocol import Method, check_finite, select_parameters
 

@@ -51,11 +51,10 @@ from torch import Tensor, nn
 
 from ..backends import ops
 from ..backends.factored import offer_factors
-from ..elbo import LossTerms, elbo
-from ..functional import forward_samples, forward_with
-from ..kl import GaussianLayer, KLEstimator, estimate_kl, make_kl_estimator
-from ..likelihoods import Likelihood
-from ..options import (
+from ..core.elbo import LossTerms, elbo
+from ..core.functional import forward_samples, forward_with
+from ..core.likelihoods import Likelihood
+from ..core.options import (
     Covariance,
     Init,
     Layout,
@@ -66,7 +65,8 @@ from ..options import (
     check_sizes,
     parse_option,
 )
-from ..priors import NormalPrior, Prior
+from ..core.priors import NormalPrior, Prior
+from ..kl import GaussianLayer, KLEstimator, estimate_kl, make_kl_estimator
 from .factory import register
 from .protocol import ParamFilter, check_finite, select_parameters
 from .rank1 import Rank1Posterior

@@ -65,10 +65,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..elbo import LossTerms
-from ..functional import chunk_sizes
-from ..likelihoods import Categorical, Likelihood
-from ..options import check_float, check_int
+from ..core.elbo import LossTerms
+from ..core.functional import chunk_sizes
+from ..core.likelihoods import Categorical, Likelihood
+from ..core.options import check_float, check_int
 from .point import MAP
 from .protocol import Method
 

@@ -50,10 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..elbo import LossTerms, elbo
-from ..functional import chunk_sizes
-from ..likelihoods import Likelihood
-from ..options import check_float, check_int
+from ..core.elbo import LossTerms, elbo
+from ..core.functional import chunk_sizes
+from ..core.likelihoods import Likelihood
+from ..core.options import check_float, check_int
 from .factory import register
 from .protocol import WEIGHT_LAYERS, Method, check_finite
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..elbo import LossTerms, elbo
-from ..likelihoods import Likelihood
-from ..options import check_float
+from ..core.elbo import LossTerms, elbo
+from ..core.likelihoods import Likelihood
+from ..core.options import check_float
 from .factory import register
 from .protocol import WEIGHT_LAYERS, Method, ParamFilter, select_parameters
 

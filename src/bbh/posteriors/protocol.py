@@ -20,13 +20,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..elbo import LossTerms
-from ..likelihoods import Likelihood, as_likelihood
-from ..options import check_int
-from ..priors import Prior, as_prior
+from ..core.elbo import LossTerms
+from ..core.likelihoods import Likelihood, as_likelihood
+from ..core.options import check_int
+from ..core.priors import Prior, as_prior
 
 if TYPE_CHECKING:
-    from ..evaluation.predictive import Predictive, RegressionPredictive
+    from ..core.predictive import Predictive, RegressionPredictive
 
 ParamFilter = Callable[[str, nn.Parameter], bool] | Iterable[str] | None
 
@@ -625,14 +625,14 @@ class Method(nn.Module):
                 chunk_size: int | None = None) -> Predictive | RegressionPredictive:
         """The posterior predictive on ``x``, as the likelihood builds it (``likelihood.predictive``):
 
-        * classification (``Categorical``): a :class:`bbh.evaluation.predictive.Predictive` (per-sample
+        * classification (``Categorical``): a :class:`bbh.core.predictive.Predictive` (per-sample
           probabilities ``[S, B, K]``, mean, entropy, expected entropy, mutual information);
-        * regression (the Gaussian likelihoods): a :class:`bbh.evaluation.predictive.RegressionPredictive`
+        * regression (the Gaussian likelihoods): a :class:`bbh.core.predictive.RegressionPredictive`
           (mean (1/S) Σ_s μ_s, ``aleatoric_var`` (1/S) Σ_s σ_s², ``epistemic_var`` Var_s[μ_s], ``variance``,
           ``log_density(y)`` = log (1/S) Σ_s N(y; μ_s, σ_s²)).
 
         Runs in :meth:`evaluating` mode without gradients; the caller's modes are restored."""
-        from ..evaluation.predictive import predict
+        from ..core.predictive import predict
 
         with self.evaluating():
             return predict(self, x, n_samples, chunk_size=chunk_size)

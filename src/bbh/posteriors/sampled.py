@@ -9,9 +9,9 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from ..functional import chunked_sample_outputs, forward_samples_per_input
+from ..core.functional import chunked_sample_outputs, forward_samples_per_input
+from ..core.priors import Prior
 from ..kl import KLEstimator
-from ..priors import Prior
 from .protocol import Method
 
 

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from ..core.options import Covariance, parse_option
 from ..kl import GaussianLayer
-from ..options import Covariance, parse_option
 from .sizing import matrix_shape
 
 COVARIANCES = tuple(c.value for c in Covariance)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..options import Layout
+from ..core.options import Layout
 
 AUTO_BUDGET_BYTES = 8 * 2**30
 """``layout="auto"`` keeps the paper's layer-wise hypernets while training them takes at most 8 GiB (4 bytes x 4

@@ -33,8 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..likelihoods import Likelihood
-from ..priors import NormalPrior
+from ..core.likelihoods import Likelihood
+from ..core.priors import NormalPrior
 
 LogProb = Callable[[Tensor], Tensor]
 

@@ -68,11 +68,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..evaluation.predictive import RegressionPredictive
-from ..functional import forward_samples
+from ..core.functional import forward_samples
+from ..core.predictive import RegressionPredictive
+from ..core.priors import NormalPrior
+from ..core.threads import thread_count
 from ..models import MLP
-from ..priors import NormalPrior
-from ..threads import thread_count
 from .hmc import hmc
 
 # --------------------------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ class HMCRegressionResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def predictive(self) -> RegressionPredictive:
-        """The :class:`bbh.evaluation.predictive.RegressionPredictive` of the draws on the test inputs."""
+        """The :class:`bbh.core.predictive.RegressionPredictive` of the draws on the test inputs."""
         return RegressionPredictive(self.sample_means, self.noise_vars[:, None].expand_as(self.sample_means))
 
     def test_metrics(self, y_test: Tensor, y_std: float | Tensor = 1.0) -> dict[str, Any]:

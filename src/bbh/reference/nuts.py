@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..io import atomic_write, cache_dir
+from ..core.io import atomic_write, cache_dir
+from ..core.priors import NormalPrior
 from ..models import MLP
-from ..priors import NormalPrior
 from .hmc_regression import (
     HMCDiagnostics,
     HMCRegressionResult,
@@ -168,7 +168,7 @@ def nuts_regression(x_train: Tensor, y_train: Tensor, x_test: Tensor, *, hidden:
     flat = theta.reshape(chains * samples, -1)
     draws = {name: t.reshape(chains * samples, *sh)
              for (name, sh), t in zip(shapes.items(), flat[:, :-1].split(sizes, dim=1))}
-    from ..functional import forward_samples
+    from ..core.functional import forward_samples
     with torch.no_grad():
         means = forward_samples(model, draws, xt)[..., 0]                                # [C S, N_test]
     f_chains = means.reshape(chains, samples, -1)

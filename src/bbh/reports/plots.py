@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from ..io import atomic_write  # noqa: E402
+from ..core.io import atomic_write  # noqa: E402
 
 METHOD_TITLES = {"bbh": "BbH", "map": "MAP", "hmc": "HMC (reference)", "mc-dropout": "MC-Dropout",
                  "ensemble": "Ensemble", "bbb": "BbB", "mnf": "MNF"}

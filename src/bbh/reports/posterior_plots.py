@@ -34,8 +34,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from ..functional import chunk_sizes  # noqa: E402
-from ..io import atomic_write  # noqa: E402
+from ..core.functional import chunk_sizes  # noqa: E402
+from ..core.io import atomic_write  # noqa: E402
 from ..posteriors.protocol import Method  # noqa: E402
 
 LAYOUTS = ("torch", "tf")

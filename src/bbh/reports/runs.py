@@ -38,8 +38,8 @@ from typing import Any
 
 import torch
 
+from ..core.io import atomic_write, ensure_writable, read_json_object
 from ..evaluation.api import AttackSpec, EvaluationResults, evaluate, json_safe
-from ..io import atomic_write, ensure_writable, read_json_object
 from ..models.registry import build_model
 from ..posteriors import Method, create
 

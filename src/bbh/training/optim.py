@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from ..backends import ops
 from ..backends.factored import FactorCollector, Factors, collecting
-from ..options import OptimizerName, parse_option
+from ..core.options import OptimizerName, parse_option
 
 DEFAULT_LR = {OptimizerName.ADAM: 1e-3, OptimizerName.RMSPROP_TF: 1e-4}
 """Learning rates of the authors' runs: Adam 1e-3 for the baselines, RMSProp-TF 1e-4 for BbH."""

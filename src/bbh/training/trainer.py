@@ -39,11 +39,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .. import threads
+from ..core import threads
+from ..core.elbo import Schedule, as_schedule, schedule_from_spec, schedule_to_spec
+from ..core.io import atomic_write
+from ..core.options import LRSchedule, OptimizerName, parse_option
 from ..data.batches import known_length, training_set_size
-from ..elbo import Schedule, as_schedule, schedule_from_spec, schedule_to_spec
-from ..io import atomic_write
-from ..options import LRSchedule, OptimizerName, parse_option
 from ..posteriors.protocol import Method
 from . import distributed as dist
 from . import optim

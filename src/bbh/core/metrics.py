@@ -203,7 +203,7 @@ def entropy(probs: Tensor, clamp: float = ENTROPY_CLAMP) -> Tensor:
       those numbers bit-identical to the authors' code.
     * ``clamp=0`` is the exact entropy with 0 log 0 = 0; the uncertainty decomposition
       (:func:`predictive_entropy`, :func:`expected_entropy`, :func:`mutual_information`,
-      :class:`bbh.evaluation.predictive.Predictive`) and the OOD scores use it.
+      :class:`bbh.core.predictive.Predictive`) and the OOD scores use it.
 
     Args:
         probs: probabilities ``[..., K]`` (e.g. a predictive ``[N, K]`` or posterior samples ``[S, N, K]``);

@@ -15,8 +15,8 @@ For S posterior draws with class probabilities p_s(y | x) (docs/protocol.md §6.
     log p(y | x) = log (1/S) Σ_s N(y; μ_s, σ_s²)                          the mixture density
 
  MAP gives one draw, ensembles one per member. Every entropy here
-is :func:`bbh.evaluation.metrics.entropy` with ``clamp=0`` (exact, 0 log 0 = 0); the paper's entropy AUC uses
-the same function with the authors' clamp (see :mod:`bbh.evaluation.metrics`).
+is :func:`bbh.core.metrics.entropy` with ``clamp=0`` (exact, 0 log 0 = 0); the paper's entropy AUC uses
+the same function with the authors' clamp (see :mod:`bbh.core.metrics`).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class RegressionPredictive:
 
     def log_density(self, y: Tensor) -> Tensor:
         """log p(y | x) = log (1/S) Σ_s N(y; μ_s, σ_s²) per example, summed over D, ``[B]``
-        (:func:`bbh.evaluation.metrics.gaussian_mixture_log_density`; the UCI test log-likelihood)."""
+        (:func:`bbh.core.metrics.gaussian_mixture_log_density`; the UCI test log-likelihood)."""
         return gaussian_mixture_log_density(self.sample_means, self.sample_variances, y)
 
     def summary(self) -> dict[str, Tensor]:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from .evaluation.predictive import Predictive, RegressionPredictive
+    from .predictive import Predictive, RegressionPredictive
 
 
 class Likelihood(Protocol):
@@ -82,7 +82,7 @@ class Categorical:
 
     def predictive(self, outputs: Tensor) -> Predictive:
         """The classification predictive of S draws of logits ``[S, B, K]``: their softmax."""
-        from .evaluation.predictive import Predictive
+        from .predictive import Predictive
 
         return Predictive(outputs.softmax(-1))
 
@@ -126,7 +126,7 @@ class _Regression:
 
     :meth:`mean_and_variance` maps outputs ``[..., B, *out]`` to the mean μ and variance σ² of
     N(y; μ, σ²) (each of the targets' shape, with the same leading dims); :meth:`predictive` builds a
-    :class:`bbh.evaluation.predictive.RegressionPredictive` from S draws of outputs.
+    :class:`bbh.core.predictive.RegressionPredictive` from S draws of outputs.
     """
 
     is_regression: bool = True
@@ -153,7 +153,7 @@ class _Regression:
 
     def predictive(self, outputs: Tensor) -> RegressionPredictive:
         """The regression predictive of S draws of outputs ``[S, B, *out]``."""
-        from .evaluation.predictive import RegressionPredictive
+        from .predictive import RegressionPredictive
 
         mean, var = self.mean_and_variance(outputs)
         return RegressionPredictive(mean, var.expand_as(mean))
