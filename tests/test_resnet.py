@@ -101,7 +101,7 @@ def test_wrong_input_shape_is_a_clear_error(variant, bad, expected):
         ResNet32(variant=variant)(torch.randn(*bad))
 
 
-@pytest.mark.parametrize("option, value", [("variant", "resnet"), ("norm", "group"), ("norm", "Batch"),
+@pytest.mark.parametrize("option, value", [("variant", "resnet"), ("norm", "group"), ("norm", "batchnorm"),
                                            ("dropout_placement", "2018"), ("padding", "same"), ("init", "glorot")])
 def test_unknown_option_values_list_the_valid_ones(option, value):
     from bbh.models import resnet

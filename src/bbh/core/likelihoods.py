@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .options import LikelihoodName, parse_option
+
 if TYPE_CHECKING:
     from .predictive import Predictive, RegressionPredictive
 
@@ -281,14 +283,12 @@ def as_likelihood(value: Likelihood | str) -> Likelihood:
     ``"heteroscedastic"``: :class:`Heteroscedastic` (the network outputs mean and log-variance).
     """
     if isinstance(value, str):
-        if value == "categorical":
-            return Categorical()
-        if value == "gaussian":
-            return LearnedGaussian()
-        if value == "heteroscedastic":
-            return Heteroscedastic()
-        raise ValueError(f"unknown likelihood {value!r}; expected 'categorical', 'gaussian', 'heteroscedastic' or "
-                         f"a likelihood object such as bbh.likelihoods.Gaussian(sigma)")
+        try:
+            name = parse_option(LikelihoodName, value, "likelihood")
+        except ValueError as error:
+            raise ValueError(f"{error}, or a likelihood object such as bbh.likelihoods.Gaussian(sigma)") from None
+        return {LikelihoodName.CATEGORICAL: Categorical, LikelihoodName.GAUSSIAN: LearnedGaussian,
+                LikelihoodName.HETEROSCEDASTIC: Heteroscedastic}[name]()
     if not callable(getattr(value, "log_prob", None)):
         raise TypeError(f"likelihood must have log_prob(outputs, y), got {type(value).__name__}")
     return value

@@ -101,6 +101,137 @@ class LRSchedule(str, Enum):
     snapshot taken at full step size."""
 
 
+class KLName(str, Enum):
+    """The KL estimators built by name (:func:`bbh.kl.make_kl_estimator`; a :class:`~bbh.kl.KLEstimator` works too)."""
+
+    NN_PER_WEIGHT = "nn-per-weight"
+    """The paper's Eq. 2, per scalar weight."""
+    NN_FULL = "nn-full"
+    """Eq. 2 on whole weight vectors."""
+    NN_ENTROPY = "nn-entropy"
+    """Exact cross-entropy to the prior minus a k-NN entropy of whole vectors."""
+    NN_ENTROPY_PER_WEIGHT = "nn-entropy-per-weight"
+    """Exact cross-entropy minus per-weight k-NN entropies."""
+    SEMI_IMPLICIT = "semi-implicit"
+    """The SIVI entropy bound on a Gaussian layer over the hypernet's draws (Yin & Zhou 2018)."""
+    STEIN = "stein"
+    """The entropy gradient of the spectral Stein estimator (Shi et al. 2018)."""
+    ADVERSARIAL = "adversarial"
+    """A discriminator's density-ratio estimate (the paper's Appendix A)."""
+
+
+class LikelihoodName(str, Enum):
+    """Likelihoods built by name (:func:`bbh.likelihoods.as_likelihood`; a likelihood object works too)."""
+
+    CATEGORICAL = "categorical"
+    """Softmax over the outputs' last dimension."""
+    GAUSSIAN = "gaussian"
+    """N(y; f(x), σ²) with σ learned."""
+    HETEROSCEDASTIC = "heteroscedastic"
+    """The network outputs the mean and the log-variance."""
+
+
+class BBBEstimator(str, Enum):
+    """How Bayes by Backprop samples its weights."""
+
+    SHARED = "shared"
+    """One weight sample per minibatch (the authors')."""
+    LOCAL = "local"
+    """The local reparameterisation: pre-activations sampled per example (Kingma et al. 2015)."""
+
+
+class MNFKLLayers(str, Enum):
+    """Which layers' KL enters MNF's objective."""
+
+    ALL = "all"
+    """Every Linear and Conv2d layer."""
+    DENSE = "dense"
+    """Dense layers only (the authors': their conv layers were trained by the likelihood alone)."""
+
+
+class LaplaceStructure(str, Enum):
+    """The Hessian approximation of the last-layer Laplace."""
+
+    KRON = "kron"
+    """Kronecker-factored (K-FAC)."""
+    DIAG = "diag"
+    """Diagonal."""
+    FULL = "full"
+    """Full (small last layers only)."""
+
+
+class LaplacePredictive(str, Enum):
+    """How the last-layer Laplace turns its Gaussian over logits into class probabilities."""
+
+    MC = "mc"
+    """Monte Carlo over logit draws."""
+    PROBIT = "probit"
+    """The probit approximation (MacKay 1992)."""
+
+
+class ResNetVariant(str, Enum):
+    """``ResNet32(variant=...)``."""
+
+    PAPER = "paper"
+    """The authors' network."""
+    STANDARD = "standard"
+    """He et al.'s."""
+
+
+class NormKind(str, Enum):
+    """``ResNet32(norm=...)``: the normalisation layers."""
+
+    RUNNING = "running"
+    """BatchNorm with running statistics at test time."""
+    BATCH = "batch"
+    """BatchNorm with the batch's statistics also at test time."""
+    INSTANCE = "instance"
+    """Instance normalisation (the authors')."""
+
+
+class DropoutPlacement(str, Enum):
+    """``ResNet32(dropout_placement=...)``: where the MC-Dropout sites are."""
+
+    EVERY_CONV = "every-conv"
+    """After every convolution."""
+    ONE_PER_UNIT = "one-per-unit"
+    """One site per residual unit."""
+
+
+class Padding(str, Enum):
+    """``ResNet32(padding=...)``: how the stride-2 3x3 convolutions pad their input."""
+
+    TF = "tf"
+    """TensorFlow's SAME padding (asymmetric)."""
+    TORCH = "torch"
+    """Symmetric padding 1."""
+
+
+class ResNetInit(str, Enum):
+    """``ResNet32(init=...)``: initialisation of the conv and dense layers."""
+
+    VARIANCE_SCALING = "variance-scaling"
+    """TensorFlow's variance scaling (the authors')."""
+    KAIMING = "kaiming"
+    """He et al.'s."""
+    TORCH = "torch"
+    """PyTorch's layer defaults."""
+
+
+class ShortcutMode(str, Enum):
+    """How a ResNet unit's shortcut changes resolution."""
+
+    AVGPOOL = "avgpool"
+    """Average pooling and zero-padded channels."""
+    SUBSAMPLE = "subsample"
+    """Strided subsampling and zero-padded channels."""
+
+
+def choices(enum: type[Enum]) -> tuple[str, ...]:
+    """The string values of an option's enum, in declaration order."""
+    return tuple(m.value for m in enum)
+
+
 def parse_option(enum: type[E], value: E | str, name: str) -> E:
     """Return ``value`` as a member of ``enum`` or raise a ``ValueError`` listing the valid values.
 

@@ -34,28 +34,39 @@ Reference: K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image Re
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-VARIANTS = ("paper", "standard")
+from ..core.options import (
+    DropoutPlacement,
+    NormKind,
+    Padding,
+    ResNetInit,
+    ResNetVariant,
+    ShortcutMode,
+    choices,
+    parse_option,
+)
+
+VARIANTS = choices(ResNetVariant)
 """``ResNet32(variant=...)``: the authors' network or He et al.'s."""
-NORMS = ("running", "batch", "instance")
+NORMS = choices(NormKind)
 """``ResNet32(norm=...)``: the normalisation layers (see :func:`make_norm`)."""
-DROPOUT_PLACEMENTS = ("every-conv", "one-per-unit")
+DROPOUT_PLACEMENTS = choices(DropoutPlacement)
 """``ResNet32(dropout_placement=...)``: where the MC-Dropout sites are (see :class:`ResNet32`)."""
-PADDINGS = ("tf", "torch")
+PADDINGS = choices(Padding)
 """``ResNet32(padding=...)``: how the stride-2 3x3 convolutions pad their input."""
-INITS = ("variance-scaling", "kaiming", "torch")
+INITS = choices(ResNetInit)
 """``ResNet32(init=...)``: initialisation of the conv and dense layers."""
 DEPTH = 32
 """``ResNet32(depth=...)``'s default: 6n + 2 weight layers with n = 5 units per stage."""
 
 
-def _check(value: str, valid: tuple[str, ...], name: str) -> str:
-    if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, valid))}")
-    return value
+def _check(value: str, enum: type[Enum], name: str) -> str:
+    """``value`` as its option's string (:func:`bbh.core.options.parse_option`)."""
+    return parse_option(enum, value, name).value
 
 
 def units_per_stage(depth: int) -> int:
@@ -77,7 +88,7 @@ def make_norm(kind: str, channels: int, eps: float, momentum: float) -> nn.Modul
       statistics over H x W with a shared affine (the authors' ``virtual_batch_size=1`` BN in the MAP,
       Dropout, Ensemble, BbB, MNF and single-G BbH ResNets), identical in training and evaluation.
     """
-    _check(kind, NORMS, "norm")
+    _check(kind, NormKind, "norm")
     if kind == "instance":
         return nn.InstanceNorm2d(channels, eps=eps, affine=True, track_running_stats=False)
     return nn.BatchNorm2d(channels, eps=eps, momentum=momentum, track_running_stats=kind == "running")
@@ -101,7 +112,7 @@ class _SchemeInit:
     (:data:`INITS`), so that re-initialisations (e.g. of deep-ensemble members) keep it."""
 
     def __init__(self, *args, init: str = "torch", **kwargs) -> None:
-        self.init_scheme = _check(init, INITS, "init")
+        self.init_scheme = _check(init, ResNetInit, "init")
         super().__init__(*args, **kwargs)
 
     def reset_parameters(self) -> None:
@@ -136,7 +147,7 @@ class Shortcut(nn.Module):
         if out_channels < in_channels:
             raise ValueError(f"the shortcut cannot reduce channels ({in_channels} -> {out_channels})")
         self.stride = int(stride)
-        self.mode = _check(mode, ("avgpool", "subsample"), "shortcut mode")
+        self.mode = _check(mode, ShortcutMode, "shortcut mode")
         extra = out_channels - in_channels
         self.pad_before, self.pad_after = extra // 2, extra - extra // 2
 
@@ -250,12 +261,14 @@ class ResNet32(nn.Module):
                  final_norm: bool = False, dropout_placement: str = "every-conv", padding: str | None = None,
                  init: str | None = None, depth: int = DEPTH) -> None:
         super().__init__()
-        self.variant = _check(variant, VARIANTS, "variant")
-        self.norm = _check(norm, NORMS, "norm")
-        self.dropout_placement = _check(dropout_placement, DROPOUT_PLACEMENTS, "dropout_placement")
+        self.variant = _check(variant, ResNetVariant, "variant")
+        self.norm = _check(norm, NormKind, "norm")
+        self.dropout_placement = _check(dropout_placement, DropoutPlacement, "dropout_placement")
         paper = variant == "paper"
-        self.padding = _check(padding if padding is not None else ("tf" if paper else "torch"), PADDINGS, "padding")
-        self.init = _check(init if init is not None else ("variance-scaling" if paper else "kaiming"), INITS, "init")
+        padding = padding if padding is not None else ("tf" if paper else "torch")
+        self.padding = _check(padding, Padding, "padding")
+        init = init if init is not None else ("variance-scaling" if paper else "kaiming")
+        self.init = _check(init, ResNetInit, "init")
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if final_norm and not paper:

@@ -12,14 +12,14 @@ from torch import Tensor, nn
 from ..core.elbo import LossTerms, elbo
 from ..core.functional import forward_with
 from ..core.likelihoods import Likelihood
-from ..core.options import check_float, check_int
+from ..core.options import BBBEstimator, check_float, check_int, choices, parse_option
 from ..core.priors import Prior
 from ..kl import KLEstimator, gaussian_kl, make_kl_estimator
 from .factory import register
 from .protocol import ParamFilter, check_finite, select_parameters
 from .sampled import WeightSampler
 
-ESTIMATORS = ("shared", "local")
+ESTIMATORS = choices(BBBEstimator)
 LOCAL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -65,8 +65,7 @@ class BayesByBackprop(WeightSampler):
                  kl: str | KLEstimator = "analytic", num_kl_samples: int = 5,
                  kl_options: Mapping[str, Any] | None = None) -> None:
         super().__init__(model, likelihood, prior)
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(map(repr, ESTIMATORS))}")
+        estimator = parse_option(BBBEstimator, estimator, "estimator").value
         init_log_var = check_float("init_log_var", init_log_var)
         num_kl_samples = check_int("num_kl_samples", num_kl_samples, 1 if kl == "analytic" else 2)
         self.param_names = select_parameters(model, params)

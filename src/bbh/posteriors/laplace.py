@@ -68,12 +68,12 @@ from torch import Tensor, nn
 from ..core.elbo import LossTerms
 from ..core.functional import chunk_sizes
 from ..core.likelihoods import Categorical, Likelihood
-from ..core.options import check_float, check_int
+from ..core.options import LaplacePredictive, LaplaceStructure, check_float, check_int, choices, parse_option
 from .point import MAP
 from .protocol import Method
 
-STRUCTURES = ("kron", "diag", "full")
-PREDICTIVES = ("mc", "probit")
+STRUCTURES = choices(LaplaceStructure)
+PREDICTIVES = choices(LaplacePredictive)
 FULL_MAX_PARAMS = 10_000
 """The largest last layer (weights + bias) the ``"full"`` structure accepts: its P x P float64 GGN takes
 P² · 8 bytes (800 MB at the limit) and its eigendecomposition O(P³) time."""
@@ -95,12 +95,6 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layer: a last-layer Laplace approximation "
                          f"needs the logits to be produced by a final nn.Linear")
     return found[-1]
-
-
-def _option(name: str, value: object, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
-    return value
 
 
 def _check_categorical(likelihood: Likelihood, what: str) -> None:
@@ -169,7 +163,7 @@ class LastLayerLaplace(Method):
                  predictive: str = "mc", n_samples_default: int = 100) -> None:
         super().__init__(model, likelihood)
         _check_categorical(self.likelihood, "this method")
-        self.structure = _option("structure", structure, STRUCTURES)
+        self.structure = parse_option(LaplaceStructure, structure, "structure").value
         self.layer_name, layer = last_linear(model)
         self.num_classes, self.in_features = int(layer.out_features), int(layer.in_features)
         self.has_bias = layer.bias is not None
@@ -203,7 +197,7 @@ class LastLayerLaplace(Method):
 
     @predictive.setter
     def predictive(self, value: str) -> None:
-        self._predictive = _option("predictive", value, PREDICTIVES)
+        self._predictive = parse_option(LaplacePredictive, value, "predictive").value
         self.fixed_draws = 1 if value == "probit" else None
 
     @property

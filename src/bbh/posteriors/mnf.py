@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from ..core.elbo import LossTerms, elbo
 from ..core.functional import chunk_sizes
 from ..core.likelihoods import Likelihood
-from ..core.options import check_float, check_int
+from ..core.options import MNFKLLayers, check_float, check_int, choices, parse_option
 from .factory import register
 from .protocol import WEIGHT_LAYERS, Method, check_finite
 
@@ -61,7 +61,7 @@ _LOG_2PI = math.log(2 * math.pi)
 _VAR_FLOOR = 1e-16
 
 LayerFilter = Callable[[str, nn.Module], bool] | Iterable[str] | None
-KL_LAYERS = ("all", "dense")
+KL_LAYERS = choices(MNFKLLayers)
 
 
 def _trunc_normal_(t: Tensor, mean: float, std: float) -> Tensor:
@@ -436,8 +436,7 @@ class MNF(Method):
         thres_var = check_float("thres_var (the clip on the weights' std)", thres_var, 0.0, open_low=True)
         prior_log_var = check_float("prior_log_var", prior_log_var)
         init_log_std, z_init = check_float("init_log_std", init_log_std), check_float("z_init", z_init)
-        if kl_layers not in KL_LAYERS:
-            raise ValueError(f"unknown kl_layers {kl_layers!r}; expected one of {', '.join(map(repr, KL_LAYERS))}")
+        kl_layers = parse_option(MNFKLLayers, kl_layers, "kl_layers").value
         n_flows, q_hidden = check_int("n_flows", n_flows, 1), check_int("q_hidden", q_hidden, 1)
         r_hidden = check_int("r_hidden", r_hidden, 1)
         super().__init__(model, likelihood, prior=math.exp(0.5 * prior_log_var))
