@@ -345,7 +345,7 @@ def test_errors_for_data():
         fit_last_layer_laplace(model, (x, y + 3))
     with pytest.raises(TypeError, match="labels are needed"):
         fit_last_layer_laplace(model, x)
-    with pytest.raises(ValueError, match=r"\(x, y, \.\.\.\) tuple"):
+    with pytest.raises(TypeError, match=r"\(x, y, \.\.\.\) tuple"):
         fit_last_layer_laplace(model, [x, x, x])
     with pytest.raises(ValueError, match="no examples"):
         fit_last_layer_laplace(model, [])

@@ -12,7 +12,7 @@ that are not there raise :class:`MissingDataError` naming them and the folder, a
 :func:`load_task` loads a whole task for training (uint8 images with the paper's augmentation pipeline).
 """
 
-from .batches import MemberBatches
+from .batches import MemberBatches, as_batches
 from .cifar import load_cifar10, load_cifar_batch
 from .download import (
     UCI_NAMES,
@@ -34,7 +34,7 @@ __all__ = [
     "ChecksumError",
     "DataFormatError",
     "DownloadError",
-    "MemberBatches",
+    "MemberBatches", "as_batches",
     "MissingDataError",
     "Task",
     "UCIDataset",

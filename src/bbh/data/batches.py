@@ -1,9 +1,10 @@
-"""Minibatches with one shuffling order per ensemble member (deep ensembles, docs/protocol.md §4.3), and the
-training-set size N that a DataLoader trains on (:func:`training_set_size`)."""
+"""Minibatches: any data a user passes as ``(x, y)`` batches (:func:`as_batches`), one shuffling order per ensemble
+member (deep ensembles, docs/protocol.md §4.3), and the training-set size N that a DataLoader trains on
+(:func:`training_set_size`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -19,6 +20,62 @@ from torch.utils.data import (
 from torch.utils.data.distributed import DistributedSampler
 
 _ASK = "pass num_data=N (the number of training examples) to fit()"
+
+
+def as_batches(data: Any, batch_size: int, *, name: str = "data",
+               labels: bool = False) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """``(x, y)`` minibatches of whatever a user may pass as a data set: the one reader of evaluation-side data.
+
+    * a tensor ``x`` -> batches of ``batch_size`` rows with ``y`` None (refused when ``labels`` is needed);
+    * an ``(x, y)`` pair of tensors with as many rows -> batches of both;
+    * any other iterable of batches (a ``DataLoader``) -> its batches, each a tensor or an ``(x, y, ...)``
+      tuple; they are fetched inside a CPU RNG fork, so loading (shuffling, augmentation) never shifts the
+      caller's random stream.
+
+    Raises:
+        TypeError: ``data`` (or one of its batches) is none of these, or has no labels where ``labels`` is True.
+        ValueError: a pair whose x and y have different numbers of rows.
+    """
+    need = " (labels are needed)" if labels else ""
+    if isinstance(data, Tensor) and labels:
+        raise TypeError(f"{name} must be an (x, y) pair of tensors or an iterable of (x, y) batches (a DataLoader), "
+                        f"got a tensor{need}")
+    if isinstance(data, Tensor) or is_pair(data):
+        x, y = (data, None) if isinstance(data, Tensor) else data
+        if y is not None and (x.dim() < 1 or y.dim() < 1 or x.shape[0] != y.shape[0]):
+            raise ValueError(f"{name} as an (x, y) pair needs the same number of examples in x and y, got shapes "
+                             f"{list(x.shape)} and {list(y.shape)}")
+        for i in range(0, x.shape[0], batch_size):
+            yield x[i:i + batch_size], None if y is None else y[i:i + batch_size]
+        return
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise TypeError(f"{name} must be a tensor, an (x, y) pair of tensors or an iterable of batches (a "
+                        f"DataLoader), got {type(data).__name__}{need}")
+    with torch.random.fork_rng(devices=[]):
+        it = iter(data)
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+        if isinstance(batch, Tensor):
+            if labels:
+                raise TypeError(f"every batch of {name} must be an (x, y, ...) tuple of tensors{need}, got a tensor")
+            yield batch, None
+        elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+            y = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
+            if y is None and labels:
+                raise TypeError(f"every batch of {name} must be an (x, y, ...) tuple of tensors{need}")
+            yield batch[0], y
+        else:
+            raise TypeError(f"the batches of {name} must be tensors or (x, y, ...) tuples, got "
+                            f"{type(batch).__name__}{need}")
+
+
+def is_pair(data: Any) -> bool:
+    """Whether ``data`` is an ``(x, y)`` pair of tensors (as opposed to an iterable of batches)."""
+    return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)
 
 
 def known_length(obj: Any) -> int | None:

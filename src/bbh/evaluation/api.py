@@ -38,7 +38,6 @@ pair with the same batches give identical numbers.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -49,6 +48,7 @@ from torch import Tensor
 
 from ..core import metrics
 from ..core.predictive import iter_batches, predict_batches
+from ..data.batches import as_batches
 from ..posteriors.protocol import Method
 from . import attacks as _attacks
 
@@ -250,49 +250,6 @@ def json_safe(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def _pair_or_tensor(data: Any) -> tuple[Tensor, Tensor | None] | None:
-    """``(x, y)`` for a tensor or a pair of tensors, None for any other iterable of batches."""
-    if isinstance(data, Tensor):
-        return data, None
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
-        if x.dim() < 1 or y.dim() < 1 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"an (x, y) pair needs the same number of examples, got {tuple(x.shape)} and "
-                             f"{tuple(y.shape)}")
-        return x, y
-    return None
-
-
-def _batches(data: Batches, batch_size: int, name: str) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """``(x, y or None)`` batches of a data set; batches of an iterable are fetched inside a CPU RNG fork, so
-    that data loading (shuffling, augmentation) never shifts the evaluation's own random stream."""
-    pair = _pair_or_tensor(data)
-    if pair is not None:
-        x, y = pair
-        ys = iter_batches(y, batch_size) if y is not None else itertools.repeat(None)
-        yield from zip(iter_batches(x, batch_size), ys)
-        return
-    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
-        raise TypeError(f"{name} must be a tensor, an (x, y) pair of tensors or an iterable of batches (a "
-                        f"DataLoader), got {type(data).__name__}")
-    with torch.random.fork_rng(devices=[]):
-        it = iter(data)
-    while True:
-        with torch.random.fork_rng(devices=[]):
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-        if isinstance(batch, Tensor):
-            yield batch, None
-        elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-            y = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
-            yield batch[0], y
-        else:
-            raise TypeError(f"the batches of {name} must be tensors or (x, y, ...) tuples, got "
-                            f"{type(batch).__name__}")
-
-
 def _as_sets(ood: Batches | Mapping[str, Batches] | None) -> dict[str, Batches]:
     if ood is None:
         return {}
@@ -532,7 +489,7 @@ def _run(method: Method, test: Batches, sets: dict[str, Batches], specs: dict[st
     def inputs(data: Batches, name: str, collect: bool) -> Iterator[Tensor]:
         nonlocal unlabelled
         kept = 0
-        for xb, yb in _batches(data, batch_size, name):
+        for xb, yb in as_batches(data, batch_size, name=name):
             if transform is not None:
                 xb = transform(xb)
             if collect:

@@ -44,6 +44,7 @@ import torch
 
 from ..core.elbo import scale_schedule_spec
 from ..core.io import atomic_write, ensure_writable, read_json_object, write_json
+from ..data.batches import as_batches
 from .claims import TIMING_RELATIVE_SE
 from .config import load_config, validate
 from .costs import PROBE_RUN
@@ -547,8 +548,7 @@ _DATASETS = {"mnist": ("mnist", "notmnist"), "cifar5": ("cifar10",), "cifar10": 
 
 def _batches(task: Any, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The training set as evaluation-transformed ``(x, y)`` batches (what a post-hoc Laplace fits on)."""
-    return [(task.eval_transform(task.train_x[i:i + batch_size]), task.train_y[i:i + batch_size])
-            for i in range(0, len(task.train_x), batch_size)]
+    return [(task.eval_transform(x), y) for x, y in as_batches((task.train_x, task.train_y), batch_size)]
 
 
 # ---------------------------------------------------------------------------------------------- writing

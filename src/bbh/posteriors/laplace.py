@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -69,6 +69,7 @@ from ..core.elbo import LossTerms
 from ..core.functional import chunk_sizes
 from ..core.likelihoods import Categorical, Likelihood
 from ..core.options import LaplacePredictive, LaplaceStructure, check_float, check_int, choices, parse_option
+from ..data.batches import as_batches
 from .point import MAP
 from .protocol import Method
 
@@ -101,28 +102,6 @@ def _check_categorical(likelihood: Likelihood, what: str) -> None:
     if getattr(likelihood, "is_regression", False) or not isinstance(likelihood, Categorical):
         raise ValueError(f"last-layer Laplace supports classification (the categorical likelihood) only; "
                          f"{what} has the likelihood {likelihood!r}")
-
-
-def _batches(data: Any, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """``(x, y)`` batches of an ``(x, y)`` pair of tensors or of an iterable of ``(x, y, ...)`` batches."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
-        if x.dim() < 1 or y.dim() < 1 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"data as an (x, y) pair needs the same number of examples in x and y, got shapes "
-                             f"{list(x.shape)} and {list(y.shape)}")
-        for i in range(0, x.shape[0], batch_size):
-            yield x[i:i + batch_size], y[i:i + batch_size]
-        return
-    if isinstance(data, (Tensor, str, bytes)) or not isinstance(data, Iterable):
-        raise TypeError(f"data must be an (x, y) pair of tensors or an iterable of (x, y) batches (a DataLoader), "
-                        f"got {type(data).__name__}" + (" (labels are needed)" if isinstance(data, Tensor) else ""))
-    for batch in data:
-        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2
-                and isinstance(batch[0], Tensor) and isinstance(batch[1], Tensor)):
-            raise ValueError(f"every batch of data must be an (x, y, ...) tuple of tensors, got "
-                             f"{type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list))
-                                                          else ""))
-        yield batch[0], batch[1]
 
 
 def _sym_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
@@ -305,7 +284,7 @@ class LastLayerLaplace(Method):
         acc = _GGNAccumulator(self.structure, self.num_classes, self.width, self.delta.device)
         device = self.delta.device
         with self.evaluating(), torch.no_grad():
-            for x, y in _batches(data, batch_size):
+            for x, y in as_batches(data, batch_size, labels=True):
                 x, y = x.to(device), y.to(device)
                 self.check_inputs(x, y)
                 phi, logits = self.features(x, check=True)

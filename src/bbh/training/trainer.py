@@ -43,7 +43,7 @@ from ..core import threads
 from ..core.elbo import Schedule, as_schedule, schedule_from_spec, schedule_to_spec
 from ..core.io import atomic_write
 from ..core.options import LRSchedule, OptimizerName, parse_option
-from ..data.batches import known_length, training_set_size
+from ..data.batches import is_pair, known_length, training_set_size
 from ..posteriors.protocol import Method
 from . import distributed as dist
 from . import optim
@@ -225,10 +225,6 @@ class _IterableData:
             if next(it, None) is None:
                 raise ValueError(f"the data yielded fewer than the {start} batches already done in epoch {epoch}")
         yield from it
-
-
-def _is_pair(data: Any) -> bool:
-    return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)
 
 
 class Trainer:
@@ -588,7 +584,7 @@ class Trainer:
 
     def _source(self, data: Any, num_data: int | None, batch_size: int | None, shuffle: bool,
                 drop_last: bool) -> _TensorData | _IterableData:
-        if _is_pair(data):
+        if is_pair(data):
             x, y = data
             source: _TensorData | _IterableData = _TensorData(x, y, batch_size, shuffle, drop_last, self.device,
                                                               self.world, self.rank)
