@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bbh.evaluation.predictive import RegressionPredictive
 from test_uci_data import write_uci_folder
 from torch import Tensor
 
@@ -17,7 +18,6 @@ import bbh.experiments.uci as uci
 from bbh.cli import main
 from bbh.data import load_uci
 from bbh.data.uci import UCIDataset
-from bbh.evaluation.predictive import RegressionPredictive
 from bbh.experiments.uci import Budget, cell_path, mean_se, run_cell, run_uci, score, training_steps
 
 TINY = Budget(splits=2, min_steps=20, max_steps=40, n_samples=4)
@@ -255,7 +255,7 @@ def test_a_diverging_cell_is_recorded_as_failed_and_the_run_goes_on(data_dir: Pa
 
 
 def test_non_finite_scores_are_a_failure(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(uci, "score", lambda *a, **k: {"test_ll": float("-inf"), "rmse": 1.0})
+    monkeypatch.setattr(uci.cells, "score", lambda *a, **k: {"test_ll": float("-inf"), "rmse": 1.0})
     with pytest.raises(FloatingPointError, match="non-finite test score"):
         run_cell(load_uci(data_dir / "uci" / "beta"), "map", 0, budget=TINY)
 

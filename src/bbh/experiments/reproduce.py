@@ -45,6 +45,7 @@ import torch
 from ..core.elbo import scale_schedule_spec
 from ..core.io import atomic_write, ensure_writable, read_json_object, write_json
 from ..data.batches import as_batches
+from ..reports.markdown import number
 from .claims import TIMING_RELATIVE_SE
 from .config import load_config, validate
 from .costs import PROBE_RUN
@@ -377,7 +378,7 @@ class Reproduction:
                  "|---|---|---|---|---|---|"]
         for m, s in report["methods"].items():
             lines.append(f"| {m} | {s['rmse']:.1f} | {s['std_inside']:.2f} | {s['std_outside']:.2f} "
-                         f"| {_fmt(s.get('std_ratio_inside'))} | {_fmt(s.get('std_ratio_outside'))} |")
+                         f"| {number(s.get('std_ratio_inside'), 2)} | {number(s.get('std_ratio_outside'), 2)} |")
         lines += ["", "![toy](fig1/toy.png)", ""]
         md = self.out / "fig1.md"
         atomic_write(md, lambda tmp: Path(tmp).write_text("\n".join(lines)))
@@ -569,12 +570,6 @@ _COLUMNS = (("error_percent", "error %", 0, 2), ("auc_in", "AUC in", 1, 3), ("au
             ("train_seconds", "train s", 3, 0))
 
 
-def _fmt(v: Any, digits: int = 2) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "—"
-    return f"{v:,.{digits}f}" if isinstance(v, (int, float)) else str(v)
-
-
 def render_table(table: TableSpec, metrics: Mapping[str, Mapping[str, Any]], budget: ReproBudget,
                  seconds: float) -> str:
     """The Markdown of one table: ours and the paper's side by side, the budget, and the claims."""
@@ -586,9 +581,9 @@ def render_table(table: TableSpec, metrics: Mapping[str, Mapping[str, Any]], bud
         m = metrics.get(row.key, {})
         cells = [row.label]
         for key, _, paper, digits in _COLUMNS:
-            cells.append(_fmt(m.get(key), digits))
+            cells.append(number(m.get(key), digits, grouping=True))
             if paper is not None:
-                cells.append(_fmt(row.paper[paper], digits) if row.paper else "—")
+                cells.append(number(row.paper[paper], digits, grouping=True) if row.paper else "—")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "AUC in / out: area under the CDF of the predictive entropy / log K on the test set / the outliers "
               "(docs/protocol.md §6.2; high in = confident, low out = uncertain on outliers). OOD AUROC: entropy as "
@@ -691,7 +686,8 @@ def plan_row(p: Mapping[str, Any]) -> str:
     """One run of a plan as a line (:meth:`Reproduction.plan`); basis: where its step time comes from
     (:meth:`bbh.experiments.costs.Basis.cost`)."""
     sps, est = p.get("seconds_per_step"), p.get("estimated_seconds")
-    return (f"{p['run']:48s} {p['epochs']:6d} {p.get('steps_left', p['steps']):11,d} {_fmt(sps, 3):>7s} "
+    per_step = number(sps, 3, grouping=True)
+    return (f"{p['run']:48s} {p['epochs']:6d} {p.get('steps_left', p['steps']):11,d} {per_step:>7s} "
             f"{'—' if est is None else duration(est):>10s}  {p.get('basis', '—') if p.get('steps_left', 1) else '':12s}"
             f" {p['status']}")
 

@@ -42,6 +42,7 @@ from ..core.io import atomic_write, ensure_writable, read_json_object
 from ..evaluation.api import AttackSpec, EvaluationResults, evaluate, json_safe
 from ..models.registry import build_model
 from ..posteriors import Method, create
+from .markdown import number
 
 PAPER_TABLES = {
     "mnist": {"map": (0.80, 0.99, 0.71, 710), "ensemble": (0.49, 0.99, 0.65, 2721), "bbb": (0.72, 0.97, 0.41, 2892),
@@ -337,33 +338,29 @@ def _posterior_figures(method: Method, out_dir: Path) -> list[str] | str:
     return ["weights.png", "correlation.png", "weights_std.png"]
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else (
-        f"{v:.{digits}f}" if isinstance(v, float) else str(v))
-
-
 def _report(r: dict[str, Any]) -> str:
     t, o = r["test"], r.get("outliers", {})
     # a point estimate (one draw) or identical draws: the mutual information is 0 by construction, so its column
     # and OOD row would only say "AUROC 0.5, FPR 1" (older results.json files still carry the row)
     spread = r["samples"] > 1 and "mutual_information" in r.get("ood", {"mutual_information": None})
-    mi = (lambda v: _fmt(v, 4)) if spread else (lambda v: "—")
+    mi = (lambda v: number(v, 4)) if spread else (lambda v: "—")
     lines = [f"# Evaluation of `{r['run']}` ({r['method']} on {r['task']}, {r['samples']} posterior draw"
              f"{'s' if r['samples'] != 1 else ''} per prediction)", "",
              "| set | error % | NLL | Brier | ECE | entropy AUC | mean entropy / log K | mean MI |",
              "|---|---|---|---|---|---|---|---|",
-             f"| test | {_fmt(t['error_percent'], 2)} | {_fmt(t['nll'])} | {_fmt(t['brier'])} | {_fmt(t['ece'])} "
-             f"| {_fmt(t['entropy_auc'])} | {_fmt(t['mean_entropy'])} | {mi(t['mean_mutual_information'])} |"]
+             f"| test | {number(t['error_percent'], 2)} | {number(t['nll'])} | {number(t['brier'])} "
+             f"| {number(t['ece'])} "
+             f"| {number(t['entropy_auc'])} | {number(t['mean_entropy'])} | {mi(t['mean_mutual_information'])} |"]
     if o:
-        lines.append(f"| outliers | — | — | — | — | {_fmt(o['entropy_auc'])} | {_fmt(o['mean_entropy'])} "
+        lines.append(f"| outliers | — | — | — | — | {number(o['entropy_auc'])} | {number(o['mean_entropy'])} "
                      f"| {mi(o['mean_mutual_information'])} |")
         lines += ["", "Entropy AUC: area under the CDF of the predictive entropy / log K (docs/protocol.md §6.2); high "
                   "on the test set = confident, low on outliers = uncertain.", "",
                   "| OOD score | AUROC | AUPR in | AUPR out | FPR at 95 % TPR |", "|---|---|---|---|---|"]
         for score, m in r["ood"].items():
             if score != "mutual_information" or spread:
-                lines.append(f"| {score} | {_fmt(m['auroc'])} | {_fmt(m['aupr_in'])} | {_fmt(m['aupr_out'])} "
-                             f"| {_fmt(m['fpr_at_95_tpr'])} |")
+                lines.append(f"| {score} | {number(m['auroc'])} | {number(m['aupr_in'])} | {number(m['aupr_out'])} "
+                             f"| {number(m['fpr_at_95_tpr'])} |")
     if not spread:
         why = "one posterior draw per prediction (a point estimate)" if r["samples"] == 1 else "identical draws"
         lines += ["", f"No mutual information (MI): with {why} it is zero by construction, so it measures no "
@@ -376,8 +373,8 @@ def _report(r: dict[str, Any]) -> str:
         s = r["adversarial"]["settings"]
         lines += ["", f"## FGSM ({s['images']} test images, gradient: {s['gradient']}, clamp: {s['clamp']})", "",
                   "| epsilon | accuracy | entropy / log K | entropy AUC |", "|---|---|---|---|"]
-        lines += [f"| {row['epsilon']:.2f} | {_fmt(row['accuracy'])} | {_fmt(row['entropy'])} "
-                  f"| {_fmt(row['entropy_auc'])} |" for row in r["adversarial"]["fgsm"]]
+        lines += [f"| {row['epsilon']:.2f} | {number(row['accuracy'])} | {number(row['entropy'])} "
+                  f"| {number(row['entropy_auc'])} |" for row in r["adversarial"]["fgsm"]]
         lines += ["", "![adversarial](adversarial.png)"]
     if isinstance(r.get("posterior_plots"), list):
         lines += ["", "## Weight posterior (1,000 samples)", ""] + [f"![{p}]({p})" for p in r["posterior_plots"]]
@@ -416,8 +413,8 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
             "ood_auroc_entropy", "ece", "nll", "train_seconds", "paper_runtime_s"]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        md.append("| " + " | ".join(_fmt(row[k], 2 if "error" in k else 3) if k != "train_seconds" else
-                                    _fmt(row[k], 0) for k in keys) + " |")
+        md.append("| " + " | ".join(number(row[k], 2 if "error" in k else 3) if k != "train_seconds" else
+                                    number(row[k], 0) for k in keys) + " |")
     text = "\n".join(md) + "\n"
     out = ensure_writable(out_dir)
     atomic_write(out / "compare.md", lambda tmp: Path(tmp).write_text(text))
