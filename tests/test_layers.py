@@ -103,3 +103,15 @@ def test_no_import_circles():
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+def test_run_directory_file_names_have_one_home():
+    """Only bbh.training.run_files spells the names of a run directory's files (as string constants)."""
+    from bbh.training import run_files
+
+    names = {getattr(run_files, n) for n in run_files.__all__} - {run_files.EVAL}  # "eval" is also a config table
+    spelled = [f"{p.relative_to(SRC)}: {node.value!r}" for p in SRC.rglob("*.py") if p.name != "run_files.py"
+               for node in ast.walk(ast.parse(p.read_text()))
+               if isinstance(node, ast.Constant) and isinstance(node.value, str)
+               and any(node.value == n or node.value.endswith("/" + n) for n in names)]
+    assert not spelled, "\n".join(spelled)

@@ -211,9 +211,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .core.io import ensure_writable
     from .reports.runs import evaluate_run
+    from .training.run_files import EVAL, MODEL, REPORT
 
     root = Path(args.run_dir)
-    runs = sorted(p.parent for p in root.glob("*/model.pt")) if args.all else [root]
+    runs = sorted(p.parent for p in root.glob(f"*/{MODEL}")) if args.all else [root]
     if not runs:
         raise FileNotFoundError(f"no finished runs (with model.pt) below {root}")
     if args.all:  # every output folder before the first evaluation (evaluate_run checks its own)
@@ -231,7 +232,7 @@ def _evaluate(args: argparse.Namespace) -> int:
               f"{t['entropy_auc']:.3f}" + (f", outlier AUC {r['outliers']['entropy_auc']:.3f}, OOD AUROC "
                                            f"{r['ood']['entropy']['auroc']:.3f}" if "outliers" in r else
                                            f"; {r['ood_skipped']}" if "ood_skipped" in r else "")
-              + f"; wrote {run / 'eval' / 'report.md'}")
+              + f"; wrote {run / EVAL / REPORT}")
     return 0
 
 
@@ -256,8 +257,9 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import time
 
     from .experiments.config import available_experiments, load_config
-    from .experiments.run import CONFIG_NAME, MODEL_NAME, Run
-    from .training.trainer import CHECKPOINT_NAME, NonFiniteLossError
+    from .experiments.run import Run
+    from .training.run_files import CHECKPOINT, CONFIG, MODEL
+    from .training.trainer import NonFiniteLossError
 
     if args.resume:
         if args.config or args.task or args.method:
@@ -282,7 +284,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             return 0
         config = load_config(source, _overrides(args))
         run_dir = Path(args.run_dir or f"runs/{config['experiment']['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if any((run_dir / name).exists() for name in (CHECKPOINT_NAME, CONFIG_NAME, MODEL_NAME)):
+        if any((run_dir / name).exists() for name in (CHECKPOINT, CONFIG, MODEL)):
             raise ValueError(f"{run_dir} already holds a run; continue it with: bbh train --resume {run_dir} "
                              f"(or choose another --run-dir)")
         if args.download:
@@ -294,7 +296,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except KeyboardInterrupt as err:
         return _interrupted(f"{err or 'interrupted'}; continue with: bbh train --resume {run.run_dir}")
     except NonFiniteLossError as err:
-        print(f"training stopped: {err}\nthe last good checkpoint is {run.run_dir / 'checkpoint.pt'}",
+        print(f"training stopped: {err}\nthe last good checkpoint is {run.run_dir / CHECKPOINT}",
               file=sys.stderr)
         return 1
     print(f"test accuracy {summary['test_accuracy']:.4f}, test NLL {summary['test_nll']:.4f} "

@@ -46,6 +46,7 @@ from ..core.elbo import scale_schedule_spec
 from ..core.io import atomic_write, ensure_writable, read_json_object, write_json
 from ..data.batches import as_batches
 from ..reports.markdown import number
+from ..training.run_files import CONFIG, EVAL, FINAL, MODEL, RESULTS, STATUS
 from .claims import TIMING_RELATIVE_SE
 from .config import load_config, validate
 from .costs import PROBE_RUN
@@ -234,11 +235,11 @@ class Reproduction:
 
         run_dir = self.run_dir(row)
         status = read_status(run_dir) or {}
-        if status.get("status") == "finished" and (run_dir / "model.pt").is_file():
+        if status.get("status") == "finished" and (run_dir / MODEL).is_file():
             return run_dir
         config = row_config(row, self.budget, self.device)
         task = self.task(config["experiment"]["task"])
-        if (run_dir / "config.toml").is_file():
+        if (run_dir / CONFIG).is_file():
             run = Run.resume(run_dir, task=task, progress=self.progress)
             # the position is the checkpoint's: status.json of a killed run still holds where it started
             self.log(f"  continuing {run_dir.name} (done: {run.epoch} epochs and {run.step_in_epoch} steps)")
@@ -255,7 +256,7 @@ class Reproduction:
         from ..reports.runs import evaluate_run
 
         run_dir = self.ensure_trained(row)
-        results = read_json_object(run_dir / "eval" / "results.json")
+        results = read_json_object(run_dir / EVAL / RESULTS)
         if results is not None:
             return results
         self.log(f"  evaluating {run_dir.name}")
@@ -276,7 +277,7 @@ class Reproduction:
 
         map_row = next(r for r in table.rows if r.key == "map")
         folder = self.out / "runs" / f"{table.task}-{LAPLACE}"
-        path = folder / "eval" / "results.json"
+        path = folder / EVAL / RESULTS
         done = read_json_object(path)
         if done is not None:
             return done
@@ -294,7 +295,7 @@ class Reproduction:
                        n_samples=self.budget.samples, transform=task.eval_transform, seed=0)
         lconfig = {"experiment": {"method": LAPLACE, "task": table.task}}
         results = results_record(res, f"{table.task}-{LAPLACE}", table.task, lconfig, folder)
-        map_final = read_json_object(map_dir / "final.json") or {}
+        map_final = read_json_object(map_dir / FINAL) or {}
         results["train_seconds"] = float(map_final.get("train_seconds", math.nan)) + fit_seconds
         results["fit_seconds"] = fit_seconds
         results["prior_precision"] = float(laplace.prior_precision)
@@ -418,7 +419,7 @@ class Reproduction:
             task, batch = config["experiment"]["task"], int(config["train"]["batch_size"])
             per_epoch = self._n_train(task) // batch
             steps = int(config["train"]["epochs"]) * per_epoch
-            state = read_json_object(self.run_dir(row) / "status.json") or {}
+            state = read_json_object(self.run_dir(row) / STATUS) or {}
             status = state.get("status", "not started")
             # a killed run's status.json holds where its last session started: a lower bound of what is done
             done = min(steps, int(state.get("epoch") or 0) * per_epoch + int(state.get("step_in_epoch") or 0))

@@ -48,17 +48,14 @@ from ..evaluation import metrics
 from ..models.registry import build_model
 from ..posteriors import Method, create
 from ..training import distributed as dist
-from ..training.trainer import CHECKPOINT_NAME, NonFiniteLossError, Trainer, read_checkpoint, resolve_device
+from ..training.run_files import CHECKPOINT, CONFIG, FINAL, MODEL, STATUS
+from ..training.trainer import NonFiniteLossError, Trainer, read_checkpoint, resolve_device
 from .config import RESUMABLE_KEYS, apply_override, changed_keys, dumps, load_config, validate
-
-STATUS_NAME = "status.json"
-CONFIG_NAME = "config.toml"
-MODEL_NAME = "model.pt"
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any] | None:
     """The contents of ``run_dir/status.json``, or None when it is missing or unreadable."""
-    return read_json_object(Path(run_dir) / STATUS_NAME)
+    return read_json_object(Path(run_dir) / STATUS)
 
 
 def _resume_config(config: dict[str, Any], overrides: Sequence[str], run_dir: Path) -> dict[str, Any]:
@@ -72,7 +69,7 @@ def _resume_config(config: dict[str, Any], overrides: Sequence[str], run_dir: Pa
     if fixed:
         raise ValueError(f"cannot change {', '.join(fixed)} when resuming {run_dir}: the continued run would not be "
                          f"the one checkpointed; a resumed run may change only {', '.join(RESUMABLE_KEYS)} "
-                         f"(for a new run with other settings: bbh train --config {run_dir / CONFIG_NAME} --set ...)")
+                         f"(for a new run with other settings: bbh train --config {run_dir / CONFIG} --set ...)")
     return new
 
 
@@ -179,7 +176,7 @@ class Run:
     def _status(self, status: str, **extra: Any) -> None:
         if dist.is_main():
             data_dir = None if self.data_dir is None else str(self.data_dir)
-            write_json(self.run_dir / STATUS_NAME, {"status": status, "epoch": self.epoch,
+            write_json(self.run_dir / STATUS, {"status": status, "epoch": self.epoch,
                                                      "step_in_epoch": self.step_in_epoch, "data_dir": data_dir,
                                                      **extra})
 
@@ -207,20 +204,20 @@ class Run:
             OutputNotWritableError: ``run_dir`` cannot be written to.
         """
         run_dir = Path(run_dir)
-        path = run_dir / CHECKPOINT_NAME
+        path = run_dir / CHECKPOINT
         if not run_dir.is_dir():
             raise FileNotFoundError(f"no checkpoint to resume from: {run_dir} does not exist")
         if data_dir is None:
             data_dir = (read_status(run_dir) or {}).get("data_dir")
         if not path.is_file():
-            if not (run_dir / CONFIG_NAME).is_file():
-                raise FileNotFoundError(f"no checkpoint to resume from: {run_dir} holds neither {CHECKPOINT_NAME} "
-                                        f"nor {CONFIG_NAME} (not a bbh train run directory)")
-            if (run_dir / MODEL_NAME).is_file():
+            if not (run_dir / CONFIG).is_file():
+                raise FileNotFoundError(f"no checkpoint to resume from: {run_dir} holds neither {CHECKPOINT} "
+                                        f"nor {CONFIG} (not a bbh train run directory)")
+            if (run_dir / MODEL).is_file():
                 raise ValueError(f"{run_dir} has finished and did not keep its checkpoint (train.keep_checkpoint = "
                                  f"false): it cannot be continued; evaluate it with: bbh evaluate {run_dir}")
             # killed before the end of its first epoch: nothing to continue, start it again
-            config = _resume_config(load_config(run_dir / CONFIG_NAME), overrides, run_dir)
+            config = _resume_config(load_config(run_dir / CONFIG), overrides, run_dir)
             run = cls(config, run_dir, task=task, data_dir=data_dir, progress=progress)
             run.restarted = True
             return run
@@ -233,7 +230,7 @@ class Run:
         done, epochs = int(state["epoch"]), new["train"]["epochs"]
         if epochs < done:
             raise ValueError(f"train.epochs={epochs} is fewer than the {done} epochs {run_dir} has already done")
-        if (done >= epochs and not state.get("step_in_epoch") and (run_dir / MODEL_NAME).is_file()
+        if (done >= epochs and not state.get("step_in_epoch") and (run_dir / MODEL).is_file()
                 and not changed_keys(validate(config), new)):
             raise ValueError(f"{run_dir} has already finished its {done} epoch{'s' * (done != 1)}; to train it "
                              f"further: bbh train --resume {run_dir} --set train.epochs=N (N > {done}); to evaluate "
@@ -254,7 +251,7 @@ class Run:
         """
         if dist.is_main():
             text = dumps(self.config)
-            atomic_write(self.run_dir / "config.toml", lambda tmp: Path(tmp).write_text(text))
+            atomic_write(self.run_dir / CONFIG, lambda tmp: Path(tmp).write_text(text))
         self._status("running")
         try:
             self.trainer.fit((self.task.train_x, self.task.train_y), batch_size=self.config["train"]["batch_size"],
@@ -288,10 +285,10 @@ class Run:
                 method_state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v
                                 for k, v in method_state.items()}
             state = {"config": self.config, "method": method_state, "num_classes": int(self.task.num_classes)}
-            atomic_write(self.run_dir / MODEL_NAME, lambda tmp: torch.save(state, tmp))
-            write_json(self.run_dir / "final.json", summary)
+            atomic_write(self.run_dir / MODEL, lambda tmp: torch.save(state, tmp))
+            write_json(self.run_dir / FINAL, summary)
             if not train["keep_checkpoint"]:  # a finished run needs model.pt and final.json only
-                (self.run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+                (self.run_dir / CHECKPOINT).unlink(missing_ok=True)
         self._status("finished", **summary)
         return summary
 

@@ -42,6 +42,7 @@ from ..core.io import atomic_write, ensure_writable, read_json_object
 from ..evaluation.api import AttackSpec, EvaluationResults, evaluate, json_safe
 from ..models.registry import build_model
 from ..posteriors import Method, create
+from ..training.run_files import CHECKPOINT, CONFIG, EVAL, FINAL, MODEL, REPORT, RESULTS, STATUS
 from .markdown import number
 
 PAPER_TABLES = {
@@ -58,13 +59,13 @@ PAPER_TABLES = {
 def _check_finished(run_dir: Path) -> None:
     """Raise a FileNotFoundError saying why ``run_dir`` has no ``model.pt``: it does not exist, it is not a run
     directory, or the run has not finished (and how to continue it)."""
-    if (run_dir / "model.pt").is_file():
+    if (run_dir / MODEL).is_file():
         return
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} does not exist")
-    status = read_json_object(Path(run_dir) / "status.json")
-    if status is None and not (run_dir / "config.toml").is_file() and not (run_dir / "checkpoint.pt").is_file():
-        runs = [p.parent for p in run_dir.glob("*/model.pt")]
+    status = read_json_object(Path(run_dir) / STATUS)
+    if status is None and not (run_dir / CONFIG).is_file() and not (run_dir / CHECKPOINT).is_file():
+        runs = [p.parent for p in run_dir.glob(f"*/{MODEL}")]
         hint = (f"; it holds {len(runs)} finished run(s): evaluate them all with bbh evaluate --all {run_dir}"
                 if runs else "")
         raise FileNotFoundError(f"{run_dir} is not a bbh run directory (no config.toml, status.json or model.pt; "
@@ -73,7 +74,7 @@ def _check_finished(run_dir: Path) -> None:
     where = f" at epoch {status['epoch']}" if status and "epoch" in status else ""
     if state == "failed":
         raise FileNotFoundError(f"{run_dir} has not finished: training failed{where} ({status.get('error')}); "
-                                f"its last good checkpoint is {run_dir / 'checkpoint.pt'}")
+                                f"its last good checkpoint is {run_dir / CHECKPOINT}")
     note = " (still training, or killed)" if state == "running" else ""
     raise FileNotFoundError(f"{run_dir} has not finished (status: {state}{where}{note}); continue it with: "
                             f"bbh train --resume {run_dir}")
@@ -82,7 +83,7 @@ def _check_finished(run_dir: Path) -> None:
 def _read_state(run_dir: Path, device: str | torch.device) -> dict[str, Any]:
     """The contents of ``run_dir/model.pt`` (tensors and plain values only: ``weights_only=True``)."""
     _check_finished(run_dir)
-    path = run_dir / "model.pt"
+    path = run_dir / MODEL
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
@@ -135,7 +136,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *,
     state = _read_state(Path(run_dir), device)
     k = state.get("num_classes") or num_classes
     if k is None:
-        raise ValueError(f"{Path(run_dir) / 'model.pt'} does not record num_classes; pass num_classes=")
+        raise ValueError(f"{Path(run_dir) / MODEL} does not record num_classes; pass num_classes=")
     return _build(state, int(k), device), state["config"]
 
 
@@ -204,7 +205,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
     name, task_name = config["experiment"]["name"], config["experiment"]["task"]
     if task is None:
         if data_dir is None:
-            data_dir = (read_json_object(Path(run_dir) / "status.json") or {}).get("data_dir")
+            data_dir = (read_json_object(Path(run_dir) / STATUS) or {}).get("data_dir")
         task = load_task(task_name, data_dir, validation=config["data"]["validation"],
                          preprocessing=config["data"]["preprocessing"], download=download, progress=progress)
     method = _build(state, int(state.get("num_classes") or task.num_classes), device)
@@ -224,7 +225,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
                        attacks=specs, n_samples=n, chunk_size=chunk_size, batch_size=batch_size,
                        transform=task.eval_transform, seed=seed, progress=steps)
         results = results_record(res, name, task_name, config, run_dir)
-        with _fresh_dir(run_dir / "eval") as out_dir:
+        with _fresh_dir(run_dir / EVAL) as out_dir:
             _figures(res, results, out_dir, name)
             if run_probes:
                 steps("probes")
@@ -236,8 +237,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, *, n_s
                     results["posterior_plots"] = _posterior_figures(method, out_dir)
             results = json_safe(results)
             text = json.dumps(results, indent=2, allow_nan=False) + "\n"
-            (out_dir / "results.json").write_text(text)
-            (out_dir / "report.md").write_text(_report(results))
+            (out_dir / RESULTS).write_text(text)
+            (out_dir / REPORT).write_text(_report(results))
     finally:
         steps.close()
     return results
@@ -248,7 +249,7 @@ def results_record(res: EvaluationResults, name: str, task_name: str, config: di
     """The layout of ``results.json`` (as :func:`compare_runs` and older results read it)."""
     results: dict[str, Any] = {"run": name, "task": task_name, "method": config["experiment"]["method"],
                                "samples": res.samples, "num_classes": res.num_classes, "seed": res.seed}
-    final = run_dir / "final.json"
+    final = run_dir / FINAL
     if final.is_file():
         results["train_seconds"] = json.loads(final.read_text()).get("train_seconds")
     results["test"] = res.test.to_dict()
@@ -393,7 +394,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
 
     rows, curves = [], {}
     for d in run_dirs:
-        path = Path(d) / "eval" / "results.json"
+        path = Path(d) / EVAL / RESULTS
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: run bbh evaluate {d} first")
         r = json.loads(path.read_text())

@@ -49,10 +49,9 @@ from . import distributed as dist
 from . import optim
 from .optim import make_optimizer
 from .progress import start_lines
+from .run_files import CHECKPOINT, METRICS
 
-CHECKPOINT_NAME = "checkpoint.pt"
 """The checkpoint's file name inside ``checkpoint_dir``."""
-METRICS_NAME = "metrics.jsonl"
 """The per-epoch metrics' file name inside ``checkpoint_dir`` (one JSON object per finished epoch)."""
 CHECKPOINT_FORMAT = "bbh.Trainer"
 CHECKPOINT_VERSION = 2
@@ -92,7 +91,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a Trainer checkpoint with ``torch.load(..., weights_only=True)`` (no code is run).
 
     Args:
-        path: the checkpoint file, or a directory holding :data:`CHECKPOINT_NAME`.
+        path: the checkpoint file, or a directory holding :data:`CHECKPOINT`.
 
     Returns:
         The checkpoint dict (tensors on the CPU).
@@ -103,7 +102,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_dir() or not path.suffix:
-        path = path / CHECKPOINT_NAME
+        path = path / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
     try:
@@ -472,8 +471,8 @@ class Trainer:
     # ---- checkpoints --------------------------------------------------------------------------------------
     @property
     def checkpoint_path(self) -> Path | None:
-        """``checkpoint_dir / "checkpoint.pt"`` (None without a checkpoint directory)."""
-        return None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT_NAME
+        """``checkpoint_dir / CHECKPOINT`` (None without a checkpoint directory)."""
+        return None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT
 
     def state_dict(self, rng: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The checkpoint as a plain dict (tensors and containers only).
@@ -569,7 +568,7 @@ class Trainer:
     def _write_metrics(self, append: dict[str, Any] | None = None) -> None:
         if self.checkpoint_dir is None or not dist.is_main():
             return
-        path = self.checkpoint_dir / METRICS_NAME
+        path = self.checkpoint_dir / METRICS
         if append is None:  # the whole file, consistent with the state being trained from
             lines = "".join(json.dumps(r) + "\n" for r in self.history)
             atomic_write(path, lambda tmp: Path(tmp).write_text(lines))
@@ -809,5 +808,5 @@ class Trainer:
         return self.history
 
 
-__all__ = ["CHECKPOINT_NAME", "CHECKPOINT_VERSION", "METRICS_NAME", "NonFiniteLossError", "Trainer",
+__all__ = ["CHECKPOINT_VERSION", "NonFiniteLossError", "Trainer",
            "read_checkpoint", "resolve_device"]
