@@ -2,7 +2,7 @@
 
     python benchmarks/mixture_spread.py --data-dir ../shared/data [--kl nn-entropy,semi-implicit] [--epochs 3]
 
-One draw per component per step (``num_samples`` = K = 4, as the shipped ``cifar5-resnet20-bbh``). After training
+One draw per component per step (``draws_per_step`` = K = 4, as the shipped ``cifar5-resnet20-bbh``). After training
 it prints, per KL estimator: the within-component std of the random factors (the std over 400 draws of the implicit
 q before the component shift, RMS over factors), the spread of the component means (RMS over factors of their std
 over components), the factor prior's scale for reference, the last epoch's KL estimate of the factors, and the test
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for kl in args.kl.split(","):
         torch.manual_seed(args.seed)
-        method = bbh.create("bbh", bn_mlp(), layout="rank1", mixture=4, num_samples=4, kl=kl)
+        method = bbh.create("bbh", bn_mlp(), layout="rank1", mixture=4, draws_per_step=4, kl=kl)
         start = time.perf_counter()
         history = bbh.Trainer(method, epochs=args.epochs, seed=args.seed, progress=False).fit((x, y), batch_size=100)
         seconds = time.perf_counter() - start

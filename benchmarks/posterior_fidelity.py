@@ -164,7 +164,7 @@ def fit_gaussian(config: Config, target: GaussianTarget, steps: int, samples: in
         posterior = build_posterior(config, target.dim, seed)
         est: KLEstimator = make_kl_estimator(config.kl)
         try:
-            fit = fit_to_target(posterior, est, target, steps=steps, num_samples=config.samples or samples, lr=lr)
+            fit = fit_to_target(posterior, est, target, steps=steps, draws_per_step=config.samples or samples, lr=lr)
         except ValueError:  # a non-finite estimate: this rate diverged
             return math.inf, diverged()
         out = score(draws_of(posterior, DRAWS), target)
@@ -184,7 +184,7 @@ def fit_regression(config: Config, d: int, steps: int, samples: int, seed: int) 
         noise_dim = d if config.noise_dim is None else config.noise_dim
         method = bbh.create("bbh", model, likelihood=bbh.likelihoods.Gaussian(problem.noise),
                             prior=problem.prior_scale, kl=config.kl, noise_dim=noise_dim,
-                            num_samples=config.samples or samples, likelihood_samples="average", layout="layerwise",
+                            draws_per_step=config.samples or samples, likelihood_samples="average", layout="layerwise",
                             covariance=config.covariance)
         opt = torch.optim.Adam(method.trainable_parameters(), lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)

@@ -84,7 +84,7 @@ METHOD_OPTIONS = {
     "ensemble": {"members": 10},  # the authors' MNIST ensemble, adversarial training on
     "bbb": {},
     "mnf": {},
-    "bbh": {"layout": "layerwise", "noise_dim": 1, "num_samples": 5},
+    "bbh": {"layout": "layerwise", "noise_dim": 1, "draws_per_step": 5},
 }
 
 

@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
+from bbh.elbo import ConstantWeight, LinearAnneal, LossTerms, ToyAnneal, as_schedule, elbo
 from torch.utils.data import DataLoader, TensorDataset
 
 import bbh
-from bbh.elbo import ConstantWeight, LinearAnneal, LossTerms, ToyAnneal, as_schedule, elbo
 
 F64 = torch.float64
 
@@ -138,7 +138,7 @@ def test_bbh_loss_is_batch_size_invariant_for_fixed_draws(likelihood_samples):
     """BbH's loss decomposes over the batch the same way once its random draws are held fixed."""
     torch.manual_seed(0)
     model = bbh.models.MLP(3, 4, hidden=(5,)).double()
-    method = bbh.create("bbh", model, hidden=(8, 8), num_samples=3, likelihood_samples=likelihood_samples)
+    method = bbh.create("bbh", model, hidden=(8, 8), draws_per_step=3, likelihood_samples=likelihood_samples)
     method.double()
     x, y = _data()
 

@@ -136,7 +136,7 @@ def test_a_semi_implicit_hypernet_fits_an_anisotropic_gaussian_in_every_directio
     start = {"w": torch.randn(20) * 0.1}
     post = SemiImplicitPosterior(HypernetPosterior({"w": torch.Size([20])}, start, noise_dim=4, hidden=(32, 32)),
                                  start)
-    fit_to_target(post, make_kl_estimator("semi-implicit"), target, steps=1500, num_samples=10, lr=1e-2)
+    fit_to_target(post, make_kl_estimator("semi-implicit"), target, steps=1500, draws_per_step=10, lr=1e-2)
     with torch.no_grad():
         draws = post.sample(4000)["w"]
     p5, _, p95 = percentiles(direction_std_ratios(draws, target))
@@ -147,7 +147,7 @@ def test_a_semi_implicit_hypernet_fits_an_anisotropic_gaussian_in_every_directio
 def test_bbh_semi_implicit_option_builds_a_gaussian_layer_and_trains():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
-    method = bbh.create("bbh", model, likelihood=bbh.likelihoods.Gaussian(0.5), kl="semi-implicit", num_samples=6,
+    method = bbh.create("bbh", model, likelihood=bbh.likelihoods.Gaussian(0.5), kl="semi-implicit", draws_per_step=6,
                         likelihood_samples="average")
     assert isinstance(method.posterior, SemiImplicitPosterior) and method.semi_implicit
     x = torch.randn(64, 3)
@@ -195,7 +195,7 @@ def test_a_mixtures_kl_sees_each_components_own_spread(kl):
     # s = 1e-4 where the truth is <= -10,821). Now shrinking from 0.05 to 1e-4 must cost ~F log(500) nats.
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 10), nn.BatchNorm1d(10), nn.ReLU(), nn.Linear(10, 3))
-    method = bbh.create("bbh", model, layout="rank1", mixture=4, kl=kl, num_samples=8)
+    method = bbh.create("bbh", model, layout="rank1", mixture=4, kl=kl, draws_per_step=8)
     shapes = {k: v.shape[1:] for k, v in method.posterior.factors.sample(1).items()}
     spread = _Spread(shapes)
     method.posterior.factors = spread
@@ -274,7 +274,7 @@ def test_stein_kl_reports_the_knn_value_and_pushes_narrow_and_wide_directions_al
 
 def test_bbh_trains_with_the_stein_estimator():
     torch.manual_seed(0)
-    method = bbh.create("bbh", nn.Linear(3, 1), likelihood="gaussian", kl="stein", num_samples=8)
+    method = bbh.create("bbh", nn.Linear(3, 1), likelihood="gaussian", kl="stein", draws_per_step=8)
     opt = torch.optim.Adam(method.trainable_parameters(), lr=1e-2)
     x, y = torch.randn(32, 3), torch.randn(32, 1)
     for _ in range(3):

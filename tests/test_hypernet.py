@@ -217,8 +217,8 @@ def test_bad_options_fail_with_messages_that_list_the_valid_values():
         bbh.create("bayes", tiny_mlp())
     with pytest.raises(ValueError, match="'net.9.weight' does not exist.*net.0.weight"):
         bbh.create("bbh", tiny_mlp(), params=["net.9.weight"])
-    with pytest.raises(ValueError, match="num_samples must be an int >= 2, got 1"):
-        bbh.create("bbh", tiny_mlp(), num_samples=1)
+    with pytest.raises(ValueError, match="draws_per_step must be an int >= 2, got 1"):
+        bbh.create("bbh", tiny_mlp(), draws_per_step=1)
     with pytest.raises(ValueError, match="noise_dim"):
         bbh.create("bbh", tiny_mlp(), noise_dim=0)
     with pytest.raises(ValueError, match="unknown kl 'kde'"):
@@ -322,3 +322,13 @@ def test_init_spread_sets_the_draws_spread_and_keeps_their_scale(layout):
     assert out_rms == pytest.approx(rms, rel=0.3)
     with pytest.raises(ValueError, match="init_spread"):
         bbh.create("bbh", tiny_mlp(), init_spread=0.0)
+
+
+def test_num_samples_is_the_deprecated_name_of_draws_per_step():
+    """``num_samples`` meant draws per training step here and predictive draws elsewhere; the old keyword still
+    works, with a DeprecationWarning, and so does the old attribute."""
+    with pytest.warns(DeprecationWarning, match="renamed draws_per_step"):
+        method = bbh.create("bbh", tiny_mlp(), num_samples=3)
+    assert method.draws_per_step == 3
+    with pytest.warns(DeprecationWarning, match="renamed draws_per_step"):
+        assert method.num_samples == 3

@@ -12,10 +12,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from bbh.options import check_float, check_int, check_sizes
 from torch import nn
 
 import bbh
-from bbh.options import check_float, check_int, check_sizes
 from bbh.posteriors.protocol import NonFiniteInputError, find_input_layer
 
 NAMES = ["map", "mc-dropout", "ensemble", "bbb", "mnf", "bbh"]
@@ -253,8 +253,8 @@ def test_the_trainer_blames_the_data_not_the_learning_rate():
     ({"noise_dim": 1.5}, "noise_dim must be an int >= 1, got 1.5"),
     ({"noise_dim": True}, "noise_dim must be an int >= 1, got True"),
     ({"noise_dim": 0}, "noise_dim must be an int >= 1, got 0"),
-    ({"num_samples": "5"}, "num_samples must be an int >= 2, got '5'"),
-    ({"num_samples": 1}, "num_samples must be an int >= 2, got 1"),
+    ({"draws_per_step": "5"}, "draws_per_step must be an int >= 2, got '5'"),
+    ({"draws_per_step": 1}, "draws_per_step must be an int >= 2, got 1"),
     ({"num_prior_samples": 0}, "num_prior_samples must be an int >= 1, got 0"),
     ({"num_chunks": "130", "layout": "single"}, "num_chunks must be an int >= 1, got '130'"),
     ({"num_chunks": 0}, "num_chunks must be an int >= 1, got 0"),
@@ -291,8 +291,8 @@ def test_baseline_option_types(name, options, message):
 
 
 def test_valid_options_of_any_integer_type_are_accepted():
-    method = bbh.create("bbh", bbh.models.MLP(2, 3), noise_dim=np.int64(2), hidden=[np.int32(8)], num_samples=3)
-    assert method.hypernet.noise_dim == 2 and type(method.hypernet.noise_dim) is int and method.num_samples == 3
+    method = bbh.create("bbh", bbh.models.MLP(2, 3), noise_dim=np.int64(2), hidden=[np.int32(8)], draws_per_step=3)
+    assert method.hypernet.noise_dim == 2 and type(method.hypernet.noise_dim) is int and method.draws_per_step == 3
     assert bbh.create("ensemble", bbh.models.MLP(2, 3), members=np.int64(2)).num_members == 2
     assert bbh.create("mc-dropout", bbh.models.MLP(2, 3), sites=["net.1"], rate=np.float32(0.25)).rate == 0.25
 

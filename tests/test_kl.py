@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from bbh.priors import NormalPrior
 from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 
@@ -29,7 +30,6 @@ from bbh.kl import (
     nn_kl_per_weight,
     nn_kl_per_weight_reference,
 )
-from bbh.priors import NormalPrior
 
 F64 = torch.float64
 
@@ -547,7 +547,7 @@ def test_trainer_calls_update_once_per_step_and_never_steps_estimator_params():
     assert len(est.seen) == 4
     for samples in est.seen:
         assert set(samples) == set(method.param_names)
-        assert all(not t.requires_grad and t.shape[0] == method.num_samples for t in samples.values())
+        assert all(not t.requires_grad and t.shape[0] == method.draws_per_step for t in samples.values())
     # The estimator's parameter received gradients from the loss but the main optimizer did not move it.
     assert est.log_scale.grad is not None and est.log_scale.grad.abs() > 0
     assert est.log_scale.item() == 0.25

@@ -12,11 +12,11 @@ import math
 
 import pytest
 import torch
+from bbh.priors import NormalPrior
 
 import bbh
 from bbh.kl import KL_ESTIMATORS, EntropyKL, entropy_kl, knn_entropy_full, knn_entropy_per_weight, make_kl_estimator
 from bbh.kl.entropy import _log_unit_ball_volume
-from bbh.priors import NormalPrior
 
 F64 = torch.float64
 
@@ -174,7 +174,7 @@ def test_factory_names():
 def test_bbh_trains_with_the_entropy_estimator():
     torch.manual_seed(0)
     method = bbh.create("bbh", bbh.models.MLP(2, 1, hidden=(8,)), likelihood=bbh.likelihoods.Gaussian(1.0),
-                        kl="nn-entropy", hidden=(8, 8), num_samples=6, likelihood_samples="average")
+                        kl="nn-entropy", hidden=(8, 8), draws_per_step=6, likelihood_samples="average")
     x, y = torch.randn(16, 2), torch.randn(16, 1)
     history = bbh.Trainer(method, steps=5, lr=1e-3, device="cpu", progress=False, seed=0).fit((x, y))
     assert all(math.isfinite(h["kl"]) for h in history)

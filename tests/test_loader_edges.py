@@ -233,7 +233,7 @@ def test_d_a_loader_yielding_an_empty_batch_stops_the_trainer_with_that_line():
 def test_e_split_checks_its_smallest_part_before_any_part_runs():
     """A batch of 6 in 5 parts: 2, 1, 1, 1, 1. Part 0 used to update BatchNorm, then part 1 raised BatchNorm's
     own error."""
-    method = bbh.create("bbh", bn_mlp(), hidden=(8,), likelihood_samples="split", num_samples=5)
+    method = bbh.create("bbh", bn_mlp(), hidden=(8,), likelihood_samples="split", draws_per_step=5)
     method.train()
     x6, x3 = torch.rand(6, 2), torch.rand(3, 2)
     before, rng = buffers(method), torch.get_rng_state()
@@ -242,8 +242,8 @@ def test_e_split_checks_its_smallest_part_before_any_part_runs():
                                          r"more give every part 2 examples\): it raised ValueError: Expected more "
                                          r"than 1 value per channel when training"):
         method.loss(x6, torch.zeros(6, dtype=torch.long), num_data=10)
-    with pytest.raises(ValueError, match=r"^likelihood_samples='split' cuts the batch into num_samples=5 parts; this "
-                                         r"batch has 3 examples \(nothing was computed\)$"):
+    with pytest.raises(ValueError, match=r"^likelihood_samples='split' cuts the batch into draws_per_step=5 parts; "
+                                         r"this batch has 3 examples \(nothing was computed\)$"):
         method.loss(x3, torch.zeros(3, dtype=torch.long), num_data=10)
     assert_untouched(method, before, rng)
     assert torch.isfinite(method.loss(torch.rand(10, 2), torch.zeros(10, dtype=torch.long), num_data=10).total)
@@ -251,7 +251,7 @@ def test_e_split_checks_its_smallest_part_before_any_part_runs():
 
 def test_e_split_parts_of_one_image_are_fine_where_the_model_takes_them():
     """BatchNorm2d on one 6 x 6 image has 36 values per channel: a part of one example is valid there."""
-    method = bbh.create("bbh", conv_bn_net(), hidden=(8,), likelihood_samples="split", num_samples=5)
+    method = bbh.create("bbh", conv_bn_net(), hidden=(8,), likelihood_samples="split", draws_per_step=5)
     method.train()
     assert torch.isfinite(method.loss(torch.rand(6, 1, 8, 8), torch.zeros(6, dtype=torch.long), num_data=10).total)
 

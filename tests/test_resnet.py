@@ -328,5 +328,5 @@ def test_bbh_average_likelihood_with_running_batchnorm():
     history = bbh.Trainer(method, steps=1, progress=False, device="cpu").fit((x, y))
     assert math.isfinite(history[-1]["nll"]) and math.isfinite(history[-1]["loss"])
     # the S = 5 samples ran one after another, each updating the running statistics once
-    assert int(bn.num_batches_tracked) == method.num_samples
+    assert int(bn.num_batches_tracked) == method.draws_per_step
     assert not torch.equal(bn.running_mean, before)

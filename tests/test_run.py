@@ -47,7 +47,7 @@ def test_every_shipped_experiment_is_a_valid_config():
     assert {f"cifar10-{net}-{m}" for net in ("resnet18", "wrn28-10") for m in ("map", "bbh")} <= set(names)
     for net in ("resnet18", "wrn28-10"):
         method = load_config(f"cifar10-{net}-bbh")["method"]
-        assert (method["layout"], method["kl"], method["factor_prior"], method["num_samples"]) == (
+        assert (method["layout"], method["kl"], method["factor_prior"], method["draws_per_step"]) == (
             "auto", "nn-entropy", 0.1, 5)
     authors = load_config("mnist-bbh-authors")
     assert authors["train"]["optimizer"] == "rmsprop-tf" and authors["method"]["init"] == "glorot"

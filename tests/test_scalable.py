@@ -186,7 +186,7 @@ def test_rank1_kl_is_over_the_factors_against_the_factor_prior_plus_the_base_wei
     torch.manual_seed(0)
     model = bbh.models.MLP(3, 4, hidden=(16,))
     method = bbh.create("bbh", model, layout="rank1", hidden=(8,), kl=Recording(), factor_prior=0.2,
-                        prior=2.0, num_samples=3)
+                        prior=2.0, draws_per_step=3)
     terms = method.loss(*make_blobs(n=16, dim=3), num_data=16)
     assert seen["shapes"] == {"net.0.weight:out": (3, 16), "net.0.weight:in": (3, 3), "net.0.bias:out": (3, 16),
                               "net.2.weight:out": (3, 4), "net.2.weight:in": (3, 16), "net.2.bias:out": (3, 4)}
@@ -267,7 +267,7 @@ def test_a_rank1_mixture_keeps_each_components_batchnorm_statistics(monkeypatch)
     a draw predicts with it, and the copies travel with the state_dict."""
     torch.manual_seed(0)
     model = bn_convnet()
-    method = bbh.create("bbh", model, layout="rank1", hidden=(8,), mixture=2, num_samples=2,
+    method = bbh.create("bbh", model, layout="rank1", hidden=(8,), mixture=2, draws_per_step=2,
                         likelihood_samples="split")
     post = method.posterior
     assert post.norm_layers == ["1"] and post.norm_mean_0.shape == (2, 4) and post.norm_var_0.shape == (2, 4)
@@ -301,7 +301,7 @@ def test_split_likelihood_puts_each_part_of_the_batch_under_its_own_sample(monke
     (torch.tensor_split), NLL the mean over all 7; a batch smaller than S is refused."""
     torch.manual_seed(0)
     model = bbh.models.MLP(3, 4, hidden=(16,))
-    method = bbh.create("bbh", model, layout="rank1", hidden=(8,), num_samples=3, likelihood_samples="split")
+    method = bbh.create("bbh", model, layout="rank1", hidden=(8,), draws_per_step=3, likelihood_samples="split")
     with torch.no_grad():
         factors = method.posterior.sample_factors(3)
     weights = method.posterior.weights(factors, method._base())
@@ -314,7 +314,7 @@ def test_split_likelihood_puts_each_part_of_the_batch_under_its_own_sample(monke
         log_p.append(torch.log_softmax(logits, -1).gather(1, y[rows, None]).squeeze(1))
     assert torch.allclose(terms.nll, -torch.cat(log_p).mean())
     assert terms.outputs is not None and terms.outputs.shape == (7, 4)
-    with pytest.raises(ValueError, match="num_samples=3 parts; this batch has 2 examples"):
+    with pytest.raises(ValueError, match="draws_per_step=3 parts; this batch has 2 examples"):
         method.loss(x[:2], y[:2], num_data=7)
 
 
@@ -343,7 +343,7 @@ def test_partial_stochasticity_only_the_selected_layers_are_random(layout):
 def test_a_resnet_with_batchnorm_trains_and_predicts_with_the_scalable_layouts(layout):
     torch.manual_seed(0)
     model = ResNet18(num_classes=3, width=4)
-    extra = dict(mixture=2, likelihood_samples="split", num_samples=2) if layout == "rank1-mixture" else {}
+    extra = dict(mixture=2, likelihood_samples="split", draws_per_step=2) if layout == "rank1-mixture" else {}
     method = bbh.create("bbh", model, layout=layout.split("-")[0], hidden=(8, 16), chunk_size=2048, **extra)
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 3, (8,))
     history = bbh.Trainer(method, steps=2, progress=False).fit((x, y))

@@ -119,7 +119,7 @@ class Fit:
 
 
 def fit_to_target(posterior: nn.Module, estimator: KLEstimator, target: GaussianTarget, *, steps: int,
-                  num_samples: int, lr: float = 1e-3) -> Fit:
+                  draws_per_step: int, lr: float = 1e-3) -> Fit:
     """Adam on the posterior's parameters minimising the estimated KL(q || target), the learning rate decayed from
     ``lr`` to 0 on a cosine over the steps.
 
@@ -132,9 +132,9 @@ def fit_to_target(posterior: nn.Module, estimator: KLEstimator, target: Gaussian
     start = time.perf_counter()
     for _ in range(steps):
         if estimator.uses_gaussian_layer:
-            draws, layer = posterior.draw(num_samples)
+            draws, layer = posterior.draw(draws_per_step)
         else:
-            draws, layer = posterior.sample(num_samples), None
+            draws, layer = posterior.sample(draws_per_step), None
         kl = estimate_kl(estimator, draws, target, layer)
         if not torch.isfinite(kl):
             raise ValueError(f"the KL estimate became {float(kl)} (lr {lr})")

@@ -91,7 +91,7 @@ def toy_settings(faithful: bool = False) -> dict[str, ToySetting]:
     if faithful:
         return {
             "bbh": ToySetting("bbh", dict(likelihood=likelihood, hidden=(16, 32, 64), noise="shared",
-                                          noise_dim=1, num_samples=5, kl="nn-full", init="glorot"),
+                                          noise_dim=1, draws_per_step=5, kl="nn-full", init="glorot"),
                               lr=0.01, steps=200, kl_anneal=ToyAnneal(1.0), num_data=1),
             "map": ToySetting("map", dict(likelihood=likelihood, prior_scale=None), lr=0.1, steps=40),
             "mc-dropout": ToySetting("mc-dropout", dict(likelihood=likelihood, sites=["net.1"], prior_scale=None),
@@ -105,7 +105,7 @@ def toy_settings(faithful: bool = False) -> dict[str, ToySetting]:
         }
     return {
         "bbh": ToySetting("bbh", dict(likelihood=likelihood, hidden=(16, 32, 64), noise="shared",
-                                      noise_dim=8, num_samples=20, likelihood_samples="average",
+                                      noise_dim=8, draws_per_step=20, likelihood_samples="average",
                                       kl="nn-entropy", init_spread=None),
                           lr=0.005, steps=2000, kl_anneal=ConstantWeight(1.0), num_data=20),
         "map": ToySetting("map", dict(likelihood=likelihood, prior_scale=None), lr=0.1, steps=40),

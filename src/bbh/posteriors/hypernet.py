@@ -42,6 +42,7 @@ smaller than the usual init and leaves MNIST training near chance for hundreds o
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -409,7 +410,7 @@ RANK1_LR = {"adam": 1e-3, "rmsprop-tf": 1e-4}
 class BayesByHypernet(WeightSampler):
     """Bayes by Hypernet for any ``nn.Module``.
 
-    Per training step ``num_samples`` weight sets are generated in one batched call; all of them enter the
+    Per training step ``draws_per_step`` weight sets are generated in one batched call; all of them enter the
     KL estimate, and ``likelihood_samples`` chooses which enter the NLL (:class:`~bbh.options.LikelihoodSamples`:
     ``one`` — the authors' code, ``average`` — the Monte Carlo ELBO, ``mixture`` — log-mean-exp, ``split`` —
     the minibatch cut into S parts, part s under sample s).
@@ -448,7 +449,9 @@ class BayesByHypernet(WeightSampler):
             through badly: docs/fidelity.md). Applies to the weight-generating layouts with ``init="hyperfan"``;
             ``rank1``'s factor hypernets and ``init="glorot"`` keep their own.
         check_memory: refuse a layout whose training state exceeds the available memory (default True).
-        num_samples: S, weight samples generated per step (paper: 5).
+        draws_per_step: S, weight samples generated per training step (paper: 5; the authors' ``num_samples``).
+        num_samples: the former name of ``draws_per_step`` (deprecated: a ``DeprecationWarning``; it named
+            predictive draws elsewhere in bbh, which are ``n_samples``).
         likelihood_samples: see above (default ``one``, as the authors).
         kl: ``"semi-implicit"``, ``"nn-per-weight"`` (the paper's Eq. 2), ``"nn-full"``, ``"nn-entropy"``, ... or
             any :class:`~bbh.kl.KLEstimator`; default (None) ``"semi-implicit"`` (its entropy gradient is exact in
@@ -466,6 +469,12 @@ class BayesByHypernet(WeightSampler):
     (the per-weight estimate lets the factors grow far past the prior's scale; docs/design.md).
     """
 
+    @property
+    def num_samples(self) -> int:
+        """Deprecated: :attr:`draws_per_step`."""
+        warnings.warn("BayesByHypernet.num_samples is renamed draws_per_step", DeprecationWarning, stacklevel=2)
+        return self.draws_per_step
+
     default_lr = {"adam": 2e-5, "rmsprop-tf": 1e-4}
 
     def __init__(self, model: nn.Module, likelihood: Likelihood | str = "categorical", prior: Prior | float = 1.0,
@@ -473,17 +482,22 @@ class BayesByHypernet(WeightSampler):
                  noise: Noise | str = Noise.INDEPENDENT, noise_dim: int = 1, hidden: Sequence[int] = (64, 256, 512),
                  negative_slope: float = 0.1, activation: str = "leaky_relu", init: Init | str = Init.HYPERFAN,
                  num_chunks: int = 130,
-                 zero_mean_noise: bool = False, num_samples: int = 5,
+                 zero_mean_noise: bool = False, draws_per_step: int = 5,
                  likelihood_samples: LikelihoodSamples | str = LikelihoodSamples.ONE,
                  kl: str | KLEstimator | None = None, num_prior_samples: int = 5, chunk_size: int = 4096,
                  embedding_dim: int = 32, factor_prior: float = 0.1, factor_init: float = 0.05,
                  mixture: int = 1, mixture_init: float = 0.1, semi_implicit: bool | None = None,
                  semi_implicit_init: float = 0.1, covariance: Covariance | str = Covariance.DIAGONAL,
-                 init_spread: float | None = 0.05, check_memory: bool = True) -> None:
+                 init_spread: float | None = 0.05, check_memory: bool = True,
+                 num_samples: int | None = None) -> None:
         super().__init__(model, likelihood, prior)
         self.param_names = select_parameters(model, params)
         named = dict(model.named_parameters())
-        self.num_samples = check_int("num_samples", num_samples, 2)  # the KL estimator compares samples
+        if num_samples is not None:
+            warnings.warn("BayesByHypernet(num_samples=...) is renamed draws_per_step=... (num_samples is deprecated)",
+                          DeprecationWarning, stacklevel=3)
+            draws_per_step = num_samples
+        self.draws_per_step = check_int("draws_per_step", draws_per_step, 2)  # the KL estimator compares samples
         num_prior_samples = check_int("num_prior_samples", num_prior_samples, 1)
         self.likelihood_samples = parse_option(LikelihoodSamples, likelihood_samples, "likelihood_samples")
         shapes = {n: named[n].shape for n in self.param_names}
@@ -613,14 +627,14 @@ class BayesByHypernet(WeightSampler):
         return params
 
     def _forward_rows(self, batch: int) -> tuple[int, str]:
-        """``split`` cuts the batch into ``num_samples`` parts, one forward pass each: the smallest part, checked
+        """``split`` cuts the batch into ``draws_per_step`` parts, one forward pass each: the smallest part, checked
         before any part runs (at least one example each, and what the model needs: BatchNorm in training mode
         more than one value per channel)."""
         if self.likelihood_samples != LikelihoodSamples.SPLIT:
             return batch, ""
-        s = self.num_samples
+        s = self.draws_per_step
         if batch < s:
-            raise ValueError(f"likelihood_samples='split' cuts the batch into num_samples={s} parts; this batch has "
+            raise ValueError(f"likelihood_samples='split' cuts the batch into draws_per_step={s} parts; this batch has "
                              f"{batch} example{'' if batch == 1 else 's'} (nothing was computed)")
         return batch // s, (f"the smallest of the {s} parts likelihood_samples='split' cuts this batch of {batch} "
                             f"into (batches of {2 * s} or more give every part 2 examples)")
@@ -629,21 +643,21 @@ class BayesByHypernet(WeightSampler):
         """Per-datum negative ELBO: mean NLL + kl_weight * KL / N (:func:`bbh.elbo.elbo`); for ``rank1`` the KL
         is that of the factors plus the base weights' -log p(W0) (:mod:`bbh.posteriors.rank1`)."""
         one = self.likelihood_samples == LikelihoodSamples.ONE
-        draws = self._draw(self.num_samples, 1 if one else None)
+        draws = self._draw(self.draws_per_step, 1 if one else None)
         samples, components = draws.weights, draws.components
         norms = isinstance(self.posterior, Rank1Posterior) and bool(self.posterior.norm_layers)  # only a mixture
         if one:
             outputs = forward_with(self.model, self._pass_params(samples, 0, components), x)
             nll = self.mean_nll(outputs, y)
         elif self.likelihood_samples == LikelihoodSamples.SPLIT:  # batch size checked by _forward_rows
-            parts = torch.arange(x.shape[0], device=x.device).tensor_split(self.num_samples)
+            parts = torch.arange(x.shape[0], device=x.device).tensor_split(self.draws_per_step)
             outputs = torch.cat([forward_with(self.model, self._pass_params(samples, s, components), x[part])
                                  for s, part in enumerate(parts)])
             nll = self.mean_nll(outputs, y)
         else:
             if norms:  # one pass per draw, each updating its own component's statistics
                 per_sample = torch.stack([forward_with(self.model, self._pass_params(samples, s, components), x)
-                                          for s in range(self.num_samples)])
+                                          for s in range(self.draws_per_step)])
             else:
                 per_sample = forward_samples(self.model, samples, x)
             loglik = self.likelihood.log_prob(per_sample, y)  # [S, B]

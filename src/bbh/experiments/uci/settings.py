@@ -160,7 +160,7 @@ def uci_settings() -> dict[str, UCISetting]:
                                likelihood="heteroscedastic", lr=0.01, batch_size=100, min_steps=0, **tuned),
         "bbb": UCISetting("bbb", dict(prior=1.0, estimator="local", init_log_var=-6.0), lr=3e-3, **tuned),
         "mnf": UCISetting("mnf", dict(prior_log_var=0.0), lr=3e-3, **tuned),
-        "bbh": UCISetting("bbh", dict(hidden=(16, 32, 64), noise="shared", noise_dim=8, num_samples=20,
+        "bbh": UCISetting("bbh", dict(hidden=(16, 32, 64), noise="shared", noise_dim=8, draws_per_step=20,
                                       likelihood_samples="average", kl="nn-entropy", init_spread=None), lr=3e-3,
                           **tuned),
     }
