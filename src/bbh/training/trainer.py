@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,46 @@ class _IterableData:
         yield from it
 
 
+
+@dataclass
+class LoopState:
+    """Where training stands beyond the epoch and step counters: what :meth:`Trainer.fit` carries from step to step
+    and what a checkpoint needs besides parameters, optimizer and history to resume exactly."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    """The unfinished epoch: summed logged terms, ``"_count"`` and ``"_seconds"``."""
+    partial_in_history: bool = False
+    """``history[-1]`` is the unfinished epoch (a run stopped by ``steps`` in the middle of one)."""
+    data_seed: int | None = None
+    """The seed the minibatch order and the augmentation generator derive from."""
+    data_info: dict[str, Any] | None = None
+    """What the data looked like (size, batches per epoch): a resumed run checks it gets the same."""
+    epoch_rng: Tensor | None = None
+    """torch's CPU random state when the current epoch's iterator was made (replayed to resume an iterable)."""
+    pending_rng: dict[str, Any] | None = None
+    """Random states loaded from a checkpoint, applied when :meth:`Trainer.fit` reaches the interrupted step."""
+    step_rng: dict[str, Any] | None = None
+    """Random states when the current step began (what an interruption inside a step checkpoints)."""
+    in_step: bool = False
+    """A step is running."""
+    stop_signal: str | None = None
+    """The signal (SIGINT, SIGTERM) that asked to stop after this step."""
+    saved_step: int | None = None
+    """The step the last checkpoint holds."""
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint's share of this state (the random states are gathered over ranks apart)."""
+        return {"epoch_rng": self.epoch_rng, "data_seed": self.data_seed, "data": self.data_info,
+                "partial": dict(self.sums), "partial_in_history": self.partial_in_history}
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any], rank: int) -> LoopState:
+        """The state a checkpoint holds, with ``rank``'s random states pending until :meth:`Trainer.fit`."""
+        return cls(sums=dict(state["partial"]), partial_in_history=bool(state["partial_in_history"]),
+                   data_seed=state["data_seed"], data_info=state["data"], epoch_rng=state["epoch_rng"],
+                   pending_rng=state["rng"][rank], saved_step=state["step"])
+
+
 class Trainer:
     """Fits a :class:`~bbh.posteriors.protocol.Method` by minimising its per-datum negative ELBO.
 
@@ -346,16 +387,7 @@ class Trainer:
         self.epoch = 0
         self.step_in_epoch = 0
         self.history: list[dict[str, float]] = []
-        self._sums: dict[str, float] = {}  # the unfinished epoch: summed terms, "_count", "_seconds"
-        self._partial_in_history = False  # history[-1] is the unfinished epoch (stopped by ``steps``)
-        self._data_seed: int | None = None
-        self._data_info: dict[str, Any] | None = None
-        self._epoch_rng: Tensor | None = None  # torch CPU state when the current epoch's iterator was made
-        self._pending_rng: dict[str, Any] | None = None  # loaded from a checkpoint, applied by fit
-        self._step_rng: dict[str, Any] | None = None  # random states when the current step began
-        self._in_step = False
-        self._stop_signal: str | None = None
-        self._saved_step: int | None = None
+        self._loop = LoopState()
 
     # ---- the dense / factored decision --------------------------------------------------------------------
     @property
@@ -486,9 +518,7 @@ class Trainer:
                 "method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "rng": rng if rng is not None else [self._rng_state()],
-                "epoch_rng": self._epoch_rng, "data_seed": self._data_seed, "data": self._data_info,
-                "history": [dict(r) for r in self.history], "partial": dict(self._sums),
-                "partial_in_history": self._partial_in_history, "metadata": self.metadata}
+                "history": [dict(r) for r in self.history], **self._loop.to_checkpoint(), "metadata": self.metadata}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint (from :func:`read_checkpoint`); random states are applied when :meth:`fit`
@@ -508,12 +538,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step_in_epoch, self.step = state["epoch"], state["step_in_epoch"], state["step"]
         self.history = [dict(r) for r in state["history"]]
-        self._sums = dict(state["partial"])
-        self._partial_in_history = bool(state["partial_in_history"])
-        self._data_seed, self._data_info = state["data_seed"], state["data"]
-        self._epoch_rng = state["epoch_rng"]
-        self._pending_rng = state["rng"][self.rank]
-        self._saved_step = self.step
+        self._loop = LoopState.from_checkpoint(state, self.rank)
 
     def save_checkpoint(self) -> Path | None:
         """Atomically write ``checkpoint.pt`` (a collective under data parallelism: every rank must call it;
@@ -521,12 +546,12 @@ class Trainer:
         path = self.checkpoint_path
         if path is None:
             return None
-        mine = self._step_rng if self._in_step and self._step_rng is not None else self._rng_state()
+        mine = self._loop.step_rng if self._loop.in_step and self._loop.step_rng is not None else self._rng_state()
         rng = dist.gather_objects(mine)
         if dist.is_main():
             state = self.state_dict(rng=rng)  # type: ignore[arg-type]
             atomic_write(path, lambda tmp: torch.save(state, tmp))
-        self._saved_step = self.step
+        self._loop.saved_step = self.step
         return path
 
     @classmethod
@@ -595,10 +620,10 @@ class Trainer:
         return _IterableData(data, num_data)
 
     def _check_data(self, info: dict[str, Any]) -> None:
-        if self._data_info is None:
-            self._data_info = info
+        if self._loop.data_info is None:
+            self._loop.data_info = info
             return
-        stored = self._data_info
+        stored = self._loop.data_info
         diffs = [f"{k} {info[k]!r} (checkpoint: {stored.get(k)!r})" for k in info
                  if stored.get(k) is not None and info[k] is not None and info[k] != stored.get(k)]
         if info["kind"] != stored.get("kind") or diffs:
@@ -614,9 +639,9 @@ class Trainer:
 
         def on_signal(signum: int, frame: Any) -> None:
             name = signal.Signals(signum).name
-            if self._stop_signal is not None and signum == signal.SIGINT:
+            if self._loop.stop_signal is not None and signum == signal.SIGINT:
                 raise _HardStop  # a second Ctrl-C: stop at once
-            self._stop_signal = name
+            self._loop.stop_signal = name
 
         for s in previous:
             signal.signal(s, on_signal)
@@ -632,18 +657,52 @@ class Trainer:
             callback(record)
 
     def _check_stop(self) -> None:
-        stop = self._stop_signal is not None
+        stop = self._loop.stop_signal is not None
         if self.world > 1:
             stop = dist.any_rank(stop)
         if stop:
-            raise _Stop(self._stop_signal or "a signal on another rank")
+            raise _Stop(self._loop.stop_signal or "a signal on another rank")
 
     def _record_epoch(self) -> dict[str, Any]:
-        sums = dict(self._sums)
+        sums = dict(self._loop.sums)
         count, seconds = sums.pop("_count", 0.0), sums.pop("_seconds", 0.0)
         record: dict[str, Any] = {k: v / max(count, 1.0) for k, v in sums.items()}
         record.update(epoch=self.epoch, step=self.step, seconds=seconds)
         return record
+
+    def _begin_epoch(self, source: Any) -> None:
+        """Start (or re-enter) the current epoch: reset its sums, drop a partial record ``steps`` left, and put
+        the random states where an uninterrupted run would have them when the epoch's batches are drawn."""
+        loop = self._loop
+        if self.step_in_epoch == 0:
+            loop.sums, loop.partial_in_history = {}, False
+        elif loop.partial_in_history:  # continuing an epoch that ``steps`` cut short
+            self.history.pop()
+            loop.partial_in_history = False
+        if loop.pending_rng is not None and isinstance(source, _IterableData) and self.step_in_epoch:
+            if loop.epoch_rng is not None:  # the iterable is re-made as at the epoch's start, then skipped
+                torch.set_rng_state(loop.epoch_rng)
+            return
+        if loop.pending_rng is not None:
+            self._set_rng_state(loop.pending_rng)
+            loop.pending_rng = None
+        if self.step_in_epoch == 0 or loop.epoch_rng is None:
+            loop.epoch_rng = torch.get_rng_state()
+
+    def _interrupted(self, err: BaseException) -> str:
+        """Checkpoint after a stop where that is safe, and say what happened and where the state is."""
+        where = f"epoch {self.epoch}, step {self.step_in_epoch}"
+        cause = f" by {err.args[0]}" if isinstance(err, _Stop) else ""
+        if self.checkpoint_dir is None:
+            return f"interrupted{cause} at {where}; no checkpoint_dir, nothing saved"
+        if isinstance(err, _HardStop):
+            return (f"interrupted twice at {where}; no checkpoint written (the state may be half updated; "
+                    f"the last checkpoint is {self.checkpoint_path})")
+        if self.world > 1 and not isinstance(err, _Stop):
+            return (f"interrupted at {where} on rank {self.rank} alone; no checkpoint written (the last one "
+                    f"is {self.checkpoint_path})")
+        self.save_checkpoint()
+        return f"interrupted{cause} at {where}; checkpoint written to {self.checkpoint_path}"
 
     def fit(self, data: Any, num_data: int | None = None, *, batch_size: int | None = None, shuffle: bool = True,
             drop_last: bool = True, transform: Transform | None = None) -> list[dict[str, Any]]:
@@ -688,22 +747,22 @@ class Trainer:
         num_data = source.num_data
         if num_data is None:
             raise ValueError("num_data (the training-set size N) is needed: pass it, or data with a .dataset")
-        if self._pending_rng is not None:  # the first fit after load_state_dict: the same data as before?
+        if self._loop.pending_rng is not None:  # the first fit after load_state_dict: the same data as before?
             self._check_data(source.info(batch_size))
         else:
-            self._data_info = source.info(batch_size)
+            self._loop.data_info = source.info(batch_size)
         per_epoch = source.steps_per_epoch
         if self.lr_schedule != LRSchedule.CONSTANT:
             self._schedule_length(per_epoch)  # a schedule without a known length fails before any step
-        fresh = self._pending_rng is None and self.step == 0 and self.epoch == 0 and self.step_in_epoch == 0
+        fresh = self._loop.pending_rng is None and self.step == 0 and self.epoch == 0 and self.step_in_epoch == 0
         if fresh:
             dist.broadcast_parameters(self.method)
             if self.seed is not None:
                 torch.manual_seed(self.seed + self.rank)
-            if self._data_seed is None:
-                self._data_seed = int(self.seed if self.seed is not None else torch.initial_seed()) % _SEED_MOD
-            self.augment.manual_seed((self._data_seed * 7919 + self.rank) % _SEED_MOD)
-        data_seed = int(self._data_seed or 0)
+            if self._loop.data_seed is None:
+                self._loop.data_seed = int(self.seed if self.seed is not None else torch.initial_seed()) % _SEED_MOD
+            self.augment.manual_seed((self._loop.data_seed * 7919 + self.rank) % _SEED_MOD)
+        data_seed = int(self._loop.data_seed or 0)
         self.method.train()
         self.optimizer.zero_grad(set_to_none=True)
         self._write_metrics()
@@ -713,59 +772,46 @@ class Trainer:
         lines = None if self.progress or not dist.is_main() else start_lines(  # plain lines for logs, no bar
             f"train {self.method.name}", total_steps=self.planned_steps(per_epoch), steps_per_epoch=per_epoch,
             epochs=self.epochs, start_step=self.step)
-        self._stop_signal = None
+        self._loop.stop_signal = None
         restore = self._signal_handlers()
         start = time.perf_counter()
         try:
             while not self._finished():
                 start = time.perf_counter()
-                if self.step_in_epoch == 0:
-                    self._sums, self._partial_in_history = {}, False
-                elif self._partial_in_history:  # continuing an epoch that ``steps`` cut short
-                    self.history.pop()
-                    self._partial_in_history = False
-                if self._pending_rng is not None and isinstance(source, _IterableData) and self.step_in_epoch:
-                    if self._epoch_rng is not None:
-                        torch.set_rng_state(self._epoch_rng)
-                else:
-                    if self._pending_rng is not None:
-                        self._set_rng_state(self._pending_rng)
-                        self._pending_rng = None
-                    if self.step_in_epoch == 0 or self._epoch_rng is None:
-                        self._epoch_rng = torch.get_rng_state()
+                self._begin_epoch(source)
                 batches = source.batches(data_seed, self.epoch, self.step_in_epoch)
                 count, cut = 0, False
                 for x, y in batches:
-                    if self._pending_rng is not None:  # the iterable's batches already done are skipped
-                        self._set_rng_state(self._pending_rng)
-                        self._pending_rng = None
+                    if self._loop.pending_rng is not None:  # the iterable's batches already done are skipped
+                        self._set_rng_state(self._loop.pending_rng)
+                        self._loop.pending_rng = None
                     if self.checkpoint_dir is not None:
-                        self._step_rng = self._rng_state()
-                    self._in_step = True
+                        self._loop.step_rng = self._rng_state()
+                    self._loop.in_step = True
                     logged = self.loss_step(x, y, num_data, per_epoch, transform=transform)
-                    self._in_step = False
+                    self._loop.in_step = False
                     self.step_in_epoch += 1
                     count += 1
                     for k, v in logged.items():
-                        self._sums[k] = self._sums.get(k, 0.0) + v
-                    self._sums["_count"] = self._sums.get("_count", 0.0) + 1
+                        self._loop.sums[k] = self._loop.sums.get(k, 0.0) + v
+                    self._loop.sums["_count"] = self._loop.sums.get("_count", 0.0) + 1
                     bar.update(1)
                     bar.set_postfix(nll=f"{logged['nll']:.4f}", kl=f"{logged['kl']:.4g}",
                                     w=f"{logged['kl_weight']:.3g}", refresh=False)
                     if lines is not None:
-                        lines.step(self.epoch, self.step, self.step_in_epoch, self._sums)
+                        lines.step(self.epoch, self.step, self.step_in_epoch, self._loop.sums)
                     self._emit({"event": "step", "epoch": self.epoch, "step": self.step,
                                 "step_in_epoch": self.step_in_epoch, **logged})
                     self._check_stop()
                     if self.max_steps is not None and self.step >= self.max_steps:
                         cut = True
                         break
-                if self._pending_rng is not None:  # resumed after the iterable's last batch: the epoch is done
-                    self._set_rng_state(self._pending_rng)
-                    self._pending_rng = None
+                if self._loop.pending_rng is not None:  # resumed after the iterable's last batch: the epoch is done
+                    self._set_rng_state(self._loop.pending_rng)
+                    self._loop.pending_rng = None
                 if count == 0 and self.step_in_epoch == 0:
                     raise ValueError("the training data yielded no batches")
-                self._sums["_seconds"] = self._sums.get("_seconds", 0.0) + time.perf_counter() - start
+                self._loop.sums["_seconds"] = self._loop.sums.get("_seconds", 0.0) + time.perf_counter() - start
                 start = time.perf_counter()
                 record = self._record_epoch()
                 self.history.append(record)
@@ -773,36 +819,23 @@ class Trainer:
                     lines.epoch(record, last=cut or (self.epochs is not None and self.epoch + 1 >= self.epochs)
                                 or (self.max_steps is not None and self.step >= self.max_steps))
                 if cut and (per_epoch is None or self.step_in_epoch < per_epoch):  # stopped by ``steps``
-                    self._partial_in_history = True
+                    self._loop.partial_in_history = True
                     break
                 self.epoch, self.step_in_epoch = self.epoch + 1, 0
-                self._sums = {}
+                self._loop.sums = {}
                 self._write_metrics(append=record)
                 if self.epoch % self.checkpoint_every == 0 or self._finished():
                     self.save_checkpoint()
                 self._emit({"event": "epoch", **record})
                 self._check_stop()
-            if self._saved_step != self.step:
+            if self._loop.saved_step != self.step:
                 self.save_checkpoint()
         except (KeyboardInterrupt, _Stop) as err:
-            self._sums["_seconds"] = self._sums.get("_seconds", 0.0) + time.perf_counter() - start
-            where = f"epoch {self.epoch}, step {self.step_in_epoch}"
-            cause = f" by {err.args[0]}" if isinstance(err, _Stop) else ""
-            if self.checkpoint_dir is None:
-                message = f"interrupted{cause} at {where}; no checkpoint_dir, nothing saved"
-            elif isinstance(err, _HardStop):
-                message = (f"interrupted twice at {where}; no checkpoint written (the state may be half updated; "
-                           f"the last checkpoint is {self.checkpoint_path})")
-            elif self.world > 1 and not isinstance(err, _Stop):
-                message = (f"interrupted at {where} on rank {self.rank} alone; no checkpoint written (the last one "
-                           f"is {self.checkpoint_path})")
-            else:
-                self.save_checkpoint()
-                message = f"interrupted{cause} at {where}; checkpoint written to {self.checkpoint_path}"
-            raise KeyboardInterrupt(message) from None
+            self._loop.sums["_seconds"] = self._loop.sums.get("_seconds", 0.0) + time.perf_counter() - start
+            raise KeyboardInterrupt(self._interrupted(err)) from None
         finally:
-            self._in_step = False
-            self._step_rng = None
+            self._loop.in_step = False
+            self._loop.step_rng = None
             restore()
             bar.close()
         return self.history
