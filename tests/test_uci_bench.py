@@ -178,6 +178,25 @@ def test_hmc_reference_cell_runs_on_small_datasets_only(data_dir: Path, tmp_path
     assert "minus HMC" in (tmp_path / "h" / "report.md").read_text()
 
 
+def test_nuts_reference_cell_is_paired_and_judged_against_the_bar(data_dir: Path, tmp_path: Path) -> None:
+    """``nuts`` runs as a reference beside ``hmc``: the same splits, its diagnostics, the bar, and every method's
+    paired difference to it in the report."""
+    pytest.importorskip("numpyro")
+    tiny = Budget(splits=1, min_steps=1, max_steps=1, n_samples=1, hmc_splits=1, hmc_scale=0.03)
+    results = run_uci(data_dir, tmp_path / "n", datasets=["beta"], methods=["map", "nuts"], budget=tiny,
+                      progress=False)
+    beta = results["datasets"]["beta"]
+    nuts = beta["nuts"]
+    assert nuts["n_splits"] == 1 and math.isfinite(nuts["test_ll"]["mean"]) and nuts["rhat_f_max"] >= 1.0
+    assert nuts["splits_meeting_bar"] == 0  # 15 warm-up and 30 kept draws per chain cannot meet it
+    assert beta["map"]["test_ll_minus_nuts"]["mean"] == pytest.approx(
+        beta["map"]["test_ll"]["per_split"][0] - nuts["test_ll"]["per_split"][0])
+    report = (tmp_path / "n" / "report.md").read_text()
+    assert "Test LL minus NUTS's" in report and "met on 0 of 1 splits" in report
+    cell = json.loads(cell_path(tmp_path / "n", "standard", "beta", "nuts", 0).read_text())
+    assert cell["setting"] == {"method": "nuts", "chains": 4, "warmup": 15, "samples": 30, "init_steps": 100}
+
+
 def test_merge_tabulates_the_other_methods_from_an_earlier_run(data_dir: Path, tmp_path: Path, capsys) -> None:
     """Rerun one method into a new folder: the others (and HMC) come from the earlier results.json, and the new
     method is paired with the earlier HMC cells."""

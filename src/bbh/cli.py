@@ -8,7 +8,7 @@
     bbh train --resume RUN_DIR [--set train.epochs=N] [--samples N]
     bbh evaluate RUN_DIR [--all] [--samples N] [--adv-gradient authors|expectation] [--pgd]
     bbh compare RUN_DIR ... [--out DIR]
-    bbh uci [--data-dir DIR] [--datasets a,b] [--methods map,...,bbh,hmc] [--splits K] [--budget quick|full]
+    bbh uci [--data-dir DIR] [--datasets a,b] [--methods map,...,bbh,hmc,nuts] [--splits K] [--budget quick|full]
             [--split-kind standard|gap] [--out DIR] [--download] [--report-only] [--merge RESULTS_JSON]
     bbh reproduce NAME [--budget smoke|cpu|paper] [--out DIR] [--data-dir DIR] [--device auto|cpu|cuda] [--plan]
 
@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--datasets", type=_names, help="comma-separated dataset folder names (default: all found)")
     uci.add_argument("--methods", type=_names, default=None,
                      help="comma-separated, from map, mc-dropout, ensemble, bbb, mnf, bbh (tuned), the same with "
-                          "-untuned, and hmc (default: the six methods tuned and untuned)")
+                          "-untuned, and the references hmc and nuts (nuts: pip install -e '.[reference]'; default: "
+                          "the six methods tuned and untuned)")
     uci.add_argument("--splits", type=_positive, help="the first K splits (default: the budget's)")
     uci.add_argument("--budget", choices=["quick", "full"], default="full",
                      help="full: every split, 4,000-8,000 steps; quick: 2 splits, <= 1,200 steps (default: full)")
@@ -331,7 +332,7 @@ def _uci(args: argparse.Namespace) -> int:
         results = run_uci(root, args.out, datasets=args.datasets, methods=args.methods or GRID_METHODS,
                           splits=args.splits, budget=args.budget, split_kind=args.split_kind, seed=args.seed,
                           progress=args.progress, train=not args.report_only, merge=args.merge)
-    except (ChecksumError, DataFormatError) as err:
+    except (ChecksumError, DataFormatError, ImportError) as err:
         _error(err)
         return 2
     except FileNotFoundError as err:

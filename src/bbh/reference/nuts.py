@@ -63,6 +63,11 @@ def _jax() -> Any:
     return jax
 
 
+def check_available() -> None:
+    """Raise the ImportError that names the extra ``reference`` when NumPyro or JAX is missing."""
+    _jax()
+
+
 def regression_potential(x: Tensor, y: Tensor, *, hidden: int, prior_scale: float = 1.0,
                          noise_prior: tuple[float, float] = (1.0, 0.01)) -> Any:
     """``-log p(θ, y | x)`` of θ = [weights and biases, log σ] as a jax function (module docstring; the same
@@ -236,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(out, indent=2))
 
 
-__all__ = ["NUTSResult", "cache_path", "nuts_regression", "nuts_sample", "regression_potential", "save_draws"]
+__all__ = ["NUTSResult", "cache_path", "check_available", "nuts_regression", "nuts_sample", "regression_potential",
+           "save_draws"]
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ of MC-Dropout chose its settings. No split's test rows can touch any choice, its
 sets the splits, the training length and the posterior samples. Every finished cell is written atomically to
 ``OUT/cells/<kind>/<dataset>/<method>/split_<k>.json`` and never redone, so an interrupted run continues where
 it stopped; ``OUT/results.json`` and ``OUT/report.md`` (``results-gap.json`` / ``report-gap.md`` for the gap
-splits) are rewritten after every cell. The HMC reference (``--methods ...,hmc``) runs on datasets of at most
-:data:`HMC_MAX_ROWS` rows, on the first ``hmc_splits`` splits (:mod:`bbh.reference.hmc_regression`).
+splits) are rewritten after every cell. The references (``--methods ...,hmc,nuts``: bbh's HMC,
+:mod:`bbh.reference.hmc_regression`, and NumPyro's NUTS, :mod:`bbh.reference.nuts`) run on datasets of at most
+:data:`HMC_MAX_ROWS` rows, on the first ``hmc_splits`` splits.
 """
 
 from __future__ import annotations
@@ -71,10 +72,10 @@ from .settings import (
 def _splits_for(dataset: UCIDataset, method: str, kind: str, budget: Budget, splits: int | None) -> list[int]:
     available = list(range(dataset.n_splits)) if kind == "standard" else dataset.gap_dimensions
     wanted = splits if splits is not None else budget.splits
-    if kind == "standard" and splits is not None and splits > len(available) and method != "hmc":
+    if kind == "standard" and splits is not None and splits > len(available) and method not in REFERENCE_METHODS:
         warnings.warn(f"{dataset.name} has {len(available)} standard splits; --splits {splits} runs all "
                       f"{len(available)}", stacklevel=3)
-    if method == "hmc":
+    if method in REFERENCE_METHODS:
         if len(dataset.x) > HMC_MAX_ROWS:
             return []
         wanted = min(wanted or len(available), budget.hmc_splits)
@@ -92,7 +93,8 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
             directory holding them under ``uci/``.
         out: the output folder; finished cells found there are not redone (resume).
         datasets: folder names (default: every dataset folder found).
-        methods: some of :data:`GRID_METHODS` (:data:`UCI_METHODS` tuned, :data:`UNTUNED_METHODS`) and ``"hmc"``.
+        methods: some of :data:`GRID_METHODS` (:data:`UCI_METHODS` tuned, :data:`UNTUNED_METHODS`) and the
+            references ``"hmc"``, ``"nuts"``.
         splits: the first ``splits`` splits (default: the budget's).
         budget: a name in :data:`BUDGETS`, or a :class:`Budget` (recorded as ``"custom"``).
         split_kind: ``"standard"`` (the published splits) or ``"gap"`` (one per qualifying input dimension).
@@ -115,6 +117,7 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
 
     Raises:
         ValueError: an unknown method, budget, split kind or dataset, or ``out`` made with another budget.
+        ImportError: ``"nuts"`` without NumPyro and JAX (the extra ``reference``).
         FileNotFoundError: ``data_dir`` holds no dataset folder.
     """
     from tqdm.auto import tqdm
@@ -134,6 +137,10 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
                          f"expected some of {', '.join(valid)}")
     if splits is not None and splits < 1:
         raise ValueError(f"splits must be >= 1, got {splits}")
+    if "nuts" in methods and train:
+        from ...reference.nuts import check_available
+
+        check_available()  # an ImportError naming the extra before any cell runs
     methods = list(dict.fromkeys(methods))  # a name given twice would count its splits twice
     root = uci_root(data_dir)
     found = uci_datasets(root)

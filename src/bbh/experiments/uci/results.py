@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ...reports.uci import CHOICES
+from .settings import REFERENCE_METHODS
 
 
 def mean_se(values: Sequence[float]) -> dict[str, Any]:
@@ -23,7 +24,8 @@ def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     variance)) / RMSE, per split: 1 for a predictive as wide as its errors, > 1 over-dispersed, < 1
     over-confident), ``n_splits``, ``seconds`` (total wall time of the cells), ``failed_splits`` (cells whose
     training diverged, left out of the means); where the HMC reference ran, every method's
-    ``test_ll_minus_hmc``: the paired difference of test LL on the splits both ran, as :func:`mean_se`."""
+    ``test_ll_minus_hmc``: the paired difference of test LL on the splits both ran, as :func:`mean_se` (and
+    ``test_ll_minus_nuts`` where NUTS ran)."""
     grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for c in cells:
         grouped.setdefault(c["dataset"], {}).setdefault(c["method"], []).append(c)
@@ -45,28 +47,33 @@ def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 chosen = [r[key] for r in records if key in r]
                 if chosen:
                     entry[key] = {str(v): chosen.count(v) for v in sorted(set(chosen))}
-            if method == "hmc" and all("diagnostics" in r for r in records):
+            if method in REFERENCE_METHODS and all("diagnostics" in r for r in records):
                 diagnostics = [r["diagnostics"] for r in records]
                 entry["rhat_f_max"] = max(d["rhat_f_max"] for d in diagnostics)
                 entry["rhat_f_median"] = sorted(d["rhat_f_median"] for d in diagnostics)[len(diagnostics) // 2]
                 entry["ess_f_min"] = min(d["ess_f_min"] for d in diagnostics)
                 entry["divergences"] = sum(sum(d["divergences"]) for d in diagnostics)
+                if all("meets_bar" in d for d in diagnostics):
+                    entry["splits_meeting_bar"] = sum(bool(d["meets_bar"]) for d in diagnostics)
             table.setdefault(name, {})[method] = entry
     _pair_with_hmc(table)
     return table
 
 def _pair_with_hmc(table: dict[str, dict[str, Any]]) -> None:
-    """Set every method's ``test_ll_minus_hmc`` (in place) on the datasets where the HMC reference ran."""
+    """Set every method's ``test_ll_minus_<reference>`` (in place) on the datasets where that reference ran
+    (:data:`REFERENCE_METHODS`): the paired difference of test LL over the splits both ran."""
     for methods in table.values():
-        reference = methods.get("hmc")
-        if reference is None or not reference["splits"]:
-            continue
-        ref = dict(zip(reference["splits"], reference["test_ll"]["per_split"]))
-        for method, entry in methods.items():
-            shared = [k for k in entry.get("splits", []) if k in ref and method != "hmc"]
-            if shared:
-                own = dict(zip(entry["splits"], entry["test_ll"]["per_split"]))
-                entry["test_ll_minus_hmc"] = {**mean_se([own[k] - ref[k] for k in shared]), "splits": shared}
+        for ref_name in REFERENCE_METHODS:
+            reference = methods.get(ref_name)
+            if reference is None or not reference["splits"]:
+                continue
+            ref = dict(zip(reference["splits"], reference["test_ll"]["per_split"]))
+            for method, entry in methods.items():
+                shared = [k for k in entry.get("splits", []) if k in ref and method != ref_name]
+                if shared:
+                    own = dict(zip(entry["splits"], entry["test_ll"]["per_split"]))
+                    entry[f"test_ll_minus_{ref_name}"] = {**mean_se([own[k] - ref[k] for k in shared]),
+                                                          "splits": shared}
 
 
 def merge_results(own: dict[str, Any], other: dict[str, Any], methods: Sequence[str],

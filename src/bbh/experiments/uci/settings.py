@@ -15,17 +15,21 @@ from ...models import MLP
 from ...posteriors import Method, create
 
 UCI_METHODS = ("map", "mc-dropout", "ensemble", "bbb", "mnf", "bbh")
-"""The methods of the benchmark, in report order, each under one tuning protocol (:func:`uci_settings`); ``"hmc"``
-(the reference) is run when asked for."""
+"""The methods of the benchmark, in report order, each under one tuning protocol (:func:`uci_settings`); the
+references (:data:`REFERENCE_METHODS`) are run when asked for."""
 UNTUNED = "-untuned"
 UNTUNED_METHODS = tuple(m + UNTUNED for m in UCI_METHODS)
 """The same methods under the untuned 2016 protocol (the budget's length, the learned σ as it is, MC-Dropout's
 rate 0.05): the columns beside the tuned ones that show what tuning buys each method."""
 GRID_METHODS = tuple(m for pair in zip(UCI_METHODS, UNTUNED_METHODS) for m in pair)
 """What ``bbh uci`` runs by default: each method tuned, then untuned."""
-REFERENCE_METHODS = ("hmc",)
+REFERENCE_METHODS = ("hmc", "nuts")
+"""Samplers of the same network's posterior, the references the methods are paired with: ``"hmc"`` (bbh's own,
+:mod:`bbh.reference.hmc_regression`) and ``"nuts"`` (NumPyro's NUTS, 4 chains; extra ``reference``,
+:mod:`bbh.reference.nuts`). Both run on the datasets of at most :data:`HMC_MAX_ROWS` rows, on the budget's
+``hmc_splits`` splits, with chains scaled by its ``hmc_scale``."""
 HMC_MAX_ROWS = 1100
-"""HMC runs on datasets with at most this many rows (boston, concrete, energy, yacht; not wine's 1,599)."""
+"""The references run on datasets with at most this many rows (boston, concrete, energy, yacht; not wine's 1,599)."""
 
 @dataclass(frozen=True)
 class Budget:
