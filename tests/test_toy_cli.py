@@ -48,7 +48,7 @@ def test_bbh_toy_faithful_settings_run(tmp_path):
     assert report["faithful"] is True and "hmc" not in report
     assert set(report["methods"]) == {"bbh", "map", *STOCHASTIC}
     for name in ("bbh", "bbb", "mnf"):
-        assert report["methods"][name]["setting"]["kl_anneal"] == "ToyAnneal(offset=1)"
+        assert report["methods"][name]["setting"]["kl_anneal"] == {"kind": "toy", "offset": 1.0}
     assert report["methods"]["ensemble"]["setting"]["options"]["members"] == 10
 
 

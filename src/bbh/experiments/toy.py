@@ -43,13 +43,13 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..core.elbo import ConstantWeight, Schedule, ToyAnneal
+from ..core.elbo import ConstantWeight, ToyAnneal
 from ..core.io import OutputNotWritableError, cache_dir, ensure_writable, write_json
 from ..core.likelihoods import Gaussian
 from ..core.options import check_int
@@ -58,31 +58,22 @@ from ..data.toy import TOY_NOISE, make_toy_data, toy_grid
 from ..models import MLP
 from ..posteriors import create
 from ..training.trainer import Trainer
+from .settings import MethodSetting
 from .toy_reference import predictive_summary, toy_hmc
 
 TOY_METHODS = ("bbh", "map", "mc-dropout", "ensemble", "bbb", "mnf")
 
 
-@dataclass
-class ToySetting:
-    """How one method is trained on the toy problem."""
+@dataclass(frozen=True)
+class ToySetting(MethodSetting):
+    """How one method is trained on the toy problem: a :class:`~bbh.experiments.settings.MethodSetting` for
+    ``steps`` full-batch steps, with N = ``num_data`` in the KL / N of the ELBO (the authors' toy effectively used
+    N = 1: the KL not divided) and the optimizer's ``eps``."""
 
-    method: str
-    options: dict[str, Any] = field(default_factory=dict)
-    optimizer: str = "adam"
     lr: float = 0.01
     eps: float = 1e-5
     steps: int = 200
-    kl_anneal: Schedule | float | None = None
     num_data: int = 20
-    """N in the KL / N of the ELBO; the authors' toy effectively used N = 1 (KL not divided)."""
-
-    def describe(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["kl_anneal"] = repr(self.kl_anneal)
-        d["options"] = {k: (list(v) if isinstance(v, tuple) else v if isinstance(v, (str, int, float, type(None)))
-                            else repr(v)) for k, v in self.options.items()}
-        return d
 
 
 def toy_settings(faithful: bool = False) -> dict[str, ToySetting]:

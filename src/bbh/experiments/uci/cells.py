@@ -40,7 +40,7 @@ def train_setting(setting: UCISetting, dataset: UCIDataset, split: UCISplit, epo
     history record."""
     torch.manual_seed(seed)
     model = build_method(setting, dataset.x.shape[1], protocol_hidden(dataset))
-    trainer = Trainer(model, optimizer="adam", lr=setting.lr, epochs=epochs, kl_anneal=setting.kl_weight,
+    trainer = Trainer(model, optimizer=setting.optimizer, lr=setting.lr, epochs=epochs, kl_anneal=setting.kl_anneal,
                       device="cpu", seed=seed, progress=False, handle_signals=False)
     if at_epoch is not None:
         trainer.callbacks.append(lambda record: at_epoch(model, trainer.epoch) if record["event"] == "epoch" else None)

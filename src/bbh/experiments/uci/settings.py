@@ -4,7 +4,7 @@ becomes a method and a training length."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -13,6 +13,7 @@ from ...core.likelihoods import Heteroscedastic, LearnedGaussian
 from ...data.uci import UCIDataset
 from ...models import MLP
 from ...posteriors import Method, create
+from ..settings import MethodSetting
 
 UCI_METHODS = ("map", "mc-dropout", "ensemble", "bbb", "mnf", "bbh")
 """The methods of the benchmark, in report order, each under one tuning protocol (:func:`uci_settings`); the
@@ -68,7 +69,7 @@ predictive is (1/S) Σ_s N(y; μ_s, (c σ_s)²) instead of (1/S) Σ_s N(y; μ_s,
 
 
 @dataclass(frozen=True)
-class UCISetting:
+class UCISetting(MethodSetting):
     """How one method is built and trained on a UCI split (the same for every dataset).
 
     Attributes:
@@ -78,7 +79,7 @@ class UCISetting:
         dropout: the MLP's dropout rate (MC-Dropout: on the inputs and the hidden units).
         lr: Adam's learning rate.
         batch_size: minibatch size.
-        kl_weight: multiplies the KL term (1: the ELBO).
+        kl_anneal: multiplies the KL term (1: the ELBO).
         min_steps: the least number of steps (``None``: the budget's; 0: just the protocol's epochs).
         select_steps: factors of the budget's ``min_steps``: the training length is chosen per dataset among
             them on validation carve-outs (:func:`select_on_validation`) instead of the budget's ``min_steps``
@@ -92,13 +93,10 @@ class UCISetting:
             re-run of MC-Dropout searched 0.005, 0.01, 0.05, 0.1 on validation). Empty: ``dropout`` as given.
     """
 
-    method: str
-    options: dict[str, Any] = field(default_factory=dict)
     likelihood: str = "gaussian"
     dropout: float = 0.0
-    lr: float = 1e-3
     batch_size: int = 32
-    kl_weight: float = 1.0
+    kl_anneal: float = 1.0
     min_steps: int | None = None
     select_steps: tuple[float, ...] = ()
     calibrate_noise: bool = False
@@ -116,8 +114,7 @@ class UCISetting:
     def describe(self) -> dict[str, Any]:
         """The setting as plain data (recorded in every cell; resuming compares it). ``select_steps`` and
         ``calibrate_noise`` appear only when set, so a setting without them describes itself as before."""
-        d = asdict(self)
-        d["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()}
+        d = super().describe()
         if self.select_steps:
             d["select_steps"] = list(self.select_steps)
         else:
