@@ -10,9 +10,16 @@ CHOICES = ("selected_steps", "noise_scale", "selected_dropout")
 """What a cell records of its split's validation choice; aggregated as {value: number of splits}."""
 
 def _counts(counts: dict[str, int] | None) -> str:
+    """Chosen values over the splits, ``value ×count`` (a step count as 2,400, a factor to 3 digits)."""
     if not counts:
         return "—"
-    return ", ".join(f"{float(v):.3g} ×{c}" if c > 1 else f"{float(v):.3g}" for v, c in counts.items())
+
+    def value(v: str) -> str:
+        x = float(v)
+        return f"{x:,.0f}" if x.is_integer() and abs(x) >= 10 else f"{x:.3g}"
+
+    return ", ".join(f"{value(v)} ×{c}" if c > 1 else value(v) for v, c in counts.items())
+
 
 def _pub(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
