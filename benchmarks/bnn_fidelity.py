@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
+from bbh.core.predictive import RegressionPredictive
 from bbh.data.uci import load_uci
-from bbh.evaluation.predictive import RegressionPredictive
 from bbh.experiments import uci
 from bbh.experiments.costs import cpu_name
 from bbh.reference.nuts import cache_path

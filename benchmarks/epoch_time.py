@@ -18,8 +18,8 @@ import time
 import torch
 
 import bbh
+from bbh.core.elbo import schedule_from_spec
 from bbh.data import load_task
-from bbh.elbo import schedule_from_spec
 from bbh.experiments.config import load_config
 from bbh.experiments.run import build_model
 

@@ -19,8 +19,8 @@ import time
 import torch
 
 import bbh
+from bbh.core.predictive import predict_batches
 from bbh.data import load_task
-from bbh.evaluation.predictive import predict_batches
 from bbh.experiments.config import load_config
 from bbh.experiments.run import build_model
 

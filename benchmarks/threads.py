@@ -29,13 +29,13 @@ from collections.abc import Callable
 
 import torch
 
+from bbh.core.threads import available_cores
 from bbh.data.toy import make_toy_data
 from bbh.experiments.costs import cpu_name
 from bbh.experiments.toy import toy_settings
 from bbh.experiments.uci import build_method, uci_settings
 from bbh.models import MLP
 from bbh.posteriors import create
-from bbh.threads import available_cores
 from bbh.training.trainer import Trainer
 
 Step = Callable[[], None]

@@ -10,8 +10,8 @@ from conftest import TinyConvNet, make_blobs
 from torch import nn
 
 import bbh
+from bbh.core.functional import forward_samples, forward_with
 from bbh.evaluation.attacks import PAPER_EPSILONS, fgsm, per_sample_input_gradients, pgd
-from bbh.functional import forward_samples, forward_with
 from bbh.posteriors.protocol import Method
 
 

@@ -32,9 +32,9 @@ import bbh.experiments.run as run_mod
 import bbh.experiments.toy as toy_mod
 import bbh.reports.runs as runs_mod
 from bbh.cli import main
+from bbh.core.io import OutputNotWritableError, ensure_writable
 from bbh.experiments.config import dumps, load_config, validate
 from bbh.experiments.run import Run
-from bbh.io import OutputNotWritableError, ensure_writable
 from bbh.reports.runs import evaluate_run, load_run
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
-from bbh.elbo import ConstantWeight, LinearAnneal, LossTerms, ToyAnneal, as_schedule, elbo
 from torch.utils.data import DataLoader, TensorDataset
 
 import bbh
+from bbh.core.elbo import ConstantWeight, LinearAnneal, LossTerms, ToyAnneal, as_schedule, elbo
 
 F64 = torch.float64
 
@@ -267,7 +267,7 @@ def test_trainer_feeds_steps_per_epoch_to_the_schedule():
 
 def test_schedule_codec_round_trips_and_fills_the_papers_defaults():
     """One codec (bbh.elbo) reads every schedule written as data: TOML configs and checkpoints."""
-    from bbh.elbo import scale_schedule_spec, schedule_from_spec, schedule_to_spec
+    from bbh.core.elbo import scale_schedule_spec, schedule_from_spec, schedule_to_spec
 
     for schedule in (ConstantWeight(0.3), LinearAnneal(2, 7, unit="step"), ToyAnneal(0.5)):
         back = schedule_from_spec(schedule_to_spec(schedule))

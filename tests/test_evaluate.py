@@ -10,7 +10,7 @@ import torch
 from fake_task import FakeTask, fake_config
 
 import bbh
-from bbh.evaluation.predictive import Predictive, predict, predict_batches
+from bbh.core.predictive import Predictive, predict, predict_batches
 from bbh.experiments.run import Run
 from bbh.reports.runs import compare_runs, evaluate_run, load_run
 

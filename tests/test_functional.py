@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import bbh
-from bbh.functional import forward_samples, forward_with
+from bbh.core.functional import forward_samples, forward_with
 
 
 @pytest.mark.parametrize("chunk", [None, 2])

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 import bbh.reference.hmc as hmc_mod
+from bbh.core.functional import forward_samples
+from bbh.core.likelihoods import Gaussian
 from bbh.experiments.toy_reference import check_step_sizes, toy_hmc
-from bbh.functional import forward_samples
-from bbh.likelihoods import Gaussian
 from bbh.models import MLP
 from bbh.reference.hmc import HMCResult, effective_sample_size, hmc, posterior_hmc, sample_posterior
 

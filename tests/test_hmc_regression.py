@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from bbh.evaluation.predictive import RegressionPredictive
-from bbh.functional import forward_samples
+from bbh.core.functional import forward_samples
+from bbh.core.predictive import RegressionPredictive
 from bbh.models import MLP
 from bbh.reference.hmc_regression import bulk_ess, hmc_regression, log_posterior, split_rhat
 

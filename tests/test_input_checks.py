@@ -12,10 +12,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from bbh.options import check_float, check_int, check_sizes
 from torch import nn
 
 import bbh
+from bbh.core.options import check_float, check_int, check_sizes
 from bbh.posteriors.protocol import NonFiniteInputError, find_input_layer
 
 NAMES = ["map", "mc-dropout", "ensemble", "bbb", "mnf", "bbh"]

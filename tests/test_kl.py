@@ -13,11 +13,11 @@ import math
 
 import pytest
 import torch
-from bbh.priors import NormalPrior
 from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 
 import bbh
+from bbh.core.priors import NormalPrior
 from bbh.kl import (
     DISTANCE_EPS,
     KL_ESTIMATORS,

@@ -12,9 +12,9 @@ import math
 
 import pytest
 import torch
-from bbh.priors import NormalPrior
 
 import bbh
+from bbh.core.priors import NormalPrior
 from bbh.kl import KL_ESTIMATORS, EntropyKL, entropy_kl, knn_entropy_full, knn_entropy_per_weight, make_kl_estimator
 from bbh.kl.entropy import _log_unit_ball_volume
 

@@ -115,3 +115,14 @@ def test_run_directory_file_names_have_one_home():
                if isinstance(node, ast.Constant) and isinstance(node.value, str)
                and any(node.value == n or node.value.endswith("/" + n) for n in names)]
     assert not spelled, "\n".join(spelled)
+
+
+def test_the_core_modules_keep_their_public_names():
+    """bbh.core's modules are importable under the names users know (bbh.likelihoods, bbh.evaluation.metrics ...)."""
+    import importlib
+
+    for name in ("options", "io", "threads", "priors", "elbo", "functional", "likelihoods"):
+        assert importlib.import_module(f"bbh.{name}") is importlib.import_module(f"bbh.core.{name}")
+    for name in ("metrics", "predictive"):
+        assert importlib.import_module(f"bbh.evaluation.{name}") is importlib.import_module(f"bbh.core.{name}")
+    assert bbh.likelihoods.LearnedGaussian is importlib.import_module("bbh.core.likelihoods").LearnedGaussian

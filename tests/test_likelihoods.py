@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal
 
-from bbh.likelihoods import Categorical, Gaussian, Heteroscedastic, LearnedGaussian, as_likelihood
+from bbh.core.likelihoods import Categorical, Gaussian, Heteroscedastic, LearnedGaussian, as_likelihood
 
 F64 = torch.float64
 

@@ -15,8 +15,8 @@ from fake_task import FakeTask, fake_config
 import bbh
 import bbh.data
 from bbh.cli import main
+from bbh.core.threads import available_cores
 from bbh.experiments.config import dumps, validate
-from bbh.threads import available_cores
 from bbh.training.progress import LineProgress, LineSettings, duration, log_lines
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bbh.evaluation import metrics
-from bbh.evaluation.metrics import (
+from bbh.core import metrics
+from bbh.core.metrics import (
     accuracy,
     brier_score,
     ece,
@@ -175,7 +175,7 @@ def test_entropy_matches_the_authors_calc_entropy():
 
 
 def test_entropy_is_the_one_entropy_over_any_leading_shape_and_predictive_uses_it():
-    from bbh.evaluation.predictive import Predictive
+    from bbh.core.predictive import Predictive
 
     samples = _random_probs(30, 4, seed=7, temperature=6.0, shape=(5,))           # [S, N, K]
     samples[0, 0] = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=F64)                  # an exact zero: 0 log 0 = 0

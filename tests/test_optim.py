@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from bbh.options import OptimizerName
+from bbh.core.options import OptimizerName
 from bbh.training.optim import DEFAULT_LR, RMSPropTF, make_optimizer
 
 F64 = torch.float64

@@ -11,9 +11,9 @@ from torch import nn
 from torch.distributions import Normal
 
 import bbh
-from bbh.evaluation.metrics import gaussian_mixture_log_density
-from bbh.evaluation.predictive import Predictive, RegressionPredictive
-from bbh.likelihoods import Heteroscedastic, LearnedGaussian
+from bbh.core.likelihoods import Heteroscedastic, LearnedGaussian
+from bbh.core.metrics import gaussian_mixture_log_density
+from bbh.core.predictive import Predictive, RegressionPredictive
 
 METHODS = {  # method -> options for a 1-16-1 MLP (``net.1`` is its ReLU: MC-Dropout's site)
     "map": {},

@@ -20,8 +20,8 @@ from torch import nn
 import bbh
 import bbh.experiments.toy as toy_mod
 from bbh.cli import main
+from bbh.core.predictive import Predictive
 from bbh.evaluation.api import has_epistemic_spread
-from bbh.evaluation.predictive import Predictive
 from bbh.experiments.uci import BUDGETS, mean_se, render_report
 from bbh.reports.runs import _report, results_record
 

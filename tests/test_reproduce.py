@@ -12,8 +12,8 @@ import pytest
 from test_data import make_fake_cifar, make_fake_mnist
 
 import bbh.experiments.run as run_mod
+from bbh.core.elbo import scale_schedule_spec
 from bbh.data import load_task
-from bbh.elbo import scale_schedule_spec
 from bbh.experiments.paper_tables import NAMES, TABLES
 from bbh.experiments.reproduce import (
     BUDGETS,

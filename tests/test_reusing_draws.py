@@ -10,8 +10,8 @@ from torch.func import functional_call, vmap
 
 import bbh
 import bbh.evaluation.attacks as attacks
+from bbh.core.functional import forward_samples, forward_samples_per_input
 from bbh.evaluation.api import AttackSpec
-from bbh.functional import forward_samples, forward_samples_per_input
 
 
 def _bbb(seed: int = 0) -> bbh.Method:

@@ -15,7 +15,7 @@ import bbh.experiments.toy as toy_mod
 import bbh.experiments.uci as uci_mod
 from bbh import threads
 from bbh.cli import main
-from bbh.threads import ThreadChoice, available_cores, choose_threads, parse_threads, use_threads
+from bbh.core.threads import ThreadChoice, available_cores, choose_threads, parse_threads, use_threads
 
 CORES = available_cores()
 

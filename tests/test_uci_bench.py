@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bbh.evaluation.predictive import RegressionPredictive
 from test_uci_data import write_uci_folder
 from torch import Tensor
 
 import bbh.experiments.uci as uci
 from bbh.cli import main
+from bbh.core.predictive import RegressionPredictive
 from bbh.data import load_uci
 from bbh.data.uci import UCIDataset
 from bbh.experiments.uci import Budget, cell_path, mean_se, run_cell, run_uci, score, training_steps
@@ -361,7 +361,7 @@ def test_scale_noise_is_the_mixture_with_every_sigma_times_c(tmp_path: Path) -> 
     assert score(scaled, split, zero, zero)["test_ll"] == pytest.approx(expected, abs=1e-12)
     assert torch.equal(scaled.sample_means, predictive.sample_means)
     assert uci.scale_noise(predictive, 1.0) is predictive
-    from bbh.evaluation.predictive import Predictive
+    from bbh.core.predictive import Predictive
     with pytest.raises(TypeError, match="regression predictive"):
         uci.scale_noise(Predictive(torch.full((2, 1, 3), 1 / 3)), 2.0)
 
