@@ -284,3 +284,17 @@ def test_lr_schedule_is_a_config_key_and_a_train_flag():
         load_config("mnist-map", ['train.lr_schedule="linear"'])
     args = build_parser().parse_args(["train", "--config", "mnist-map", "--lr-schedule", "cosine"])
     assert 'train.lr_schedule="cosine"' in _overrides(args)
+
+
+def test_a_toml_experiment_maps_onto_one_method_setting():
+    """The one TOML mapping: experiment.method, [method], train.optimizer / lr / kl_anneal -> MethodSetting."""
+    from bbh.core.elbo import LinearAnneal
+    from bbh.experiments.config import load_config
+    from bbh.experiments.settings import MethodSetting
+
+    setting = MethodSetting.from_config(load_config("mnist-bbh"))
+    assert setting.method == "bbh" and setting.options["draws_per_step"] == 5
+    assert setting.optimizer == "adam" and isinstance(setting.kl_anneal, LinearAnneal)
+    assert setting.describe()["kl_anneal"] == {"kind": "linear", "start": 5.0, "length": 15.0, "unit": "epoch"}
+    method = MethodSetting("map", {"prior_scale": 2.0}).build(torch.nn.Linear(3, 2))
+    assert method.name == "map"

@@ -217,8 +217,8 @@ def measure(config: Mapping[str, Any], device: torch.device | str = "cpu", *, st
 
     Peak memory is the run's own: several GB for a layer-wise hypernet."""
     from ..models.registry import build_model
-    from ..posteriors import create
     from .run import config_trainer
+    from .settings import MethodSetting
 
     device = torch.device(device)
     batch = int(config["train"]["batch_size"])
@@ -228,7 +228,7 @@ def measure(config: Mapping[str, Any], device: torch.device | str = "cpu", *, st
     with torch.random.fork_rng(devices=[]), _quiet():
         torch.manual_seed(0)
         start = time.perf_counter()
-        method = create(method_name, build_model(config["model"], task.num_classes), **config["method"])
+        method = MethodSetting.from_config(config).build(build_model(config["model"], task.num_classes))
         build = time.perf_counter() - start
         params = sum(p.numel() for p in method.parameters())
 

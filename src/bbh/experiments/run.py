@@ -42,15 +42,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.elbo import schedule_from_spec
 from ..core.io import atomic_write, ensure_writable, read_json_object, write_json
 from ..evaluation import metrics
 from ..models.registry import build_model
-from ..posteriors import Method, create
+from ..posteriors import Method
 from ..training import distributed as dist
 from ..training.run_files import CHECKPOINT, CONFIG, FINAL, MODEL, STATUS
 from ..training.trainer import NonFiniteLossError, Trainer, read_checkpoint, resolve_device
 from .config import RESUMABLE_KEYS, apply_override, changed_keys, dumps, load_config, validate
+from .settings import MethodSetting
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any] | None:
@@ -86,9 +86,9 @@ def config_trainer(config: dict[str, Any], method: Method, device: torch.device 
     """The :class:`Trainer` of a resolved configuration's ``[train]`` table (optimizer, lr, eps, KL schedule,
     factored gradients, AMP, gradient clipping) for ``method`` on ``device``; ``kwargs`` add the rest (epochs or
     steps, seed, checkpoints, ...)."""
-    train = config["train"]
-    return Trainer(method, optimizer=train["optimizer"], lr=train["lr"], lr_schedule=train["lr_schedule"],
-                   eps=train["eps"], kl_anneal=schedule_from_spec(train["kl_anneal"]), device=device,
+    train, setting = config["train"], MethodSetting.from_config(config)
+    return Trainer(method, optimizer=setting.optimizer, lr=setting.lr, lr_schedule=train["lr_schedule"],
+                   eps=train["eps"], kl_anneal=setting.kl_anneal, device=device,
                    factored_grads=train["factored_grads"],
                    amp=train["amp"], clip_grad_norm=train["clip_grad_norm"], **kwargs)
 
@@ -146,8 +146,8 @@ class Run:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         torch.manual_seed(self.seed)  # the same initial parameters on every rank
-        self.method = create(exp["method"], build_model(self.config["model"], task.num_classes),
-                             **self.config["method"])
+        self.method = MethodSetting.from_config(self.config).build(build_model(self.config["model"],
+                                                                               task.num_classes))
         if getattr(self.method, "member_batches", False):
             raise ValueError("bbh train does not support ensembles with member_batches=True yet; "
                              "use the Python API with bbh.data.MemberBatches")
