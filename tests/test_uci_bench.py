@@ -425,6 +425,11 @@ def test_run_chooses_once_per_split_on_its_own_carve_out_and_records_it(data_dir
     cells = [json.loads(cell_path(out, "standard", "alpha", "bbh", k).read_text()) for k in range(2)]
     assert all(c["selected_steps"] == st["steps"] and c["steps"] >= st["steps"] for c, st in zip(cells, stored))
     assert sum(results["datasets"]["alpha"]["bbh"]["selected_steps"].values()) == 2
+    bbh_cells = [json.loads(cell_path(out, "standard", "alpha", "bbh", k).read_text()) for k in (0, 1)]
+    edges = sum(c["length_at_edge"] for c in bbh_cells)  # shortest or longest length offered
+    assert edges == sum(c["selected_steps"] in (min(st["grid"]), max(st["grid"])) for c, st in zip(bbh_cells, stored))
+    assert results["datasets"]["alpha"]["bbh"]["lengths_at_edge"] == edges
+    assert f"| {edges} of 2 |" in (out / "report.md").read_text()
     assert "| alpha | bbh |" in (out / "report.md").read_text()
     cell_path(out, "standard", "alpha", "bbh", 1).unlink()  # resume: the stored choice is reused
     run_uci(data_dir, out, datasets=["alpha"], methods=["bbh"], budget=TINY, progress=False)

@@ -127,13 +127,18 @@ def render_report(results: dict[str, Any]) -> str:
                   f"carve-out (the last {results.get('validation', 0.2):.0%} of a seeded permutation of the split's "
                   "training rows): no "
                   "split's test rows touch any choice. The `-untuned` columns run the budget's length with c = 1. "
-                  "Chosen values, over the splits (value ×count):", "",
-                  "| dataset | method | length (steps) | c | dropout |", "|---|---|---|---|---|"]
+                  "Chosen values, over the splits (value ×count); the last column counts the splits whose length is "
+                  "the shortest or longest offered (the best may lie beyond the grid):", "",
+                  "| dataset | method | length (steps) | c | dropout | length at the grid's end |",
+                  "|---|---|---|---|---|---|"]
         for n in sorted(table):
             for m in methods:
                 entry = table[n].get(m, {})
                 if any(key in entry for key in CHOICES):
-                    lines.append(f"| {n} | {m} | " + " | ".join(_counts(entry.get(key)) for key in CHOICES) + " |")
+                    edge = (f"{entry['lengths_at_edge']} of {entry['n_splits']}" if "lengths_at_edge" in entry
+                            else "—")
+                    lines.append(f"| {n} | {m} | " + " | ".join(_counts(entry.get(key)) for key in CHOICES)
+                                 + f" | {edge} |")
     lines += ["", f"Published: {published.get('sources', '—')}", "", "Settings (every dataset): "
               + "; ".join(f"{m}: {results['settings'][m]}" for m in methods if m in results["settings"]), ""]
     return "\n".join(lines)

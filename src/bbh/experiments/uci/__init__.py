@@ -209,6 +209,8 @@ def run_uci(data_dir: str | Path, out: str | Path, *, datasets: Sequence[str] | 
                 record = {"dataset": n, "method": m, "split": k, "kind": split_kind, "failed": str(err),
                           "seconds": 0.0, "setting": settings.get(m)}
                 print(f"bbh uci: {n} {m} split {k} diverged, recorded as failed: {err}", file=sys.stderr)
+            if selection.get("grid") and "failed" not in record:  # a length at the grid's end: the grid may be short
+                record["length_at_edge"] = selection["steps"] in (min(selection["grid"]), max(selection["grid"]))
             record.update(made_by)
             write_json(cell_path(out_dir, split_kind, n, m, k), record)
             cells.append(record)

@@ -47,6 +47,9 @@ def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 chosen = [r[key] for r in records if key in r]
                 if chosen:
                     entry[key] = {str(v): chosen.count(v) for v in sorted(set(chosen))}
+            edges = [r["length_at_edge"] for r in records if "length_at_edge" in r]
+            if edges:
+                entry["lengths_at_edge"] = sum(edges)
             if method in REFERENCE_METHODS and all("diagnostics" in r for r in records):
                 diagnostics = [r["diagnostics"] for r in records]
                 entry["rhat_f_max"] = max(d["rhat_f_max"] for d in diagnostics)
