@@ -193,7 +193,7 @@ class LastLayerLaplace(Method):
     def prior_precision(self, value: float) -> None:
         delta = check_float("prior_precision", value, 0.0, open_low=True)
         self.delta.fill_(delta)
-        self._cache.pop("blocks", None)
+        self._cache.pop("posterior", None)
 
     @property
     def fitted(self) -> bool:
@@ -320,13 +320,17 @@ class LastLayerLaplace(Method):
                 self._cache["eig"] = _sym_eigh(self.ggn_full.double())
         return self._cache["eig"]
 
+    def _posterior(self) -> _GaussianPosterior:
+        """The Gaussian of the current GGN and δ (cached until the next fit / load / move / change of δ)."""
+        if "posterior" not in self._cache:
+            self._cache["posterior"] = _GaussianPosterior(self.structure, self._eig(), self.delta.double(),
+                                                          self.num_classes, self.width)
+        return self._cache["posterior"]
+
     def ggn_eigenvalues(self) -> Tensor:
         """The P eigenvalues of the structure's GGN, ``[P]`` (kron: all products λ_i μ_j)."""
         self._require_fit()
-        eig = self._eig()
-        if self.structure == "kron":
-            return torch.outer(eig[0], eig[2]).flatten()
-        return eig[0].flatten()
+        return self._posterior().eigenvalues()
 
     def _check_dense(self) -> None:
         self._require_fit()
@@ -346,16 +350,7 @@ class LastLayerLaplace(Method):
     def posterior_covariance(self) -> Tensor:
         """Σ = (G + δ I)⁻¹ as a dense ``[P, P]`` float64 matrix (row-major [C, D'] order; small layers)."""
         self._check_dense()
-        eig = self._eig()
-        delta = self.delta.double()
-        if self.structure == "diag":
-            return torch.diag(1.0 / (eig[0].flatten() + delta))
-        if self.structure == "kron":
-            lam, qa, mu, qb = eig
-            q = torch.kron(qa, qb)
-            return q @ torch.diag(1.0 / (torch.outer(lam, mu).flatten() + delta)) @ q.T
-        g, v = eig
-        return v @ torch.diag(1.0 / (g + delta)) @ v.T
+        return self._posterior().covariance()
 
     # ---- marginal likelihood ----------------------------------------------------------------------------
     def log_marginal_likelihood(self, prior_precision: float | Tensor | None = None) -> Tensor:
@@ -417,18 +412,8 @@ class LastLayerLaplace(Method):
         """n draws θ_s ~ N(θ*, Σ), ``[n, C, D']`` float64 (the bias in the last column)."""
         self._require_fit()
         n = check_int("n", n, 1)
-        eig, delta = self._eig(), self.delta.double()
-        c, w = self.num_classes, self.width
-        eps = torch.randn(n, c, w, dtype=torch.float64, device=delta.device)
-        if self.structure == "diag":
-            step = eps * (eig[0] + delta).rsqrt()
-        elif self.structure == "kron":
-            lam, qa, mu, qb = eig
-            step = qa @ (eps * (torch.outer(lam, mu) + delta).rsqrt()) @ qb.T
-        else:
-            g, v = eig
-            step = ((eps.reshape(n, -1) * (g + delta).rsqrt()) @ v.T).reshape(n, c, w)
-        return self.map_parameters().double() + step
+        eps = torch.randn(n, self.num_classes, self.width, dtype=torch.float64, device=self.delta.device)
+        return self.map_parameters().double() + self._posterior().step(eps)
 
     def weight_samples(self, n: int) -> dict[str, Tensor]:
         """n draws of the last layer's posterior ``{"<layer>.weight": [n, C, D], "<layer>.bias": [n, C]}``."""
@@ -447,18 +432,7 @@ class LastLayerLaplace(Method):
         return self._variance(phi.double())
 
     def _variance(self, phi: Tensor) -> Tensor:
-        eig, delta = self._eig(), self.delta.double()
-        if self.structure == "diag":
-            return phi.square() @ (1.0 / (eig[0] + delta)).T
-        if self.structure == "kron":
-            lam, qa, mu, qb = eig
-            psi_sq = (phi @ qb).square()  # [B, D'] in the input factor's eigenbasis
-            return psi_sq @ (1.0 / (torch.outer(lam, mu) + delta)).T @ qa.square().T
-        if "blocks" not in self._cache:  # Σ_cc, [C, D', D'], per δ
-            g, v = eig
-            vc = v.reshape(self.num_classes, self.width, -1)
-            self._cache["blocks"] = torch.einsum("cdk,k,cek->cde", vc, 1.0 / (g + delta), vc)
-        return torch.einsum("bd,cde,be->bc", phi, self._cache["blocks"], phi)
+        return self._posterior().logit_variance(phi)
 
     def _probit_logits(self, phi: Tensor) -> Tensor:
         """log softmax(f* / sqrt(1 + π/8 Var f)), ``[B, C]`` in φ's dtype."""
@@ -532,6 +506,63 @@ class LastLayerLaplace(Method):
     def extra_repr(self) -> str:
         return (f"structure={self.structure!r}, predictive={self.predictive!r}, layer={self.layer_name!r}, "
                 f"n_params={self.n_params}, prior_precision={self.prior_precision:.4g}")
+
+
+class _GaussianPosterior:
+    """N(θ*, (G + δ I)⁻¹) over the last layer's P = C · D' parameters in one GGN structure, from the GGN's
+    eigendecomposition: its spectrum, dense covariance, draws and the logit variances it implies.
+
+    ``eig``: diag ``(g [C, D'],)``; kron ``(λ [C], Q_A [C, C], μ [D'], Q_B [D', D'])`` with G = A ⊗ B; full
+    ``(g [P], V [P, P])``. ``delta``: δ, a 0-d float64 tensor.
+    """
+
+    def __init__(self, structure: str, eig: tuple[Tensor, ...], delta: Tensor, classes: int, width: int) -> None:
+        self.structure, self.eig, self.delta, self.classes, self.width = structure, eig, delta, classes, width
+        self._blocks: Tensor | None = None  # full: Σ_cc, [C, D', D']
+
+    def eigenvalues(self) -> Tensor:
+        """The P eigenvalues of G, ``[P]`` (kron: all products λ_i μ_j)."""
+        if self.structure == "kron":
+            return torch.outer(self.eig[0], self.eig[2]).flatten()
+        return self.eig[0].flatten()
+
+    def covariance(self) -> Tensor:
+        """Σ = (G + δ I)⁻¹, dense ``[P, P]`` (row-major [C, D'] order)."""
+        if self.structure == "diag":
+            return torch.diag(1.0 / (self.eig[0].flatten() + self.delta))
+        if self.structure == "kron":
+            lam, qa, mu, qb = self.eig
+            q = torch.kron(qa, qb)
+            return q @ torch.diag(1.0 / (torch.outer(lam, mu).flatten() + self.delta)) @ q.T
+        g, v = self.eig
+        return v @ torch.diag(1.0 / (g + self.delta)) @ v.T
+
+    def step(self, eps: Tensor) -> Tensor:
+        """Σ^½ ε for standard normal ``eps [n, C, D']``: a draw minus the mean, ``[n, C, D']``."""
+        delta = self.delta
+        if self.structure == "diag":
+            return eps * (self.eig[0] + delta).rsqrt()
+        if self.structure == "kron":
+            lam, qa, mu, qb = self.eig
+            return qa @ (eps * (torch.outer(lam, mu) + delta).rsqrt()) @ qb.T
+        g, v = self.eig
+        n = eps.shape[0]
+        return ((eps.reshape(n, -1) * (g + delta).rsqrt()) @ v.T).reshape(n, self.classes, self.width)
+
+    def logit_variance(self, phi: Tensor) -> Tensor:
+        """Var f_c(x) = φ̃ᵀ Σ_cc φ̃ for features ``phi [B, D']`` (float64), ``[B, C]``."""
+        delta = self.delta
+        if self.structure == "diag":
+            return phi.square() @ (1.0 / (self.eig[0] + delta)).T
+        if self.structure == "kron":
+            lam, qa, mu, qb = self.eig
+            psi_sq = (phi @ qb).square()  # [B, D'] in the input factor's eigenbasis
+            return psi_sq @ (1.0 / (torch.outer(lam, mu) + delta)).T @ qa.square().T
+        if self._blocks is None:
+            g, v = self.eig
+            vc = v.reshape(self.classes, self.width, -1)
+            self._blocks = torch.einsum("cdk,k,cek->cde", vc, 1.0 / (g + delta), vc)
+        return torch.einsum("bd,cde,be->bc", phi, self._blocks, phi)
 
 
 class _GGNAccumulator:
