@@ -16,7 +16,16 @@ from ...core.predictive import RegressionPredictive
 from ...data.uci import UCIDataset, UCISplit
 from ...posteriors import Method
 from ...training.trainer import Trainer
-from .settings import BUDGETS, Budget, UCISetting, build_method, protocol_hidden, training_steps, uci_settings
+from .settings import (
+    BUDGETS,
+    REFERENCE_METHODS,
+    Budget,
+    UCISetting,
+    build_method,
+    protocol_hidden,
+    training_steps,
+    uci_settings,
+)
 
 
 def score(predictive: RegressionPredictive, split: UCISplit, y: Tensor, y_raw: Tensor) -> dict[str, float]:
@@ -82,10 +91,8 @@ def run_cell(dataset: UCIDataset, method: str, k: int, *, kind: str = "standard"
         x_eval, y_eval, y_raw = split.x_val, split.y_val, dataset.y[split.val_idx]
     n_hidden = protocol_hidden(dataset)
     start = time.perf_counter()
-    if method == "hmc":
-        record = _run_hmc_cell(split, x_eval, y_eval, y_raw, n_hidden, budget, seed=seed + k)
-    elif method == "nuts":
-        record = _run_nuts_cell(split, x_eval, y_eval, y_raw, n_hidden, budget, seed=seed + k)
+    if method in REFERENCE_METHODS:
+        record = _run_reference_cell(method, split, x_eval, y_eval, y_raw, n_hidden, budget, seed=seed + k)
     else:
         setting = setting or uci_settings()[method]
         described = setting.describe()  # the cell records the setting it was made with, rate still open
@@ -119,46 +126,42 @@ def run_cell(dataset: UCIDataset, method: str, k: int, *, kind: str = "standard"
     return record
 
 
-def _run_hmc_cell(split: UCISplit, x: Tensor, y: Tensor, y_raw: Tensor, n_hidden: int, budget: Budget,
-                  seed: int) -> dict[str, Any]:
-    """The HMC reference on one split (:func:`bbh.reference.hmc_regression.hmc_regression`: 2 chains of 400
-    warm-up and 400 sampling iterations of 150 leapfrog steps, scaled by ``budget.hmc_scale``), scored as the
-    methods are, with its convergence diagnostics and each chain's own test LL."""
-    from ...reference.hmc_regression import hmc_regression
-
-    iterations = max(8, round(400 * budget.hmc_scale))
-    chain = {"num_samples": iterations, "burn_in": iterations, "init_steps": max(100, round(3000 * budget.hmc_scale))}
-    result = hmc_regression(split.x_train, split.y_train, x, hidden=n_hidden, seed=seed, **chain)
-    predictive = result.predictive()  # one-output draws [S, B]: score wants [S, B, 1]
-    record: dict[str, Any] = score(RegressionPredictive(predictive.sample_means.unsqueeze(-1),
-                                                       predictive.sample_variances.unsqueeze(-1)), split, y, y_raw)
-    record["diagnostics"] = result.diagnostics.to_dict()
-    record["setting"] = {"method": "hmc", **chain}
-    record["test_ll_chains"] = result.test_metrics(y, split.y_std)["test_ll_chains"]
-    return record
-
-
 def cell_path(out: Path, kind: str, dataset: str, method: str, k: int) -> Path:
     """Where a finished cell's record lives."""
     return out / "cells" / kind / dataset / method / f"split_{k}.json"
 
 
-def _run_nuts_cell(split: UCISplit, x: Tensor, y: Tensor, y_raw: Tensor, n_hidden: int, budget: Budget,
-                   seed: int) -> dict[str, Any]:
-    """The NUTS reference on one split (:func:`bbh.reference.nuts.nuts_regression`: 4 chains of 500 warm-up and
-    1,000 kept iterations, tree depth at most 10, scaled by ``budget.hmc_scale``), scored as the methods are, with
-    its convergence diagnostics and whether it meets the bar (:meth:`~bbh.reference.nuts.NUTSResult.meets_bar`:
-    R-hat ≤ 1.05 on 99 % of the test points, bulk ESS ≥ 200 on all, no divergence)."""
-    from ...reference.nuts import nuts_regression
+def _run_reference_cell(method: str, split: UCISplit, x: Tensor, y: Tensor, y_raw: Tensor, n_hidden: int,
+                        budget: Budget, seed: int) -> dict[str, Any]:
+    """A reference sampler on one split, its chains scaled by ``budget.hmc_scale``, scored as the methods are, with
+    its convergence diagnostics and each chain's own test LL:
 
-    chain = {"chains": 4, "warmup": max(8, round(500 * budget.hmc_scale)),
-             "samples": max(8, round(1000 * budget.hmc_scale)), "init_steps": max(100, round(3000 * budget.hmc_scale))}
-    result = nuts_regression(split.x_train, split.y_train, x, hidden=n_hidden, seed=seed, **chain)
+    * ``"hmc"`` (:func:`bbh.reference.hmc_regression.hmc_regression`): 2 chains of 400 warm-up and 400 sampling
+      iterations of 150 leapfrog steps;
+    * ``"nuts"`` (:func:`bbh.reference.nuts.nuts_regression`): 4 chains of 500 warm-up and 1,000 kept iterations,
+      tree depth at most 10; its diagnostics also say whether it meets the bar
+      (:meth:`~bbh.reference.nuts.NUTSResult.meets_bar`: R-hat ≤ 1.05 on 99 % of the test points, bulk ESS ≥ 200
+      on all, no divergence).
+    """
+    init_steps = max(100, round(3000 * budget.hmc_scale))
+    if method == "hmc":
+        from ...reference.hmc_regression import hmc_regression as sampler
+
+        iterations = max(8, round(400 * budget.hmc_scale))
+        chain: dict[str, int] = {"num_samples": iterations, "burn_in": iterations, "init_steps": init_steps}
+    else:
+        from ...reference.nuts import nuts_regression as sampler
+
+        chain = {"chains": 4, "warmup": max(8, round(500 * budget.hmc_scale)),
+                 "samples": max(8, round(1000 * budget.hmc_scale)), "init_steps": init_steps}
+    result = sampler(split.x_train, split.y_train, x, hidden=n_hidden, seed=seed, **chain)
     predictive = result.predictive()  # one-output draws [S, B]: score wants [S, B, 1]
     record: dict[str, Any] = score(RegressionPredictive(predictive.sample_means.unsqueeze(-1),
                                                        predictive.sample_variances.unsqueeze(-1)), split, y, y_raw)
-    record["diagnostics"] = {**result.diagnostics.to_dict(), "meets_bar": result.meets_bar()}
-    record["setting"] = {"method": "nuts", **chain}
+    record["diagnostics"] = result.diagnostics.to_dict()
+    if hasattr(result, "meets_bar"):
+        record["diagnostics"]["meets_bar"] = result.meets_bar()
+    record["setting"] = {"method": method, **chain}
     record["test_ll_chains"] = result.test_metrics(y, split.y_std)["test_ll_chains"]
     return record
 

@@ -59,10 +59,10 @@ def aggregate(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 if all("meets_bar" in d for d in diagnostics):
                     entry["splits_meeting_bar"] = sum(bool(d["meets_bar"]) for d in diagnostics)
             table.setdefault(name, {})[method] = entry
-    _pair_with_hmc(table)
+    _pair_with_references(table)
     return table
 
-def _pair_with_hmc(table: dict[str, dict[str, Any]]) -> None:
+def _pair_with_references(table: dict[str, dict[str, Any]]) -> None:
     """Set every method's ``test_ll_minus_<reference>`` (in place) on the datasets where that reference ran
     (:data:`REFERENCE_METHODS`): the paired difference of test LL over the splits both ran."""
     for methods in table.values():
@@ -106,6 +106,6 @@ def merge_results(own: dict[str, Any], other: dict[str, Any], methods: Sequence[
                 merged["seconds"] += entry.get("seconds", 0.0)
                 taken.add(method)
     merged["settings"] = {**{m: v for m, v in other["settings"].items() if m in taken}, **own["settings"]}
-    _pair_with_hmc(merged["datasets"])
+    _pair_with_references(merged["datasets"])
     merged["merged"] = {"source": source, "methods": sorted(taken)}
     return merged
