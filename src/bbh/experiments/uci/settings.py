@@ -112,8 +112,8 @@ class UCISetting(MethodSetting):
         return bool(self.select_steps) or self.calibrate_noise or bool(self.select_dropout)
 
     def describe(self) -> dict[str, Any]:
-        """The setting as plain data (recorded in every cell; resuming compares it). ``select_steps`` and
-        ``calibrate_noise`` appear only when set, so a setting without them describes itself as before."""
+        """The setting as plain data (recorded in every cell; resuming compares it). ``select_steps``,
+        ``calibrate_noise`` and ``select_dropout`` appear only when set (an untuned setting has none of them)."""
         d = super().describe()
         if self.select_steps:
             d["select_steps"] = list(self.select_steps)
